@@ -1,0 +1,61 @@
+"""The ``keeneye`` command line: one thin command per capability, each calling into its package.
+
+User errors (:class:`~keeneye.domain.KeeneyeError`) print one line with the fix and exit 2; ``--debug``
+shows the traceback as well. Commands that print data accept ``--json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from keeneye.cli._common import console, err_console, state
+from keeneye.domain import KeeneyeError
+
+app = typer.Typer(
+    name="keeneye",
+    help="keeneye: turn image and video streams into decisions, and keep the vision models current.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+) -> None:
+    state.debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    """Attach every command module. Each module owns its commands; this is the only list of them."""
+    from keeneye.cli import system
+
+    system.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeeneyeError as exc:
+        if state.debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "console", "main"]

@@ -1,0 +1,220 @@
+"""One settings tree for all of keeneye.
+
+Values come, strongest first, from: keyword arguments, ``KEENEYE_*`` environment variables (nested
+sections as ``KEENEYE_SECTION__KEY``), the YAML file named by ``KEENEYE_CONFIG`` or ``./keeneye.yaml``,
+and the defaults below. Backends are chosen by URL; every default lives under ``KEENEYE_HOME``
+(``./.keeneye``), so a laptop needs nothing installed.
+
+Build it with :func:`get_settings` (cached) — never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from keeneye.domain import ConfigError
+
+MiB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class S3Settings(_Section):
+    """Connection details for ``s3://`` object stores (AWS, MinIO, Ceph, moto …)."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 for MinIO; empty for AWS")
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    create_bucket: bool = Field(True, description="create the bucket on first use when it does not exist")
+
+
+class BusSettings(_Section):
+    max_message_bytes: int = Field(1 * MiB, gt=0, description="larger payloads travel by object reference")
+    partitions: int = Field(4, ge=1, description="partitions per topic (Kafka); bounds consumers per group")
+    lease_seconds: float = Field(
+        30.0, gt=0, description="SQLite bus: an unacked message is redelivered after this long"
+    )
+    session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer-group session timeout")
+
+
+class ObjectStoreSettings(_Section):
+    max_object_bytes: int = Field(512 * MiB, gt=0)
+
+
+class CacheSettings(_Section):
+    max_entries: int = Field(10_000, gt=0, description="in-process cache capacity (LRU)")
+    ttl_seconds: float = Field(24 * 3600, gt=0, description="default time to live of a cache entry")
+
+
+class ImagingSettings(_Section):
+    max_pixels: int = Field(
+        100_000_000, gt=0, description="images with more pixels per band are refused (decompression bombs)"
+    )
+
+
+class InferenceSettings(_Section):
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0 = all cores")
+    inter_op_threads: int = Field(1, ge=0)
+    max_batch: int = Field(16, ge=1, description="micro-batcher: largest batch sent to the model")
+    max_wait_ms: float = Field(4.0, ge=0, description="micro-batcher: how long a request waits for company")
+    alias_poll_seconds: float = Field(5.0, gt=0, description="how often serving checks for an alias move")
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    default_pipeline: str = "species-id"
+    max_upload_bytes: int = Field(32 * MiB, gt=0, description="larger uploads get 413")
+    max_inflight: int = Field(64, ge=1, description="requests in flight before 503 + Retry-After")
+    rate_limit_per_second: float = Field(100.0, gt=0, description="token bucket refill per API key/client")
+    rate_limit_burst: int = Field(200, ge=1)
+    require_api_key: bool | None = Field(
+        None, description="None = required exactly when the server binds a non-loopback address"
+    )
+
+
+class PipelineSettings(_Section):
+    dirs: list[Path] = Field(default_factory=list, description="extra folders of pipeline spec YAML files")
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Backend URLs left empty are derived from ``home``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEENEYE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(Path(".keeneye"), description="data directory of the embedded defaults")
+    database_url: str = Field("", description="sqlite:///… | postgresql+psycopg://…")
+    bus_url: str = Field("", description="sqlite:///… | kafka://host:9092[,host2:9092]")
+    objects_url: str = Field("", description="file:///… | s3://bucket/prefix")
+    cache_url: str = Field("", description="memory:// | redis://host:6379/0")
+    registry_uri: str = Field("", description="sqlite:///…/mlflow.db | http://mlflow:5000")
+    log_level: str = "INFO"
+
+    s3: S3Settings = Field(default_factory=S3Settings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    objects: ObjectStoreSettings = Field(default_factory=ObjectStoreSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    pipelines: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = Path(os.environ.get("KEENEYE_CONFIG", "keeneye.yaml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file.is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        elif "KEENEYE_CONFIG" in os.environ:
+            raise ConfigError("KEENEYE_CONFIG", f"file {yaml_file} does not exist", fix="point it at a YAML file")
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> Settings:
+        home = self.home.expanduser().absolute()
+        self.home = home
+        if not self.database_url:
+            self.database_url = f"sqlite:///{home / 'keeneye.db'}"
+        if not self.bus_url:
+            self.bus_url = f"sqlite:///{home / 'bus.db'}"
+        if not self.objects_url:
+            self.objects_url = (home / "objects").as_uri()
+        if not self.cache_url:
+            self.cache_url = "memory://"
+        if not self.registry_uri:
+            self.registry_uri = f"sqlite:///{home / 'mlflow.db'}"
+        return self
+
+    def backend_urls(self) -> dict[str, str]:
+        """Setting name → URL for every backend, in the order ``doctor`` checks them."""
+        return {
+            "KEENEYE_DATABASE_URL": self.database_url,
+            "KEENEYE_BUS_URL": self.bus_url,
+            "KEENEYE_OBJECTS_URL": self.objects_url,
+            "KEENEYE_CACHE_URL": self.cache_url,
+            "KEENEYE_REGISTRY_URI": self.registry_uri,
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests build :class:`Settings` directly instead."""
+    return load_settings()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's validation errors into one clear :class:`ConfigError`."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "__".join(str(p) for p in err["loc"]).upper()
+        raise ConfigError(
+            f"KEENEYE_{loc}" if loc else "settings",
+            err["msg"],
+            fix="correct the environment variable or keeneye.yaml entry",
+        ) from exc
+
+
+def split_url(setting: str, url: str, schemes: dict[str, str]) -> tuple[str, Any]:
+    """Parse a backend URL; ``schemes`` maps each allowed scheme to what it selects.
+
+    Returns ``(scheme, SplitResult)``; raises :class:`ConfigError` naming the setting for a malformed
+    URL or an unknown scheme.
+    """
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a non-numeric port
+    except ValueError as exc:
+        raise ConfigError(setting, f"malformed URL {mask_url(url)!r} ({exc})", fix=_scheme_fix(schemes)) from exc
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        shown = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise ConfigError(setting, f"{shown} in {mask_url(url)!r} is not supported", fix=_scheme_fix(schemes))
+    return scheme, parts
+
+
+def _scheme_fix(schemes: dict[str, str]) -> str:
+    return "use one of: " + ", ".join(f"{s}://… ({what})" for s, what in schemes.items())
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs, errors and ``doctor``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,93 @@
+"""The message bus contract shared by every backend (SQLite embedded default, Kafka scaled).
+
+Semantics every backend honours (tests/unit/stream/test_bus.py proves them on each):
+
+* ``publish`` is durable once it returns (``flush`` for backends that batch); a payload larger than
+  ``settings.bus.max_message_bytes`` raises :class:`~keeneye.domain.MessageTooLarge` before sending.
+* Consumer groups: every group sees every message (fan-out); consumers in one group share the
+  messages (competing consumers) — each message goes to one member at a time.
+* Delivery is at-least-once: a message polled but never acked is delivered again to the group after
+  its consumer dies (SQLite: lease expiry; Kafka: group rebalance from the last committed offset).
+* ``ack`` is explicit and idempotent. Ack in the order messages were polled per key/partition.
+* ``lag(topic, group)`` counts messages the group has not acked yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from keeneye.domain import BackendHealth
+
+HeaderValue = str | bytes
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: dict[str, bytes] = field(default_factory=dict)
+    partition: int = 0
+    offset: int = 0
+    timestamp: float = 0.0  # seconds since the epoch, set by the bus at publish time
+    delivery_count: int = 1  # 1 on first delivery; >1 on redelivery where the backend knows it
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        raw = self.headers.get(name)
+        return default if raw is None else raw.decode("utf-8", "replace")
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A member of a consumer group. Use as a context manager; ``close`` leaves the group."""
+
+    group: str
+
+    def poll(self, max_messages: int = 1, timeout: float = 1.0) -> list[Message]:
+        """Up to ``max_messages`` messages, waiting at most ``timeout`` seconds for the first."""
+        ...
+
+    def ack(self, message: Message) -> None:
+        """Mark the message processed for this group; it is never delivered to the group again."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    url: str
+
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | bytes | None = None,
+        headers: Mapping[str, HeaderValue] | None = None,
+    ) -> None: ...
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until every published message is durable at the broker."""
+        ...
+
+    def subscribe(self, topics: Sequence[str], group: str) -> Consumer: ...
+
+    def lag(self, topic: str, group: str) -> int: ...
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Create the topics when missing (idempotent)."""
+        ...
+
+    def check(self) -> BackendHealth: ...
+
+    def close(self) -> None: ...

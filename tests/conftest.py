@@ -1,0 +1,60 @@
+"""Shared fixtures: isolated settings per test and real services per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keeneye.settings import Settings, get_settings
+from tests import services
+
+# Keep a developer's environment and keeneye.yaml out of the tests.
+for _name in list(os.environ):
+    if _name.startswith("KEENEYE_") and not _name.startswith("KEENEYE_TEST_"):
+        del os.environ[_name]
+os.environ["KEENEYE_CONFIG"] = os.devnull  # an empty YAML file: defaults only
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings_cache() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-default settings rooted in a fresh temporary KEENEYE_HOME."""
+    return Settings(home=tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    return services.postgres_admin_url()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    with services.postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return services.redis_url()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Broker]:
+    with services.kafka_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.S3Server]:
+    with services.s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
