@@ -25,7 +25,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
-POSTGRES_URL = os.environ.get("KEENEYE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "KEENEYE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("KEENEYE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -155,9 +157,18 @@ def kafka_broker(tmp: Path, storage: str = "memory://tansu/") -> Iterator[Broker
     listener = f"tcp://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-             "--storage-engine", storage],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(binary),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                storage,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     if not wait_for_port(port, proc=proc):
         _stop(proc)
@@ -188,7 +199,9 @@ def s3_server(tmp: Path) -> Iterator[S3Server]:
     port = free_port()
     log = tmp / f"moto-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     if not wait_for_port(port, proc=proc, timeout=30):
         _stop(proc)
         unavailable(f"moto_server did not start on port {port}: {log.read_text()[-2000:]}")

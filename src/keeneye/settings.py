@@ -135,7 +135,9 @@ class Settings(BaseSettings):
         elif yaml_file.is_file():
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         elif "KEENEYE_CONFIG" in os.environ:
-            raise ConfigError("KEENEYE_CONFIG", f"file {yaml_file} does not exist", fix="point it at a YAML file")
+            raise ConfigError(
+                "KEENEYE_CONFIG", f"file {yaml_file} does not exist", fix="point it at a YAML file"
+            )
         return tuple(sources)
 
     @model_validator(mode="after")
@@ -197,7 +199,9 @@ def split_url(setting: str, url: str, schemes: dict[str, str]) -> tuple[str, Any
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError on a non-numeric port
     except ValueError as exc:
-        raise ConfigError(setting, f"malformed URL {mask_url(url)!r} ({exc})", fix=_scheme_fix(schemes)) from exc
+        raise ConfigError(
+            setting, f"malformed URL {mask_url(url)!r} ({exc})", fix=_scheme_fix(schemes)
+        ) from exc
     scheme = parts.scheme.lower()
     if scheme not in schemes:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"

@@ -28,7 +28,9 @@ class ModelBundle:
         """Read a bundle folder; raises :class:`InvalidInput` naming the missing or bad file."""
         path = Path(path)
         if not (path / MODEL_FILE).is_file():
-            raise InvalidInput("bad_bundle", f"{path} has no {MODEL_FILE}", fix="export the model to ONNX first")
+            raise InvalidInput(
+                "bad_bundle", f"{path} has no {MODEL_FILE}", fix="export the model to ONNX first"
+            )
         if not (path / MANIFEST_FILE).is_file():
             raise InvalidInput(
                 "bad_bundle", f"{path} has no {MANIFEST_FILE}", fix="write a manifest (see docs/models.md)"

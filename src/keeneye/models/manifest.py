@@ -47,7 +47,8 @@ class InputSpec(_Strict):
     resize: Literal["stretch", "letterbox"] = "stretch"
     pad_value: float = Field(114.0, description="letterbox padding, in input units before scaling")
     scale: float | None = Field(
-        None, description="multiply raw values by this first; None = 1/255 for uint8, 1/65535 for uint16, 1 else"
+        None,
+        description="multiply raw values by this first; None = 1/255 for uint8, 1/65535 for uint16, 1 else",
     )
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -97,7 +98,9 @@ class ModelManifest(_Strict):
     data_version: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     gates: dict[str, Any] = Field(default_factory=dict, description="gate results at registration")
-    reference_profile: dict[str, Any] | None = Field(None, description="drift reference of the training images")
+    reference_profile: dict[str, Any] | None = Field(
+        None, description="drift reference of the training images"
+    )
     created_at: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -114,7 +117,9 @@ class ModelManifest(_Strict):
         if ids != list(range(len(ids))):
             raise ValueError("class ids must be 0..N-1 in order")
         if TASK_OF_FORMAT[self.output_format] != self.task:
-            raise ValueError(f"output_format {self.output_format!r} does not produce task {self.task.value!r}")
+            raise ValueError(
+                f"output_format {self.output_format!r} does not produce task {self.task.value!r}"
+            )
         return self
 
     @property

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from keeneye.domain import BackendHealth
+from keeneye.domain import BackendHealth, MessageTooLarge
+from keeneye.settings import Settings, split_url
 
 HeaderValue = str | bytes
 
@@ -91,3 +92,45 @@ class Bus(Protocol):
     def check(self) -> BackendHealth: ...
 
     def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers shared by the backends
+# --------------------------------------------------------------------------------------------------
+
+BUS_SETTING = "KEENEYE_BUS_URL"
+SIZE_SETTING = "KEENEYE_BUS__MAX_MESSAGE_BYTES"
+BUS_SCHEMES = {"sqlite": "embedded durable queue", "kafka": "Kafka or a Kafka-protocol broker"}
+
+
+def encode_key(key: str | bytes | None) -> bytes | None:
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def encode_headers(headers: Mapping[str, HeaderValue] | None) -> dict[str, bytes]:
+    if not headers:
+        return {}
+    return {name: v.encode("utf-8") if isinstance(v, str) else bytes(v) for name, v in headers.items()}
+
+
+def check_size(topic: str, value: bytes, key: bytes | None, headers: Mapping[str, bytes], limit: int) -> None:
+    """Refuse a message before it is sent: value, key and header names/values count against the limit."""
+    size = len(value) + len(key or b"") + sum(len(n.encode("utf-8")) + len(v) for n, v in headers.items())
+    if size > limit:
+        raise MessageTooLarge(f"message for topic {topic!r}", size, limit, setting=SIZE_SETTING)
+
+
+def open_bus(settings: Settings) -> Bus:
+    """The bus named by ``settings.bus_url``: ``sqlite:///path`` or ``kafka://host:port[,host:port]``."""
+    url = settings.bus_url
+    # urllib cannot read a port out of "h1:9092,h2:9092", so the scheme (and first broker) is checked
+    # here and every broker by the Kafka backend.
+    head = url.split(",", 1)[0] if url.lower().startswith("kafka:") else url
+    scheme, _parts = split_url(BUS_SETTING, head, BUS_SCHEMES)
+    if scheme == "sqlite":
+        from keeneye.stream.sqlite_bus import SqliteBus
+
+        return SqliteBus(url, settings.bus)
+    from keeneye.stream.kafka_bus import KafkaBus
+
+    return KafkaBus(url, settings.bus)

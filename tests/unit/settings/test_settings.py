@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,9 @@ def test_yaml_file_is_read_and_env_wins(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEENEYE_CONFIG", "/nonexistent/keeneye.yaml")
-    with pytest.raises(ConfigError, match="KEENEYE_CONFIG: file /nonexistent/keeneye.yaml does not exist"):
+    with pytest.raises(
+        ConfigError, match=re.escape("KEENEYE_CONFIG: file /nonexistent/keeneye.yaml does not exist")
+    ):
         Settings()
 
 

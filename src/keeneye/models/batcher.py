@@ -1,0 +1,247 @@
+"""Micro-batching at the model: concurrent requests share one inference call.
+
+:class:`MicroBatcher` collects submitted tensors until it has ``max_batch`` of them or the first one
+has waited ``max_wait_ms``, stacks them, runs the model in its **one** worker thread (ONNX Runtime
+releases the GIL, and the event loop never blocks), and hands every caller its own slice of the
+outputs. While a batch runs, new requests queue up and form the next batch — under load batches
+grow by themselves, idle requests wait at most ``max_wait_ms``.
+
+:func:`run_batch` is the synchronous counterpart for CLI commands and workers that already hold a
+list of inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from keeneye.domain import InvalidInput, KeeneyeError
+from keeneye.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+AnyArray = npt.NDArray[Any]
+RunFn = Callable[[AnyArray], Sequence[AnyArray]]
+"""The model: a stacked batch ``(N, …)`` → outputs, each with ``N`` as its first axis."""
+BatchHook = Callable[[int, float, float], None]
+"""``on_batch(size, queue_ms, infer_ms)``: called on the event loop after each batch."""
+
+
+class QueueFull(KeeneyeError):
+    """More requests are waiting for the model than ``max_queue``; serving answers 503."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(
+            f"model {name!r} is overloaded: {limit} requests already waiting",
+            fix="retry after a short pause, or add replicas",
+        )
+        self.limit = limit
+
+
+class BatcherClosed(KeeneyeError):
+    """The batcher was closed (the model is being unloaded or the process is stopping)."""
+
+
+@dataclass(eq=False)
+class _Item:
+    tensor: AnyArray
+    future: asyncio.Future[list[AnyArray]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _infer_stacked(run: RunFn, tensors: Sequence[AnyArray]) -> list[list[AnyArray]]:
+    """Stack same-shaped tensors, run once, split the outputs per item (views, no copies)."""
+    n = len(tensors)
+    # A lone item only needs a batch axis: a view instead of np.stack's copy.
+    batch = tensors[0][None] if n == 1 else np.stack(tensors)
+    outputs = run(batch)
+    for i, out in enumerate(outputs):
+        if out.ndim == 0 or out.shape[0] != n:
+            raise InvalidInput(
+                "bad_model_output",
+                f"model output {i} has shape {out.shape}, expected a leading batch axis of {n}",
+            )
+    return [[out[j] for out in outputs] for j in range(n)]
+
+
+def _group_by_shape(shapes: Sequence[tuple[tuple[int, ...], np.dtype[Any]]]) -> list[list[int]]:
+    """Indices grouped by (shape, dtype), groups in order of first appearance."""
+    groups: dict[tuple[tuple[int, ...], np.dtype[Any]], list[int]] = {}
+    for i, key in enumerate(shapes):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def run_batch(run: RunFn, tensors: Sequence[AnyArray], *, max_batch: int = 16) -> list[list[AnyArray]]:
+    """Run many items synchronously in batches of at most ``max_batch`` same-shaped tensors.
+
+    Returns each item's outputs (without the batch axis) in the order of ``tensors``.
+    """
+    if max_batch < 1:
+        raise ValueError("max_batch must be >= 1")
+    results: list[list[AnyArray] | None] = [None] * len(tensors)
+    for group in _group_by_shape([(t.shape, t.dtype) for t in tensors]):
+        for start in range(0, len(group), max_batch):
+            chunk = group[start : start + max_batch]
+            for i, outs in zip(chunk, _infer_stacked(run, [tensors[i] for i in chunk]), strict=True):
+                results[i] = outs
+    return [r for r in results if r is not None]
+
+
+class MicroBatcher:
+    """Shares one model between concurrent ``await submit(tensor)`` calls.
+
+    * ``max_batch``: most items per model call; ``max_wait_ms``: how long the first item of a batch
+      waits for company; ``max_queue``: items allowed to wait before :class:`QueueFull`.
+    * Items of different shapes or dtypes are never stacked together; they run as separate batches.
+    * An exception from the model reaches every caller of that batch.
+    * ``on_batch(size, queue_ms, infer_ms)`` reports every batch (metrics attach here); ``queue_ms``
+      is how long its oldest item waited, ``infer_ms`` the stack + run + split time in the worker.
+
+    Bound to the event loop of its first ``submit``; :meth:`close` runs what is queued, then stops.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 4.0,
+        max_queue: int = 1024,
+        on_batch: BatchHook | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.name = name
+        self._items: collections.deque[_Item] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        # One thread: a session runs one batch at a time, which is what makes batching pay.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"keeneye-infer-{name}")
+
+    @classmethod
+    def from_settings(
+        cls, run: RunFn, settings: InferenceSettings, *, max_queue: int = 1024, **kwargs: Any
+    ) -> MicroBatcher:
+        return cls(
+            run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=max_queue, **kwargs
+        )
+
+    @property
+    def pending(self) -> int:
+        """Items waiting for a batch (not counting the batch now running)."""
+        return len(self._items)
+
+    async def submit(self, tensor: AnyArray) -> list[AnyArray]:
+        """Queue one input (no batch axis); returns its outputs (no batch axis)."""
+        if self._closing:
+            raise BatcherClosed(
+                f"model {self.name!r} is shutting down", fix="retry; another replica will answer"
+            )
+        if len(self._items) >= self.max_queue:
+            raise QueueFull(self.name, self.max_queue)
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._loop = loop
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._collect(), name=f"keeneye-batcher-{self.name}")
+        elif loop is not self._loop:
+            raise RuntimeError(f"MicroBatcher {self.name!r} is bound to another event loop")
+        assert self._wakeup is not None
+        item = _Item(tensor, loop.create_future())
+        self._items.append(item)
+        self._wakeup.set()
+        return await item.future
+
+    async def close(self) -> None:
+        """Stop accepting, run everything already queued, then release the worker thread."""
+        self._closing = True
+        if self._task is not None and self._wakeup is not None:
+            self._wakeup.set()
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`; the name ``contextlib.aclosing`` expects."""
+        await self.close()
+
+    # ----------------------------------------------------------------------------------------------
+
+    async def _collect(self) -> None:
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        try:
+            while True:
+                while not self._items:
+                    if self._closing:
+                        return
+                    wakeup.clear()
+                    await wakeup.wait()
+                deadline = self._items[0].enqueued + self.max_wait
+                while len(self._items) < self.max_batch and not self._closing:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    wakeup.clear()
+                    try:
+                        await asyncio.wait_for(wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+                take = min(self.max_batch, len(self._items))
+                await self._dispatch([self._items.popleft() for _ in range(take)])
+        except BaseException as exc:
+            # Never leave a caller hanging if the collector itself dies (a bug, or cancellation).
+            error = (
+                exc if isinstance(exc, Exception) else BatcherClosed(f"model {self.name!r} batcher stopped")
+            )
+            for item in self._items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            self._items.clear()
+            raise
+
+    async def _dispatch(self, items: list[_Item]) -> None:
+        live = [i for i in items if not i.future.done()]  # skip callers that gave up (cancelled)
+        loop = asyncio.get_running_loop()
+        for group in _group_by_shape([(i.tensor.shape, i.tensor.dtype) for i in live]):
+            batch = [live[i] for i in group]
+            started = time.perf_counter()
+            queue_ms = (started - batch[0].enqueued) * 1000.0
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, _infer_stacked, self._run, [i.tensor for i in batch]
+                )
+            except Exception as exc:
+                log.warning(
+                    "batch failed", extra={"model": self.name, "size": len(batch), "error": repr(exc)}
+                )
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            infer_ms = (time.perf_counter() - started) * 1000.0
+            for item, outs in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(outs)
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(len(batch), queue_ms, infer_ms)
+                except Exception:
+                    log.exception("on_batch hook failed", extra={"model": self.name})
