@@ -349,8 +349,8 @@ REFUSALS: list[Any] = [
     pytest.param(
         lambda: tiff_by_hand(4, 4, compression=5, data=bytes(16)),
         {},
-        "unsupported_format",
-        id="tiff-lzw-no-codec",
+        "corrupt_image",
+        id="tiff-lzw-garbage",
     ),
     pytest.param(
         lambda: tiff(np.zeros((2, 3, 8, 8), np.uint8), photometric="minisblack"),
@@ -485,3 +485,14 @@ def test_image_rejects_inconsistent_construction(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         Image(pixels=pixels, bands=bands, format="array", content_hash="")
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd"])
+def test_compressed_geotiff_round_trip(compression: str) -> None:
+    """GDAL writes LZW often; imagecodecs (a dependency) decodes it."""
+    arr = np.arange(4 * 16 * 16, dtype=np.float32).reshape(16, 16, 4) / 1024
+    image = decode_image(
+        tiff(arr, compression=compression), band_map=["nir", "red_edge", "red", "green"], max_pixels=LIMIT
+    )
+    np.testing.assert_array_equal(image.pixels, arr)
+    assert image.bands == ("nir", "red_edge", "red", "green")
