@@ -37,9 +37,16 @@ def _root(
 
 def _register() -> None:
     """Attach every command module. Each module owns its commands; this is the only list of them."""
-    from keeneye.cli import system
+    from keeneye.cli import models as models_cli
+    from keeneye.cli import pipelines as pipelines_cli
+    from keeneye.cli import serve, system
+    from keeneye.cli import synth as synth_cli
 
     system.register(app)
+    serve.register(app)
+    pipelines_cli.register(app)
+    models_cli.register(app)
+    synth_cli.register(app)
 
 
 _register()

@@ -1,0 +1,201 @@
+"""Registry commands: ``models list|show|register|promote|rollback``."""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from keeneye.cli._common import console, print_json, settings
+
+if TYPE_CHECKING:
+    from keeneye.registry import ModelRegistry, ModelVersionInfo
+    from keeneye.settings import Settings
+
+models_app = typer.Typer(help="Model registry: register bundles, promote, roll back.", no_args_is_help=True)
+
+JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
+REASON_OPT = typer.Option("", "--reason", help="Why (recorded in the audit log; required with --force).")
+ONNX_OPT = typer.Option(..., "--onnx", exists=True, dir_okay=False, help="The ONNX model file.")
+MANIFEST_OPT = typer.Option(..., "--manifest", exists=True, dir_okay=False, help="The keeneye.json manifest.")
+FORCE_OPT = typer.Option(False, "--force", help="Allow a version whose gates failed (needs --reason).")
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in some containers
+        return "cli"
+
+
+def _registry(s: Settings) -> ModelRegistry:
+    """The registry the commands use; the single place where the audit-event sink is wired in."""
+    from keeneye.registry import ModelRegistry
+
+    return ModelRegistry(s)
+
+
+def _model_name(s: Settings, pipeline: str, *, strict: bool = False) -> str:
+    """The registered model that serves ``pipeline``.
+
+    ``strict`` (registering) refuses an unknown pipeline, listing the known ones; otherwise an unknown
+    name is taken as a registered model name, so models of removed pipelines stay manageable.
+    """
+    from keeneye.pipelines import PipelineCatalog
+
+    catalog = PipelineCatalog(s)
+    if strict or pipeline in catalog:
+        return catalog.get(pipeline).model_name
+    return pipeline
+
+
+def _key_metrics(info: ModelVersionInfo, limit: int = 3) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in list(info.metrics.items())[:limit])
+
+
+def _print_versions(infos: list[ModelVersionInfo], title: str) -> None:
+    table = Table(title=title)
+    for col in ("model", "version", "aliases", "task", "metrics", "gates", "created"):
+        table.add_column(col, overflow="fold")
+    colour = {"passed": "green", "failed": "red", "unknown": "yellow"}
+    for i in infos:
+        table.add_row(
+            i.name,
+            i.version,
+            ", ".join(i.aliases),
+            i.task,
+            _key_metrics(i),
+            f"[{colour[i.gates]}]{i.gates}[/]",
+            i.created.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+def _print_one(info: ModelVersionInfo, verb: str) -> None:
+    aliases = f" ({', '.join(info.aliases)})" if info.aliases else ""
+    console.print(f"{verb} {info.name} v{info.version}{aliases}, gates {info.gates}", highlight=False)
+
+
+@models_app.command("list")
+def list_models(
+    pipeline: str | None = typer.Option(None, "--pipeline", "-p", help="Only this pipeline's model."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """List registered model versions with aliases, task, key metrics and gate results."""
+    s = settings()
+    registry = _registry(s)
+    names = [_model_name(s, pipeline)] if pipeline else registry.names()
+    infos = [info for name in names for info in registry.versions(name)]
+    if json_out:
+        print_json([i.to_dict() for i in infos])
+    elif not infos:
+        console.print("no models registered yet — `keeneye models register` or `keeneye train`")
+    else:
+        _print_versions(infos, "registered models")
+
+
+@models_app.command("show")
+def show_model(
+    pipeline: str = typer.Argument(..., help="Pipeline (or registered model) name."),
+    version: str = typer.Argument(..., help="Model version, e.g. 3."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Show one model version: aliases, tags, metrics, gates, source."""
+    s = settings()
+    info = _registry(s).get(_model_name(s, pipeline), version)
+    if json_out:
+        print_json(info.to_dict())
+        return
+    table = Table(title=f"{info.name} v{info.version}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in info.to_dict().items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        table.add_row(key, "" if value is None else str(value))
+    console.print(table)
+
+
+@models_app.command("register")
+def register_model(
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline the model serves."),
+    onnx_file: Path = ONNX_OPT,
+    manifest_file: Path = MANIFEST_OPT,
+    alias: str | None = typer.Option(
+        None, "--alias", help="Give the new version this alias (e.g. champion)."
+    ),
+    force: bool = FORCE_OPT,
+    reason: str = REASON_OPT,
+    json_out: bool = typer.Option(False, "--json", help="Print the new version as JSON."),
+) -> None:
+    """Register an ONNX model and its manifest as a new version of a pipeline's model."""
+    from keeneye.models.bundle import ModelBundle
+    from keeneye.models.manifest import MANIFEST_FILE, MODEL_FILE
+
+    s = settings()
+    name = _model_name(s, pipeline, strict=True)
+    # A bundle is a folder with fixed file names; the user's files may be called anything.
+    with tempfile.TemporaryDirectory(prefix="keeneye-register-") as tmp:
+        folder = Path(tmp)
+        shutil.copyfile(onnx_file, folder / MODEL_FILE)
+        shutil.copyfile(manifest_file, folder / MANIFEST_FILE)
+        bundle = ModelBundle.load(folder)
+        info = _registry(s).register(
+            name, bundle, alias=alias, actor=_actor(), reason=reason or "registered from the CLI", force=force
+        )
+    if json_out:
+        print_json(info.to_dict())
+    else:
+        _print_one(info, "registered")
+
+
+@models_app.command("promote")
+def promote_model(
+    pipeline: str = typer.Argument(..., help="Pipeline (or registered model) name."),
+    version: str = typer.Argument(..., help="The version to make champion."),
+    force: bool = FORCE_OPT,
+    reason: str = REASON_OPT,
+    json_out: bool = typer.Option(False, "--json", help="Print the champion as JSON."),
+) -> None:
+    """Make a version the champion (the old champion is kept as 'previous' for rollback)."""
+    s = settings()
+    info = _registry(s).promote(
+        _model_name(s, pipeline),
+        version,
+        actor=_actor(),
+        reason=reason or "promoted from the CLI",
+        force=force,
+    )
+    if json_out:
+        print_json(info.to_dict())
+    else:
+        _print_one(info, "champion is now")
+
+
+@models_app.command("rollback")
+def rollback_model(
+    pipeline: str = typer.Argument(..., help="Pipeline (or registered model) name."),
+    force: bool = FORCE_OPT,
+    reason: str = REASON_OPT,
+    json_out: bool = typer.Option(False, "--json", help="Print the champion as JSON."),
+) -> None:
+    """Give the champion alias back to the previous champion."""
+    s = settings()
+    info = _registry(s).rollback(
+        _model_name(s, pipeline), actor=_actor(), reason=reason or "rolled back from the CLI", force=force
+    )
+    if json_out:
+        print_json(info.to_dict())
+    else:
+        _print_one(info, "rolled back: champion is now")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
