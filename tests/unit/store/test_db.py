@@ -1,0 +1,491 @@
+"""The results database, run against every backend: SQLite (embedded) and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import StatementError
+
+from keeneye.domain import ConfigError, Decision, NotFound, ObservationStatus, Variant
+from keeneye.settings import Settings
+from keeneye.store.db import Base, Observation, ResultsDB, open_results_db
+
+TABLES = {"observations", "predictions", "feedback", "model_events", "alerts"}
+Q, P = ObservationStatus.queued, ObservationStatus.processing
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend, never migrated."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db(url: str) -> Iterator[ResultsDB]:
+    results = ResultsDB(url)
+    results.upgrade()
+    yield results
+    results.close()
+
+
+def new_observation(db: ResultsDB, pipeline: str = "species-id", **overrides: Any) -> str:
+    fields: dict[str, Any] = {
+        "pipeline": pipeline,
+        "content_hash": "ab" * 32,
+        "object_key": "observations/x.jpg",
+        "content_type": "image/jpeg",
+        "size_bytes": 1234,
+        "metadata": {"camera": "c1"},
+        "source": "http",
+    }
+    fields.update(overrides)
+    return db.create_observation(**fields)
+
+
+def prediction(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "pipeline": "species-id",
+        "model_name": "species-id",
+        "model_version": "3",
+        "variant": Variant.champion,
+        "task": "classify",
+        "result": {"predicted_class": "salmon", "top_3_predictions": [["salmon", 0.9]]},
+        "decision": None,
+        "confidence": 0.9,
+        "latency_ms": 12.5,
+        "timings": {"decode": 1.5, "infer": 9.0},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
+    """Set updated_at back as if nobody had touched the row for ``seconds``."""
+    with db.session() as s:
+        s.execute(
+            sa.update(Observation)
+            .where(Observation.id == observation_id)
+            .values(updated_at=datetime.now(UTC) - timedelta(seconds=seconds))
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema and migrations
+# --------------------------------------------------------------------------------------------------
+
+
+def test_upgrade_creates_every_table_at_head(db: ResultsDB) -> None:
+    assert set(sa.inspect(db.engine).get_table_names()) == TABLES | {"alembic_version"}
+    assert db.current_revision() == db.head_revision() == "0001"
+    db.ensure_schema()  # already at head: a no-op
+    assert db.current_revision() == "0001"
+
+
+def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(ctx, Base.metadata) == []
+        # The comparison is live: a column the migration lacks shows up as a difference.
+        extra = sa.MetaData()
+        for table in Base.metadata.sorted_tables:
+            table.to_metadata(extra)
+        extra.tables["alerts"].append_column(sa.Column("extra", sa.Integer))
+        diffs = compare_metadata(ctx, extra)
+        assert [(d[0], d[2], d[3].name) for d in diffs] == [("add_column", "alerts", "extra")]
+
+
+def test_concurrent_first_starts_migrate_once(url: str) -> None:
+    fresh = ResultsDB(url)
+    assert fresh.current_revision() is None
+    assert fresh.check().detail == "schema at revision none, code expects 0001; run `keeneye db upgrade`"
+    # Several processes starting together all call ensure_schema; the migration lock serialises them.
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        own = ResultsDB(url)
+        try:
+            barrier.wait()
+            own.ensure_schema()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert fresh.current_revision() == "0001"
+    assert set(sa.inspect(fresh.engine).get_table_names()) == TABLES | {"alembic_version"}
+    fresh.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Observations
+# --------------------------------------------------------------------------------------------------
+
+
+def test_observation_round_trip(db: ResultsDB) -> None:
+    before = datetime.now(UTC)
+    metadata = {"field": "поле-7 🌱", "gps": [55.75, 37.61], "nested": {"ok": True, "none": None}}
+    obs_id = new_observation(db, metadata=metadata, source="bus")
+    after = datetime.now(UTC)
+
+    rec = db.get_observation(obs_id)
+    assert rec is not None
+    assert len(obs_id) == 32 and int(obs_id, 16) >= 0
+    assert (rec.id, rec.pipeline, rec.status, rec.reason) == (
+        obs_id,
+        "species-id",
+        ObservationStatus.queued,
+        None,
+    )
+    assert (rec.content_hash, rec.object_key, rec.content_type, rec.size_bytes) == (
+        "ab" * 32,
+        "observations/x.jpg",
+        "image/jpeg",
+        1234,
+    )
+    assert (rec.metadata, rec.source, rec.attempts) == (metadata, "bus", 0)
+    assert rec.created_at.tzinfo is UTC and rec.updated_at.tzinfo is UTC
+    assert before <= rec.created_at == rec.updated_at <= after
+    assert (rec.claimed_at, rec.completed_at) == (None, None)
+    assert db.get_observation("0" * 32) is None
+
+
+def test_creating_an_existing_id_again_records_nothing_twice(db: ResultsDB) -> None:
+    obs_id = new_observation(db, id="f" * 32, metadata={"first": 1})
+    assert new_observation(db, id="f" * 32, metadata={"second": 2}) == obs_id == "f" * 32
+    rec = db.get_observation(obs_id)
+    assert rec is not None and rec.metadata == {"first": 1}
+    with db.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Observation)) == 1
+
+
+def test_set_status_moves_and_reports_whether_it_changed(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    assert db.set_status(obs_id, P, expect={Q}) is True
+    claimed = db.get_observation(obs_id)
+    assert claimed is not None
+    assert (claimed.status, claimed.attempts, claimed.completed_at) == (P, 1, None)
+    assert claimed.claimed_at is not None and claimed.claimed_at.tzinfo is UTC
+
+    assert db.set_status(obs_id, P, expect={Q}) is False  # already claimed
+    assert db.set_status(obs_id, ObservationStatus.rejected, "corrupt_image", expect={P}) is True
+    rejected = db.get_observation(obs_id)
+    assert rejected is not None
+    assert (rejected.status, rejected.reason, rejected.attempts) == (
+        ObservationStatus.rejected,
+        "corrupt_image",
+        1,
+    )
+    assert rejected.completed_at is not None and rejected.completed_at >= claimed.claimed_at
+    assert db.set_status("0" * 32, P) is False
+
+
+def test_two_claimers_exactly_one_wins_each_observation(db: ResultsDB) -> None:
+    ids = [new_observation(db) for _ in range(20)]
+    barrier = threading.Barrier(2)
+    wins: dict[str, list[str]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        try:
+            barrier.wait()
+            for obs_id in ids:
+                if db.set_status(obs_id, P, expect={Q}):
+                    wins[name].append(obs_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in wins]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(wins["a"] + wins["b"]) == sorted(ids)  # every one claimed, none twice
+    assert all(r is not None and r.attempts == 1 for r in map(db.get_observation, ids))
+
+
+def test_claim_stale_returns_only_old_rows_once(db: ResultsDB) -> None:
+    old_queued = new_observation(db)
+    old_processing = new_observation(db)
+    db.set_status(old_processing, P)
+    old_done = new_observation(db)
+    db.set_status(old_done, ObservationStatus.done)
+    fresh = new_observation(db)
+    other_pipeline = new_observation(db, pipeline="crop-health")
+    for obs_id in (old_queued, old_processing, old_done, other_pipeline):
+        age(db, obs_id, 600)
+    age(db, old_queued, 900)  # the oldest comes first
+
+    assert db.claim_stale("species-id", 300, {Q, P}) == [old_queued, old_processing]
+    assert db.claim_stale("species-id", 300, {Q, P}) == []  # claimed: updated_at was touched
+    assert db.claim_stale(None, 300, {Q}, limit=5) == [other_pipeline]
+    assert fresh in db.claim_stale(None, 0, {Q})  # with no age limit a fresh row counts too
+    rec = db.get_observation(old_processing)
+    assert rec is not None and rec.status is P
+
+
+def test_delete_observation_takes_its_predictions_and_feedback(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    db.save_prediction(obs_id, **prediction())
+    db.add_feedback(obs_id, {"class": "salmon"}, "api")
+    assert db.delete_observation(obs_id) is True
+    assert db.get_observation(obs_id) is None
+    assert (db.count_predictions(), db.feedback_for(obs_id)) == (0, [])
+    assert db.delete_observation(obs_id) is False
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictions (invariant 2: unique on observation, model version, variant)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_save_prediction_is_idempotent_per_model_version_and_variant(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    assert db.save_prediction(obs_id, **prediction()) is True
+    assert db.save_prediction(obs_id, **prediction(confidence=0.1)) is False
+    assert db.count_predictions() == 1
+    assert db.save_prediction(obs_id, **prediction(variant=Variant.shadow, model_version="4")) is True
+    assert db.save_prediction(obs_id, **prediction(variant=Variant.canary)) is True
+    assert (db.count_predictions(), db.count_predictions("species-id"), db.count_predictions("other")) == (
+        3,
+        3,
+        0,
+    )
+
+    first, shadow, canary = db.predictions_for(obs_id)
+    assert (first.variant, shadow.variant, canary.variant) == (
+        Variant.champion,
+        Variant.shadow,
+        Variant.canary,
+    )
+    assert (first.model_name, first.model_version, first.task) == ("species-id", "3", "classify")
+    assert first.confidence == 0.9  # the first write stays
+    assert first.result == {"predicted_class": "salmon", "top_3_predictions": [["salmon", 0.9]]}
+    assert (first.latency_ms, first.timings, first.decision) == (12.5, {"decode": 1.5, "infer": 9.0}, None)
+    assert first.created_at.tzinfo is UTC
+
+
+def test_save_prediction_for_an_unknown_observation_is_not_found(db: ResultsDB) -> None:
+    with pytest.raises(NotFound, match=r"observation 0{32} does not exist"):
+        db.save_prediction("0" * 32, **prediction())
+    assert db.count_predictions() == 0
+
+
+def test_complete_observation_saves_prediction_and_done_together(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    db.set_status(obs_id, P)
+    fields = prediction(decision=Decision.defect, task="segment", result={"instances": []})
+    assert db.complete_observation(obs_id, **fields) is True
+    rec = db.get_observation(obs_id)
+    assert rec is not None and rec.status is ObservationStatus.done and rec.completed_at is not None
+    [saved] = db.predictions_for(obs_id)
+    assert (saved.decision, saved.task) == (Decision.defect, "segment")
+    # A re-delivered message completes again without a second prediction.
+    assert db.complete_observation(obs_id, **fields) is False
+    assert db.count_predictions() == 1
+
+
+def test_complete_observation_is_all_or_nothing(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    db.set_status(obs_id, P)
+    # The status update runs first; the insert then fails (a set is not JSON): both roll back.
+    with pytest.raises((StatementError, TypeError), match="not JSON serializable"):
+        db.complete_observation(obs_id, **prediction(result={"classes": {"salmon"}}))
+    rec = db.get_observation(obs_id)
+    assert rec is not None and (rec.status, rec.completed_at) == (P, None)
+    assert db.count_predictions() == 0
+
+    with pytest.raises(NotFound):
+        db.complete_observation("0" * 32, **prediction())
+    assert db.count_predictions() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Feedback, model events, alerts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_feedback_is_stored_and_refused_for_unknown_observations(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    first = db.add_feedback(obs_id, {"class": "лосось"}, "api", author="ana")
+    second = db.add_feedback(obs_id, {"instances": [{"class": "scratch", "box": [1, 2, 3, 4]}]}, "review")
+    assert second > first
+    got = db.feedback_for(obs_id)
+    assert [(f.id, f.label, f.source, f.author) for f in got] == [
+        (first, {"class": "лосось"}, "api", "ana"),
+        (second, {"instances": [{"class": "scratch", "box": [1, 2, 3, 4]}]}, "review", None),
+    ]
+    with pytest.raises(NotFound, match=r"observation 0{32} does not exist"):
+        db.add_feedback("0" * 32, {"decision": "OK"}, "api")
+
+
+def test_model_events_come_newest_first(db: ResultsDB) -> None:
+    db.record_model_event("line-inspection", "registered", model_version="1", actor="trainer")
+    db.record_model_event("species-id", "registered", model_version="9", actor="trainer")
+    db.record_model_event(
+        "line-inspection", "promoted", model_version="2", from_version="1", alias="champion",
+        actor="ops", reason="beat champion", details={"recall": 0.97},
+    )  # fmt: skip
+    last = db.record_model_event(
+        "line-inspection", "rolled_back", model_version="1", from_version="2", actor="ops"
+    )
+
+    events = db.model_events("line-inspection")
+    assert [(e.event, e.model_version) for e in events] == [
+        ("rolled_back", "1"),
+        ("promoted", "2"),
+        ("registered", "1"),
+    ]
+    assert events[0].id == last and events[0].created_at.tzinfo is UTC
+    promoted = events[1]
+    assert (promoted.from_version, promoted.alias, promoted.actor) == ("1", "champion", "ops")
+    assert (promoted.reason, promoted.details) == ("beat champion", {"recall": 0.97})
+    assert [e.event for e in db.model_events("line-inspection", limit=1)] == ["rolled_back"]
+
+
+def test_alert_lifecycle(db: ResultsDB) -> None:
+    labels = {"replica": "api-1"}
+    pending = db.upsert_alert(
+        "HighLoad", "f1", severity="critical", state="pending", labels=labels, value=0.85
+    )
+    firing = db.upsert_alert("HighLoad", "f1", severity="critical", state="firing", value=0.91)
+    assert firing.id == pending.id and firing.fired_at is not None and firing.started_at == pending.started_at
+    assert (firing.labels, firing.value, firing.escalation_level) == (labels, 0.91, 0)
+    assert [a.id for a in db.active_alerts()] == [pending.id]
+    assert db.ack_alert(firing.id, "oncall") is True
+    assert db.active_alerts()[0].acked_by == "oncall"
+
+    resolved = db.upsert_alert("HighLoad", "f1", severity="critical", state="resolved")
+    assert resolved.id == pending.id and resolved.resolved_at is not None
+    assert db.active_alerts() == []
+    again = db.upsert_alert("HighLoad", "f1", severity="critical", state="firing")
+    assert again.id != pending.id  # a new instance; the resolved one stays as history
+    with pytest.raises(ValueError, match="alert state 'burning'"):
+        db.upsert_alert("HighLoad", "f1", severity="critical", state="burning")
+
+
+# --------------------------------------------------------------------------------------------------
+# Health and configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def test_check_reports_version_and_revision(db: ResultsDB) -> None:
+    health = db.check()
+    assert health.reachable is True and health.setting == "KEENEYE_DATABASE_URL"
+    assert health.version.startswith("SQLite 3." if db.backend == "sqlite" else "PostgreSQL ")
+    assert health.detail == "schema at revision 0001"
+
+
+def test_check_on_a_closed_port_is_quick_and_one_line() -> None:
+    unreachable = ResultsDB("postgresql+psycopg://nobody@127.0.0.1:1/x")
+    start = time.monotonic()
+    health = unreachable.check()
+    assert time.monotonic() - start < 5
+    assert health.reachable is False and health.version == ""
+    assert "Connection refused" in health.detail or "connection failed" in health.detail
+    assert "\n" not in health.detail and "Traceback" not in health.detail
+    assert "KEENEYE_DATABASE_URL" in health.fix
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://x", "scheme 'mysql' in 'mysql://x' is not supported"),
+        ("not a url", "no scheme in 'not a url' is not supported"),
+        ("sqlite", "no scheme in 'sqlite' is not supported"),
+        ("sqlite://", "'sqlite://' names no database file"),
+        ("sqlite:///:memory:", "'sqlite:///:memory:' names no database file"),
+        ("postgresql://h:notaport/db", "malformed URL"),
+    ],
+)
+def test_bad_urls_are_config_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"^KEENEYE_DATABASE_URL: ") as caught:
+        ResultsDB(url)
+    assert message in caught.value.message
+    assert caught.value.fix
+
+
+def test_open_results_db_creates_the_folder_and_maps_plain_postgresql(settings: Settings) -> None:
+    assert not settings.home.exists()
+    db = open_results_db(settings)
+    assert settings.home.is_dir() and db.url == settings.database_url
+    db.close()
+    pg = ResultsDB("postgresql://user:secret@db.example:5432/keeneye")
+    assert (pg.engine.dialect.name, pg.engine.dialect.driver) == ("postgresql", "psycopg")
+    assert repr(pg) == "ResultsDB('postgresql://user:***@db.example:5432/keeneye')"
+
+
+# --------------------------------------------------------------------------------------------------
+# Concurrency on one SQLite file (WAL): separate processes migrate and write at the same time
+# --------------------------------------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from keeneye.store.db import ResultsDB
+url, name, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+db = ResultsDB(url)
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+db.ensure_schema()
+for i in range(n):
+    db.create_observation("p", f"{i:064x}", None, "image/png", i, {"writer": name, "i": i}, "test")
+print("done", flush=True)
+"""
+
+
+def test_processes_write_one_sqlite_file_concurrently(tmp_path: Path) -> None:
+    url, go, n = f"sqlite:///{tmp_path / 'shared.db'}", tmp_path / "go", 150
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, name, str(n), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("w1", "w2", "w3")
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()  # all start migrating and writing at once
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outputs]
+
+    db = ResultsDB(url)
+    with db.session() as s:
+        rows = s.execute(sa.select(Observation.metadata_)).scalars().all()
+    assert sorted((m["writer"], m["i"]) for m in rows) == sorted(
+        (w, i) for w in ("w1", "w2", "w3") for i in range(n)
+    )
+    assert db.current_revision() == "0001"
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    db.close()
+
+
+def test_an_unwritable_sqlite_folder_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^KEENEYE_DATABASE_URL: cannot create the folder .*file/sub"):
+        ResultsDB(f"sqlite:///{tmp_path / 'file' / 'sub' / 'keeneye.db'}")
