@@ -20,7 +20,9 @@ Invariants served here (see ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import sqlite3
 import uuid
 from collections.abc import Collection, Iterator, Mapping
@@ -121,6 +123,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -259,6 +265,19 @@ class Alert(Base):
     escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; the secret is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,6 +443,15 @@ class AlertRecord:
             last_notified_at=row.last_notified_at,
             updated_at=row.updated_at,
         )
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 ALERT_STATES = ("pending", "firing", "resolved")
@@ -892,6 +920,104 @@ class ResultsDB:
             stmt = stmt.where(Prediction.pipeline == pipeline)
         with self.session() as s:
             return int(s.execute(stmt).scalar_one())
+
+    def record_prediction(
+        self,
+        *,
+        pipeline: str,
+        content_hash: str,
+        object_key: str | None,
+        content_type: str,
+        size_bytes: int,
+        metadata: Mapping[str, Any] | None,
+        source: str,
+        model_name: str,
+        model_version: str,
+        variant: Variant,
+        task: str,
+        result: Mapping[str, Any],
+        decision: Decision | None,
+        confidence: float | None,
+        latency_ms: float,
+        timings: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A synchronous answer: the observation (``done``) and its prediction in one transaction.
+
+        Used by ``POST /predict``, where the answer exists before anything is stored; either both rows
+        are written or neither. Returns the new observation id.
+        """
+        obs_id = uuid.uuid4().hex
+        now = utcnow()
+        observation = Observation(
+            id=obs_id,
+            pipeline=pipeline,
+            status=ObservationStatus.done.value,
+            content_hash=content_hash,
+            object_key=object_key,
+            content_type=content_type,
+            size_bytes=size_bytes,
+            metadata_=dict(metadata or {}),
+            source=source,
+            attempts=1,
+            created_at=now,
+            updated_at=now,
+            completed_at=now,
+        )
+        insert = self._prediction_insert(
+            obs_id, pipeline, model_name, model_version, variant, task, result,
+            decision, confidence, latency_ms, timings,
+        )  # fmt: skip
+        with self.session() as s:
+            s.add(observation)
+            s.flush()
+            s.execute(insert)
+        return obs_id
+
+    def observations_with_status(
+        self, pipeline: str, status: ObservationStatus | str, *, limit: int = 100
+    ) -> list[ObservationRecord]:
+        """The newest observations of a pipeline in one status (uses the reconciler's index)."""
+        stmt = (
+            select(Observation)
+            .where(Observation.pipeline == pipeline, Observation.status == ObservationStatus(status).value)
+            .order_by(Observation.updated_at.desc())
+            .limit(limit)
+        )
+        with self.session() as s:
+            return [ObservationRecord.from_row(r) for r in s.scalars(stmt)]
+
+    # ------------------------------------------------------------------ API keys
+
+    def create_api_key(self, name: str) -> tuple[int, str]:
+        """A new key for ``name``; returns ``(id, secret)``. The secret is never stored."""
+        secret = "ke_" + secrets.token_urlsafe(32)
+        row = ApiKey(
+            name=name, prefix=secret[:10], key_hash=_key_hash(secret), created_at=utcnow(), revoked_at=None
+        )
+        with self.session() as s:
+            s.add(row)
+            s.flush()
+            return row.id, secret
+
+    def verify_api_key(self, secret: str) -> int | None:
+        """The id of the active key with this secret, else ``None``."""
+        stmt = select(ApiKey.id).where(ApiKey.key_hash == _key_hash(secret), ApiKey.revoked_at.is_(None))
+        with self.session() as s:
+            return s.execute(stmt).scalar_one_or_none()
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self.session() as s:
+            return [
+                ApiKeyRecord(r.id, r.name, r.prefix, r.created_at, r.revoked_at)
+                for r in s.scalars(select(ApiKey).order_by(ApiKey.id))
+            ]
+
+    def revoke_api_key(self, key_id: int) -> bool:
+        stmt = (
+            update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        )
+        with self.session() as s:
+            return _rowcount(s.execute(stmt)) == 1
 
     # ------------------------------------------------------------------ feedback
 

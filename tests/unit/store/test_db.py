@@ -21,7 +21,7 @@ from keeneye.domain import ConfigError, Decision, NotFound, ObservationStatus, V
 from keeneye.settings import Settings
 from keeneye.store.db import Base, Observation, ResultsDB, open_results_db
 
-TABLES = {"observations", "predictions", "feedback", "model_events", "alerts"}
+TABLES = {"observations", "predictions", "feedback", "model_events", "alerts", "api_keys"}
 Q, P = ObservationStatus.queued, ObservationStatus.processing
 
 
@@ -89,9 +89,9 @@ def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
 
 def test_upgrade_creates_every_table_at_head(db: ResultsDB) -> None:
     assert set(sa.inspect(db.engine).get_table_names()) == TABLES | {"alembic_version"}
-    assert db.current_revision() == db.head_revision() == "0001"
+    assert db.current_revision() == db.head_revision() == "0002"
     db.ensure_schema()  # already at head: a no-op
-    assert db.current_revision() == "0001"
+    assert db.current_revision() == "0002"
 
 
 def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
@@ -110,7 +110,7 @@ def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
 def test_concurrent_first_starts_migrate_once(url: str) -> None:
     fresh = ResultsDB(url)
     assert fresh.current_revision() is None
-    assert fresh.check().detail == "schema at revision none, code expects 0001; run `keeneye db upgrade`"
+    assert fresh.check().detail == "schema at revision none, code expects 0002; run `keeneye db upgrade`"
     # Several processes starting together all call ensure_schema; the migration lock serialises them.
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
@@ -131,7 +131,7 @@ def test_concurrent_first_starts_migrate_once(url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert fresh.current_revision() == "0001"
+    assert fresh.current_revision() == "0002"
     assert set(sa.inspect(fresh.engine).get_table_names()) == TABLES | {"alembic_version"}
     fresh.close()
 
@@ -393,7 +393,7 @@ def test_check_reports_version_and_revision(db: ResultsDB) -> None:
     health = db.check()
     assert health.reachable is True and health.setting == "KEENEYE_DATABASE_URL"
     assert health.version.startswith("SQLite 3." if db.backend == "sqlite" else "PostgreSQL ")
-    assert health.detail == "schema at revision 0001"
+    assert health.detail == "schema at revision 0002"
 
 
 def test_check_on_a_closed_port_is_quick_and_one_line() -> None:
@@ -478,7 +478,7 @@ def test_processes_write_one_sqlite_file_concurrently(tmp_path: Path) -> None:
     assert sorted((m["writer"], m["i"]) for m in rows) == sorted(
         (w, i) for w in ("w1", "w2", "w3") for i in range(n)
     )
-    assert db.current_revision() == "0001"
+    assert db.current_revision() == "0002"
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -489,3 +489,85 @@ def test_an_unwritable_sqlite_folder_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"^KEENEYE_DATABASE_URL: cannot create the folder .*file/sub"):
         ResultsDB(f"sqlite:///{tmp_path / 'file' / 'sub' / 'keeneye.db'}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Synchronous answers and API keys (serving)
+# --------------------------------------------------------------------------------------------------
+
+
+def _record(db: ResultsDB, **overrides: Any) -> str:
+    kwargs: dict[str, Any] = dict(
+        pipeline="species-id",
+        content_hash="a" * 64,
+        object_key="observations/x.jpg",
+        content_type="image/jpeg",
+        size_bytes=10,
+        metadata={"pond": "A7"},
+        source="http",
+        model_name="species-id",
+        model_version="3",
+        variant=Variant.champion,
+        task="classify",
+        result={"predicted_class": "esox_lucius"},
+        decision=None,
+        confidence=0.9,
+        latency_ms=12.5,
+        timings={"infer": 4.0},
+    )
+    kwargs.update(overrides)
+    return db.record_prediction(**kwargs)
+
+
+def test_record_prediction_writes_a_done_observation_and_its_prediction(db: ResultsDB) -> None:
+    obs_id = _record(db)
+    obs = db.get_observation(obs_id)
+    assert obs is not None
+    assert (obs.status, obs.attempts, obs.metadata) == (ObservationStatus.done, 1, {"pond": "A7"})
+    assert obs.completed_at is not None
+    preds = db.predictions_for(obs_id)
+    assert [(p.model_version, p.variant, p.result) for p in preds] == [
+        ("3", "champion", {"predicted_class": "esox_lucius"})
+    ]
+
+
+def test_record_prediction_is_all_or_nothing(db: ResultsDB) -> None:
+    before = (db.count_predictions(), len(db.observations_with_status("species-id", "done")))
+    with pytest.raises(ValueError):
+        _record(db, variant="not-a-variant")  # refused while building the insert: nothing written
+    assert (db.count_predictions(), len(db.observations_with_status("species-id", "done"))) == before
+
+
+def test_observations_with_status_newest_first(db: ResultsDB) -> None:
+    first = _record(db)
+    second = _record(db)
+    rejected = db.create_observation(
+        "species-id",
+        "b" * 64,
+        "quarantine/q.bin",
+        "application/octet-stream",
+        3,
+        {},
+        "http",
+        status=ObservationStatus.rejected,
+    )
+    assert [o.id for o in db.observations_with_status("species-id", "done")] == [second, first]
+    assert [o.id for o in db.observations_with_status("species-id", ObservationStatus.rejected)] == [rejected]
+    assert db.observations_with_status("crop-health", "done") == []
+
+
+def test_api_keys_are_hashed_verified_and_revoked(db: ResultsDB) -> None:
+    key_id, secret = db.create_api_key("field-app")
+    assert secret.startswith("ke_") and len(secret) > 30
+    assert db.verify_api_key(secret) == key_id
+    assert db.verify_api_key(secret + "x") is None
+    listed = db.list_api_keys()
+    assert [(k.id, k.name, k.prefix, k.revoked_at) for k in listed] == [
+        (key_id, "field-app", secret[:10], None)
+    ]
+    with db.session() as s:
+        stored = s.execute(sa.text("SELECT key_hash FROM api_keys")).scalar_one()
+    assert secret not in stored and len(stored) == 64
+    assert db.revoke_api_key(key_id) is True
+    assert db.revoke_api_key(key_id) is False
+    assert db.verify_api_key(secret) is None
