@@ -164,10 +164,12 @@ class Instances:
     def areas(self) -> FloatArray:
         """Mask pixel counts when masks exist, otherwise box areas."""
         if self.masks is not None:
-            return self.masks.reshape(len(self), -1).sum(axis=1).astype(np.float32)
+            counts: FloatArray = self.masks.reshape(len(self), -1).sum(axis=1).astype(np.float32)
+            return counts
         w = np.clip(self.boxes[:, 2] - self.boxes[:, 0], 0, None)
         h = np.clip(self.boxes[:, 3] - self.boxes[:, 1], 0, None)
-        return (w * h).astype(np.float32)
+        box_areas: FloatArray = (w * h).astype(np.float32)
+        return box_areas
 
     def filter(self, keep: npt.NDArray[np.bool_] | npt.NDArray[np.int64]) -> Instances:
         return Instances(

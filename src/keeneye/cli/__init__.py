@@ -41,12 +41,14 @@ def _register() -> None:
     from keeneye.cli import pipelines as pipelines_cli
     from keeneye.cli import serve, system
     from keeneye.cli import synth as synth_cli
+    from keeneye.cli import train as train_cli
 
     system.register(app)
     serve.register(app)
     pipelines_cli.register(app)
     models_cli.register(app)
     synth_cli.register(app)
+    train_cli.register(app)
 
 
 _register()
@@ -58,7 +60,7 @@ def main() -> None:
     except KeeneyeError as exc:
         if state.debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

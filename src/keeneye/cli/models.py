@@ -36,8 +36,11 @@ def _actor() -> str:
 def _registry(s: Settings) -> ModelRegistry:
     """The registry the commands use; the single place where the audit-event sink is wired in."""
     from keeneye.registry import ModelRegistry
+    from keeneye.store import open_results_db
 
-    return ModelRegistry(s)
+    db = open_results_db(s)
+    db.ensure_schema()
+    return ModelRegistry(s, events=db)
 
 
 def _model_name(s: Settings, pipeline: str, *, strict: bool = False) -> str:

@@ -87,7 +87,9 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON inste
         console.print(table)
         for r in results:
             if not r.reachable:
-                console.print(f"[red]✗ {r.setting}[/]: {r.detail}" + (f" — {r.fix}" if r.fix else ""), highlight=False)
+                console.print(
+                    f"[red]✗ {r.setting}[/]: {r.detail}" + (f" — {r.fix}" if r.fix else ""), highlight=False
+                )
     if not all(r.reachable for r in results):
         raise typer.Exit(1)
 

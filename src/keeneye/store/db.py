@@ -690,6 +690,7 @@ class ResultsDB:
         source: str,
         status: ObservationStatus = ObservationStatus.queued,
         id: str | None = None,
+        reason: str | None = None,
     ) -> str:
         """Record an accepted input; durable when this returns. Returns its id.
 
@@ -703,6 +704,7 @@ class ResultsDB:
                 id=obs_id,
                 pipeline=pipeline,
                 status=ObservationStatus(status).value,
+                reason=reason,
                 content_hash=content_hash,
                 object_key=object_key,
                 content_type=content_type,

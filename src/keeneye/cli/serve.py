@@ -1,0 +1,163 @@
+"""``keeneye serve``, ``keeneye predict`` and ``keeneye keys``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.domain import ConfigError, InvalidInput, KeeneyeError
+
+
+def serve(
+    host: str = typer.Option(
+        None, help="Address to bind (default 127.0.0.1; a non-loopback address requires API keys)."
+    ),
+    port: int = typer.Option(None, help="Port to listen on (default 8000)."),
+    workers: int = typer.Option(1, help="Server processes (each loads its own models)."),
+) -> None:
+    """Run the HTTP API and web page alone (no stream workers)."""
+    import uvicorn
+
+    s = settings()
+    serving = s.serving.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    s = s.model_copy(update={"serving": serving})
+    from keeneye.serving.app import create_app, is_loopback
+
+    if not is_loopback(serving.host) and serving.require_api_key is False:
+        err_console.print("[yellow]warning:[/] serving on a public address without API keys")
+    console.print(
+        f"keeneye serving on http://{serving.host}:{serving.port}  (docs: /docs, metrics: /metrics)"
+    )
+    if workers != 1:
+        raise ConfigError(
+            "--workers", "only 1 is supported by `serve`", fix="use `keeneye up` for several processes"
+        )
+    uvicorn.run(create_app(s), host=serving.host, port=serving.port, log_level="warning", access_log=False)
+
+
+def predict(
+    files: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF/GeoTIFF).", exists=False),
+    pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline to use (default: species-id)."),
+    metadata: str = typer.Option(None, help="JSON object stored with each observation."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON results."),
+) -> None:
+    """Predict on local files through the same code path as the API (results are stored too)."""
+    from keeneye.serving.app import close_state, open_state
+    from keeneye.serving.routes.predict import parse_metadata
+
+    s = settings()
+    name = pipeline or s.serving.default_pipeline
+    meta = parse_metadata(metadata)
+
+    async def run() -> list[dict[str, Any]]:
+        state = await open_state(s, poll_aliases=False)
+        results: list[dict[str, Any]] = []
+        try:
+            state.catalog.get(name)
+            for path in files:
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    results.append({"file": str(path), "error": f"cannot read: {exc.strerror}"})
+                    continue
+                try:
+                    out = await state.service.predict(name, data, meta, source="cli")
+                    results.append({"file": str(path), **out})
+                except InvalidInput as exc:
+                    results.append({"file": str(path), "error": exc.one_line(), "reason": exc.reason})
+        finally:
+            await close_state(state)
+        return results
+
+    results = asyncio.run(run())
+    if json_out:
+        print_json(results)
+    else:
+        table = Table(title=f"keeneye predict · {name}")
+        for col in ("file", "answer", "confidence", "ms", "model", "cached"):
+            table.add_column(col)
+        for r in results:
+            if "error" in r:
+                table.add_row(r["file"], f"[red]{r['error']}[/]", "", "", "", "")
+                continue
+            answer = r.get("predicted_label") or (
+                f"{r.get('count', 0)} instance(s)" + (f" · {r['decision']}" if r.get("decision") else "")
+            )
+            conf = r.get("confidence")
+            table.add_row(
+                r["file"],
+                answer,
+                "" if conf is None else f"{conf:.3f}",
+                f"{r['processing_time_ms']:.1f}",
+                r["model_version"],
+                "yes" if r["cached"] else "no",
+            )
+        console.print(table)
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
+
+
+keys_app = typer.Typer(
+    help="API keys: required when the server binds a non-loopback address.", no_args_is_help=True
+)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what the key is for, e.g. 'field-app'."),
+) -> None:
+    """Create an API key; it is shown once, only its hash is stored."""
+    from keeneye.store import open_results_db
+
+    db = open_results_db(settings())
+    db.ensure_schema()
+    key_id, secret = db.create_api_key(name)
+    console.print(f"API key {key_id} for {name!r} (store it now, it is not shown again):")
+    console.print(secret, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List API keys (never the secrets)."""
+    from keeneye.store import open_results_db
+
+    db = open_results_db(settings())
+    db.ensure_schema()
+    keys = [k.__dict__ for k in db.list_api_keys()]
+    if json_out:
+        print_json(keys)
+        return
+    table = Table(title="API keys")
+    for col in ("id", "name", "prefix", "created", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(str(k["id"]), k["name"], k["prefix"], str(k["created_at"]), str(k["revoked_at"] or ""))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int = typer.Argument(..., help="The key id from `keeneye keys list`.")) -> None:
+    """Revoke an API key; requests using it get 401 from then on."""
+    from keeneye.store import open_results_db
+
+    db = open_results_db(settings())
+    db.ensure_schema()
+    if not db.revoke_api_key(key_id):
+        raise KeeneyeError(f"no active API key with id {key_id}", fix="see `keeneye keys list`")
+    console.print(f"revoked API key {key_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("predict")(predict)
+    app.add_typer(keys_app, name="keys")
+
+
+__all__ = ["register"]

@@ -1,0 +1,99 @@
+"""The metric catalogue: every Prometheus metric keeneye exports, defined once, here.
+
+Metrics live in a :class:`Metrics` object bound to a ``CollectorRegistry`` (one per app, so tests and
+several apps in one process never collide). Names, labels and help text are the contract dashboards
+and alert rules depend on: add freely, rename only with care.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets in seconds: fine below the 348/490 ms SLOs, coarse above.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.348,
+    0.4,
+    0.49,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+STAGES = ("decode", "queue", "infer", "post", "store")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "keeneye_requests",
+            "HTTP prediction requests by pipeline and response status",
+            ["pipeline", "status"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "keeneye_rejections",
+            "Refused inputs by pipeline and reason code",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "keeneye_stage_seconds",
+            "Time spent per processing stage (decode, queue, infer, post, store)",
+            ["pipeline", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "keeneye_request_seconds",
+            "End-to-end prediction latency inside the server",
+            ["pipeline"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "keeneye_batch_size",
+            "Images per model run (micro-batching)",
+            ["pipeline"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.cache = Counter(
+            "keeneye_cache",
+            "Prediction cache lookups by result (hit|miss)",
+            ["pipeline", "result"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "keeneye_inflight_requests", "Prediction requests being processed now", registry=r
+        )
+        self.model_info = Gauge(
+            "keeneye_model_info",
+            "The model version serving each pipeline (value 1)",
+            ["pipeline", "model", "version"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "keeneye_model_reloads", "Served model switched after an alias move", ["pipeline"], registry=r
+        )
+
+    def observe_stage(self, pipeline: str, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(pipeline, stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

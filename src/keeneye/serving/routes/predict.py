@@ -1,0 +1,178 @@
+"""Synchronous prediction: ``POST /v1/pipelines/{name}/predict`` and the species-id ``POST /predict``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+
+from keeneye.domain import InvalidInput
+from keeneye.serving.routes.deps import AdmitDep, StateDep
+from keeneye.serving.schemas import ErrorResponse, PredictResponse
+
+router = APIRouter(tags=["predict"])
+
+RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/tiff", "image/tif", "application/octet-stream"}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": what}
+    for code, what in {
+        400: "empty or malformed request",
+        401: "API key missing or invalid",
+        404: "unknown pipeline",
+        413: "upload or image too large",
+        415: "content type not accepted",
+        422: "the image was refused (reason says why)",
+        429: "rate limit exceeded (Retry-After)",
+        503: "busy or no model ready (Retry-After)",
+    }.items()
+}
+
+_BODY_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "metadata": {
+                            "type": "string",
+                            "description": "JSON object stored with the observation",
+                        },
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "required": True,
+    }
+}
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("bad_request", "Content-Length is not a number", status=400) from None
+        if size > limit:
+            raise InvalidInput(
+                "too_large",
+                f"upload of {size} bytes is over the limit of {limit} bytes",
+                status=413,
+                fix="send a smaller image, or raise KEENEYE_SERVING__MAX_UPLOAD_BYTES",
+            )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise InvalidInput(
+                "too_large",
+                f"upload is over the limit of {limit} bytes",
+                status=413,
+                fix="send a smaller image, or raise KEENEYE_SERVING__MAX_UPLOAD_BYTES",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_metadata(raw: str | bytes | None) -> dict[str, Any]:
+    if raw is None or raw in ("", b""):
+        return {}
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            "bad_metadata",
+            f"metadata is not valid JSON: {exc}",
+            status=400,
+            fix='send a JSON object, e.g. {"field": "A7"}',
+        ) from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("bad_metadata", "metadata must be a JSON object", status=400)
+    return value
+
+
+async def extract_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
+    """Image bytes and metadata from a multipart form (field ``file``) or a raw image body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        body = await read_limited_body(request, limit)
+        request._body = body  # let Starlette's form parser read the bytes we already bounded
+        try:
+            form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
+        except Exception as exc:  # the multipart parser raises several types for malformed bodies
+            raise InvalidInput("bad_request", f"malformed multipart body: {exc}", status=400) from exc
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput(
+                "missing_file",
+                "multipart body has no 'file' field",
+                status=400,
+                fix="send the image as form field 'file' (curl -F file=@photo.jpg)",
+            )
+        data = await upload.read()
+        meta_field = form.get("metadata")
+        metadata = parse_metadata(meta_field if isinstance(meta_field, str) else None)
+        return data, metadata
+    if content_type in RAW_TYPES or content_type.startswith("image/"):
+        data = await read_limited_body(request, limit)
+        return data, parse_metadata(request.headers.get("x-keeneye-metadata"))
+    raise InvalidInput(
+        "unsupported_media_type",
+        f"content type {content_type or '(none)'!r} is not accepted",
+        status=415,
+        fix="send multipart/form-data with a 'file' field, "
+        "or the raw image as image/jpeg, image/png or image/tiff",
+    )
+
+
+async def _predict(name: str, request: Request, state: StateDep) -> dict[str, Any]:
+    spec = state.catalog.get(name)  # 404 before reading a byte
+    limit = spec.input.max_upload_bytes or state.settings.serving.max_upload_bytes
+    try:
+        data, metadata = await extract_image(request, limit)
+        result = await state.service.predict(name, data, metadata, source="http")
+    except InvalidInput as exc:
+        state.metrics.requests.labels(name, str(exc.status)).inc()
+        raise
+    state.metrics.requests.labels(name, "200").inc()
+    return result
+
+
+@router.post(
+    "/v1/pipelines/{name}/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra=_BODY_DOC,
+    summary="Predict on one image, synchronously",
+)
+async def predict(name: str, request: Request, state: StateDep, _client: AdmitDep) -> dict[str, Any]:
+    """Send the image as multipart field ``file`` (optional ``metadata`` JSON) or as the raw body.
+
+    Every accepted image is stored with its prediction; the same bytes for the same model version are
+    answered from the cache (``cached: true``).
+    """
+    return await _predict(name, request, state)
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra=_BODY_DOC,
+    summary="Predict with the default pipeline (species-id compatible)",
+)
+async def predict_default(request: Request, state: StateDep, _client: AdmitDep) -> dict[str, Any]:
+    return await _predict(state.settings.serving.default_pipeline, request, state)

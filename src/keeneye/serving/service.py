@@ -1,0 +1,311 @@
+"""The synchronous prediction path, shared by the HTTP API and ``keeneye predict``.
+
+bytes → content hash → cache? → decode + validate → model input → micro-batched inference →
+post-processing → result → object + observation + prediction stored → cache. Bad input raises
+:class:`~keeneye.domain.InvalidInput` before anything is written except the quarantined bytes and a
+``rejected`` observation (one complete record, never half of one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+from keeneye.domain import Decision, InvalidInput, ObservationStatus, Prediction, Task, Variant
+from keeneye.imaging import Image, decode_image, prepare_input, quality_features
+from keeneye.models import decide_ok_defect, postprocess
+from keeneye.models.manifest import ModelManifest
+from keeneye.monitoring.metrics import Metrics
+from keeneye.pipelines import PipelineCatalog, PipelineSpec
+from keeneye.serving.runtime import LoadedModel, ModelRuntime
+from keeneye.settings import Settings
+from keeneye.store import Cache, ObjectStore, ResultsDB
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "tiff": "tif"}
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff"}
+
+
+def observation_key(pipeline: str, content_hash: str, fmt: str | None) -> str:
+    """Objects are addressed by content, so the same photo sent twice is stored once."""
+    ext = EXTENSIONS.get(fmt or "", "bin")
+    return f"observations/{pipeline}/{content_hash[:2]}/{content_hash}.{ext}"
+
+
+def quarantine_key(pipeline: str, content_hash: str) -> str:
+    return f"quarantine/{pipeline}/{content_hash[:2]}/{content_hash}.bin"
+
+
+class PredictionService:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: PipelineCatalog,
+        runtime: ModelRuntime,
+        db: ResultsDB,
+        objects: ObjectStore,
+        cache: Cache,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.runtime = runtime
+        self.db = db
+        self.objects = objects
+        self.cache = cache
+        self.metrics = metrics
+
+    async def _timed(self, pipeline: str, stage: str, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            return await asyncio.to_thread(fn)
+        finally:
+            self.metrics.observe_stage(pipeline, stage, time.perf_counter() - start)
+
+    async def predict(
+        self, pipeline: str, data: bytes, metadata: dict[str, Any] | None = None, *, source: str = "http"
+    ) -> dict[str, Any]:
+        """Answer one image; raises InvalidInput (with an HTTP status) for anything refused."""
+        started = time.perf_counter()
+        spec = self.catalog.get(pipeline)
+        metadata = metadata or {}
+        if not data:
+            raise InvalidInput(
+                "empty",
+                "the request carries no image bytes",
+                status=400,
+                fix="send the image as multipart field 'file' or as the raw body",
+            )
+        loaded = self.runtime.get(pipeline)
+        from keeneye.imaging import content_hash
+
+        digest = content_hash(data)
+        cache_key = f"pred:{pipeline}:{loaded.ref.name}:{loaded.ref.version}:{digest}"
+        cached = self.cache.get(cache_key)
+        timings: dict[str, float] = {}
+        if cached is not None:
+            self.metrics.cache.labels(pipeline, "hit").inc()
+            result: dict[str, Any] = json.loads(cached)
+            fmt = result.pop("_format", None)
+        else:
+            self.metrics.cache.labels(pipeline, "miss").inc()
+            try:
+                result, fmt, timings = await self._infer(spec, loaded, data)
+            except InvalidInput as exc:
+                self.metrics.rejections.labels(pipeline, exc.reason).inc()
+                await asyncio.to_thread(self._quarantine, spec, data, digest, metadata, source, exc)
+                raise
+            self.cache.set(cache_key, json.dumps({**result, "_format": fmt}).encode())
+        t_store = time.perf_counter()
+        observation_id = await asyncio.to_thread(
+            self._store,
+            spec,
+            loaded,
+            data,
+            digest,
+            fmt,
+            metadata,
+            source,
+            result,
+            (time.perf_counter() - started) * 1000,
+            timings,
+        )
+        timings["store"] = (time.perf_counter() - t_store) * 1000
+        self.metrics.observe_stage(pipeline, "store", timings["store"] / 1000)
+        total_ms = (time.perf_counter() - started) * 1000
+        self.metrics.request_seconds.labels(pipeline).observe(total_ms / 1000)
+        return {
+            **result,
+            "pipeline": pipeline,
+            "model_name": loaded.ref.name,
+            "model_version": loaded.ref.version,
+            "observation_id": observation_id,
+            "cached": cached is not None,
+            "processing_time_ms": round(total_ms, 2),
+            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+        }
+
+    async def _infer(
+        self, spec: PipelineSpec, loaded: LoadedModel, data: bytes
+    ) -> tuple[dict[str, Any], str, dict[str, float]]:
+        manifest = loaded.bundle.manifest
+        max_pixels = spec.input.max_pixels or self.settings.imaging.max_pixels
+        timings: dict[str, float] = {}
+
+        def decode() -> tuple[Image, np.ndarray, Any]:
+            image = decode_image(
+                data,
+                band_map=spec.input.band_map,
+                max_pixels=max_pixels,
+                expected_bands=spec.input.expected_bands,
+            )
+            if image.format not in spec.input.formats:
+                raise InvalidInput(
+                    "unsupported_format",
+                    f"{image.format.upper()} is not accepted by pipeline {spec.name!r}",
+                    status=415,
+                    fix=f"send one of: {', '.join(spec.input.formats)}",
+                )
+            tensor, transform = prepare_input(image, manifest.input)
+            return image, tensor, transform
+
+        t0 = time.perf_counter()
+        image, tensor, transform = await self._timed(spec.name, "decode", decode)
+        timings["decode"] = (time.perf_counter() - t0) * 1000
+
+        t1 = time.perf_counter()
+        outputs = await loaded.batcher.submit(tensor)
+        infer_ms = (time.perf_counter() - t1) * 1000
+        timings["infer"] = infer_ms  # includes the wait for batch company (queue)
+        self.metrics.observe_stage(spec.name, "infer", infer_ms / 1000)
+
+        def post() -> dict[str, Any]:
+            instances = postprocess(manifest, outputs, transform)
+            prediction = Prediction(instances=instances, model=loaded.ref, task=manifest.task)
+            result = format_result(prediction, manifest, spec)
+            result["image"] = {
+                "width": image.width,
+                "height": image.height,
+                "bands": list(image.bands),
+                "format": image.format,
+                "quality": quality_features(image),
+            }
+            return result
+
+        t2 = time.perf_counter()
+        result = await self._timed(spec.name, "post", post)
+        timings["post"] = (time.perf_counter() - t2) * 1000
+        return result, image.format, timings
+
+    # --- persistence (runs in a worker thread) ------------------------------------------------------
+
+    def _store(
+        self,
+        spec: PipelineSpec,
+        loaded: LoadedModel,
+        data: bytes,
+        digest: str,
+        fmt: str | None,
+        metadata: dict[str, Any],
+        source: str,
+        result: dict[str, Any],
+        latency_ms: float,
+        timings: dict[str, float],
+    ) -> str:
+        key = observation_key(spec.name, digest, fmt)
+        if not self.objects.exists(key):
+            self.objects.put(key, data, content_type=CONTENT_TYPES.get(fmt or "", "application/octet-stream"))
+        return self.db.record_prediction(
+            pipeline=spec.name,
+            content_hash=digest,
+            object_key=key,
+            content_type=CONTENT_TYPES.get(fmt or "", "application/octet-stream"),
+            size_bytes=len(data),
+            metadata=metadata,
+            source=source,
+            model_name=loaded.ref.name,
+            model_version=loaded.ref.version,
+            variant=Variant.champion,
+            task=loaded.bundle.manifest.task.value,
+            result=result,
+            decision=result.get("decision"),
+            confidence=result.get("confidence"),
+            latency_ms=latency_ms,
+            timings=timings,
+        )
+
+    def _quarantine(
+        self,
+        spec: PipelineSpec,
+        data: bytes,
+        digest: str,
+        metadata: dict[str, Any],
+        source: str,
+        exc: InvalidInput,
+    ) -> None:
+        """Keep refused bytes for inspection, with one complete ``rejected`` observation."""
+        key = quarantine_key(spec.name, digest)
+        try:
+            self.objects.put(key, data)
+            self.db.create_observation(
+                pipeline=spec.name,
+                content_hash=digest,
+                object_key=key,
+                content_type="application/octet-stream",
+                size_bytes=len(data),
+                metadata=metadata,
+                source=source,
+                status=ObservationStatus.rejected,
+                reason=f"{exc.reason}: {exc.message}",
+            )
+        except Exception:  # quarantine is best effort; the client still gets its precise 4xx
+            log.exception("could not quarantine a refused input for pipeline %s", spec.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Result formatting: Instances → the JSON the API answers with
+# --------------------------------------------------------------------------------------------------
+
+
+def format_result(prediction: Prediction, manifest: ModelManifest, spec: PipelineSpec) -> dict[str, Any]:
+    inst = prediction.instances
+    classes = manifest.classes
+    if prediction.task is Task.classify:
+        top = [
+            {
+                "class": classes[int(c)].name,
+                "label": classes[int(c)].display,
+                "probability": round(float(p), 6),
+            }
+            for c, p in zip(inst.class_ids, inst.scores, strict=True)
+        ]
+        best = top[0]
+        return {
+            "task": "classify",
+            "predicted_class": best["class"],
+            "predicted_label": best["label"],
+            "confidence": best["probability"],
+            "top_3_predictions": top[:3],
+        }
+    instances = []
+    for i in range(len(inst)):
+        c = classes[int(inst.class_ids[i])]
+        item: dict[str, Any] = {
+            "class": c.name,
+            "label": c.display,
+            "score": round(float(inst.scores[i]), 6),
+            "box": [round(float(v), 2) for v in inst.boxes[i]],
+            "area_px": float(inst.areas[i]),
+        }
+        if inst.masks is not None:
+            item["polygon"] = mask_polygon(inst.masks[i])
+        instances.append(item)
+    out: dict[str, Any] = {
+        "task": prediction.task.value,
+        "instances": instances,
+        "count": len(instances),
+        "confidence": round(float(inst.scores.max()), 6) if len(inst) else None,
+    }
+    if spec.decision.kind == "ok-defect":
+        decision = decide_ok_defect(inst, manifest)
+        out["decision"] = decision.value if isinstance(decision, Decision) else str(decision)
+    return out
+
+
+def mask_polygon(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
+    """The outline of the largest region of a mask, simplified, as [[x, y], …] in pixels."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    largest = max(contours, key=cv2.contourArea)
+    approx = cv2.approxPolyDP(largest, tolerance, True)
+    return [[float(x), float(y)] for x, y in approx.reshape(-1, 2)]
