@@ -18,7 +18,7 @@ def _health_checks(s: Settings) -> list[tuple[str, Callable[[], BackendHealth]]]
     from keeneye.stream import open_bus
 
     def db() -> BackendHealth:
-        return open_results_db(s).check()
+        return open_results_db(s, migrate=False).check()
 
     def bus() -> BackendHealth:
         b = open_bus(s)
@@ -102,7 +102,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to 
     """Apply database migrations (creates the SQLite file on first use)."""
     from keeneye.store import open_results_db
 
-    db = open_results_db(settings())
+    db = open_results_db(settings(), migrate=False)
     db.upgrade(revision)
     console.print(f"database at {mask_url(db.url)} is at revision {db.current_revision()}")
 

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import secrets
 import sqlite3
+import threading
 import uuid
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -1166,6 +1167,20 @@ class ResultsDB:
             return _rowcount(s.execute(stmt)) == 1
 
 
-def open_results_db(settings: Settings) -> ResultsDB:
-    """The results database named by ``KEENEYE_DATABASE_URL`` (creates a SQLite file's folder)."""
-    return ResultsDB(settings.database_url)
+_OPEN: dict[str, ResultsDB] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_results_db(settings: Settings, *, migrate: bool = True) -> ResultsDB:
+    """The results database named by ``KEENEYE_DATABASE_URL``, one shared instance per URL and process.
+
+    With ``migrate`` (the default) the schema is brought to head first, so no caller ever meets a
+    missing table; ``keeneye doctor`` passes ``migrate=False`` to report the revision as it is.
+    """
+    with _OPEN_LOCK:
+        db = _OPEN.get(settings.database_url)
+        if db is None:
+            db = _OPEN[settings.database_url] = ResultsDB(settings.database_url)
+    if migrate:
+        db.ensure_schema()
+    return db
