@@ -88,6 +88,20 @@ def register_species_model(settings: Settings, tmp: Path, *, seed: int = 0, alia
     return str(info.version)
 
 
+def with_species_limits(settings: Settings, tmp: Path, **limits: Any) -> Settings:
+    """Settings whose species-id spec (a user file overriding the built-in) has these limits."""
+    import yaml
+
+    from keeneye.pipelines import PipelineCatalog
+
+    spec = PipelineCatalog(settings).get("species-id").model_dump(mode="json", exclude_none=True)
+    spec["limits"] = limits
+    folder = tmp / "pipelines"
+    folder.mkdir(exist_ok=True)
+    (folder / "species-id.yaml").write_text(yaml.safe_dump(spec))
+    return settings.model_copy(update={"pipelines": settings.pipelines.model_copy(update={"dirs": [folder]})})
+
+
 def jpeg(color: tuple[int, int, int] = (200, 60, 30), size: int = 48, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     img = np.clip(np.array(color, np.float32)[None, None, ::-1] + rng.normal(0, 20, (size, size, 3)), 0, 255)

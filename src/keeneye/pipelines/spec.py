@@ -146,8 +146,7 @@ class LimitsSection(_Strict):
 
     rate_per_second: float | None = Field(None, gt=0, description="token-bucket refill per client")
     burst: int | None = Field(None, ge=1)
-    max_inflight: int | None = Field(None, ge=1)
-    max_concurrent_per_client: int | None = Field(None, ge=1)
+    max_inflight: int | None = Field(None, ge=1, description="requests in flight before 503")
 
 
 class SplitsSection(_Strict):

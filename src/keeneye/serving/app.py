@@ -44,8 +44,8 @@ class AppState:
     runtime: ModelRuntime
     service: PredictionService
     metrics: Metrics
-    rate: RateLimiter
-    inflight: InflightLimiter
+    rate: dict[str, RateLimiter]  # per pipeline: the spec's limits, else the global settings
+    inflight: dict[str, InflightLimiter]
     require_api_key: bool
 
 
@@ -71,8 +71,17 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
         runtime=runtime,
         service=PredictionService(settings, catalog, runtime, db, objects, cache, metrics),
         metrics=metrics,
-        rate=RateLimiter(serving.rate_limit_per_second, serving.rate_limit_burst),
-        inflight=InflightLimiter(serving.max_inflight),
+        rate={
+            n: RateLimiter(
+                catalog.get(n).limits.rate_per_second or serving.rate_limit_per_second,
+                catalog.get(n).limits.burst or serving.rate_limit_burst,
+            )
+            for n in catalog.names()
+        },
+        inflight={
+            n: InflightLimiter(catalog.get(n).limits.max_inflight or serving.max_inflight)
+            for n in catalog.names()
+        },
         require_api_key=require_key,
     )
 

@@ -27,6 +27,7 @@ from tests.serving_support import (
     png,
     register_species_model,
     tiff,
+    with_species_limits,
 )
 
 
@@ -261,13 +262,7 @@ def test_not_ready_without_a_model(settings: Settings) -> None:
 
 
 def test_rate_limit_answers_429_with_retry_after(settings: Settings, tmp_path: Path) -> None:
-    settings = settings.model_copy(
-        update={
-            "serving": settings.serving.model_copy(
-                update={"rate_limit_per_second": 0.5, "rate_limit_burst": 2}
-            )
-        }
-    )
+    settings = with_species_limits(settings, tmp_path, rate_per_second=0.5, burst=2)
     register_species_model(settings, tmp_path)
     with live_server(settings) as server:
         codes = [

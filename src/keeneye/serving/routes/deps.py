@@ -54,17 +54,22 @@ ClientDep = Annotated[str, Depends(client_identity)]
 
 
 async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIterator[str]:
-    """Rate limit (429) then the in-flight bound (503), both with Retry-After."""
-    wait = state.rate.acquire(client)
+    """Rate limit (429) then the in-flight bound (503), both with Retry-After, per pipeline."""
+    pipeline = request.path_params.get("name", state.settings.serving.default_pipeline)
+    rate, inflight = state.rate.get(pipeline), state.inflight.get(pipeline)
+    if rate is None or inflight is None:
+        state.catalog.get(pipeline)  # raises NotFound with the known names
+        raise AssertionError("every catalogued pipeline has limiters")
+    wait = rate.acquire(client)
     if wait > 0:
-        state.metrics.requests.labels(request.path_params.get("name", "-"), "429").inc()
+        state.metrics.requests.labels(pipeline, "429").inc()
         raise HTTPException(
             429,
             detail="rate limit exceeded for this client",
             headers={"Retry-After": retry_after_header(wait)},
         )
-    if not state.inflight.try_enter():
-        state.metrics.requests.labels(request.path_params.get("name", "-"), "503").inc()
+    if not inflight.try_enter():
+        state.metrics.requests.labels(pipeline, "503").inc()
         raise HTTPException(
             503, detail="server busy: too many requests in flight", headers={"Retry-After": "1"}
         )
@@ -72,7 +77,7 @@ async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIt
     try:
         yield client
     finally:
-        state.inflight.leave()
+        inflight.leave()
         state.metrics.inflight.dec()
 
 
