@@ -1,5 +1,16 @@
 """Pipeline specs (YAML → pydantic) and the catalog of built-in and user pipelines."""
 
+from keeneye.pipelines.runner import (
+    Prepared,
+    content_type_of,
+    finish,
+    format_result,
+    mask_polygon,
+    observation_key,
+    prepare,
+    quarantine_key,
+)
+from keeneye.pipelines.runtime import LoadedModel, ModelNotReady, ModelRuntime
 from keeneye.pipelines.spec import (
     DecisionSection,
     GatesSection,
@@ -27,9 +38,13 @@ __all__ = [
     "GatesSection",
     "InputSection",
     "LimitsSection",
+    "LoadedModel",
+    "ModelNotReady",
+    "ModelRuntime",
     "ModelSection",
     "PipelineCatalog",
     "PipelineSpec",
+    "Prepared",
     "ReplicasSection",
     "RetentionSection",
     "RetrainSection",
@@ -39,7 +54,14 @@ __all__ = [
     "ThresholdsSection",
     "TrainingSection",
     "builtin_specs",
+    "content_type_of",
+    "finish",
+    "format_result",
     "load_spec",
+    "mask_polygon",
+    "observation_key",
     "parse_spec",
     "parse_spec_text",
+    "prepare",
+    "quarantine_key",
 ]

@@ -14,10 +14,9 @@ from fastapi.staticfiles import StaticFiles
 
 from keeneye.domain import InvalidInput, KeeneyeError, NotFound
 from keeneye.monitoring.metrics import Metrics
-from keeneye.pipelines import PipelineCatalog
+from keeneye.pipelines import ModelNotReady, ModelRuntime, PipelineCatalog
 from keeneye.registry import ModelRegistry
 from keeneye.serving.limits import InflightLimiter, RateLimiter
-from keeneye.serving.runtime import ModelNotReady, ModelRuntime
 from keeneye.serving.service import PredictionService
 from keeneye.settings import Settings
 from keeneye.store import open_cache, open_object_store, open_results_db

@@ -15,34 +15,25 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import cv2
-import numpy as np
-
-from keeneye.domain import Decision, InvalidInput, ObservationStatus, Prediction, Task, Variant
-from keeneye.imaging import Image, decode_image, prepare_input, quality_features
-from keeneye.models import decide_ok_defect, postprocess
-from keeneye.models.manifest import ModelManifest
+from keeneye.domain import InvalidInput, ObservationStatus, Variant
+from keeneye.imaging import content_hash
 from keeneye.monitoring.metrics import Metrics
-from keeneye.pipelines import PipelineCatalog, PipelineSpec
-from keeneye.serving.runtime import LoadedModel, ModelRuntime
+from keeneye.pipelines import (
+    LoadedModel,
+    ModelRuntime,
+    PipelineCatalog,
+    PipelineSpec,
+    content_type_of,
+    finish,
+    observation_key,
+    prepare,
+    quarantine_key,
+)
 from keeneye.settings import Settings
 from keeneye.store import Cache, ObjectStore, ResultsDB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "tiff": "tif"}
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff"}
-
-
-def observation_key(pipeline: str, content_hash: str, fmt: str | None) -> str:
-    """Objects are addressed by content, so the same photo sent twice is stored once."""
-    ext = EXTENSIONS.get(fmt or "", "bin")
-    return f"observations/{pipeline}/{content_hash[:2]}/{content_hash}.{ext}"
-
-
-def quarantine_key(pipeline: str, content_hash: str) -> str:
-    return f"quarantine/{pipeline}/{content_hash[:2]}/{content_hash}.bin"
 
 
 class PredictionService:
@@ -86,8 +77,6 @@ class PredictionService:
                 fix="send the image as multipart field 'file' or as the raw body",
             )
         loaded = self.runtime.get(pipeline)
-        from keeneye.imaging import content_hash
-
         digest = content_hash(data)
         cache_key = f"pred:{pipeline}:{loaded.ref.name}:{loaded.ref.version}:{digest}"
         cached = self.cache.get(cache_key)
@@ -138,53 +127,26 @@ class PredictionService:
         self, spec: PipelineSpec, loaded: LoadedModel, data: bytes
     ) -> tuple[dict[str, Any], str, dict[str, float]]:
         manifest = loaded.bundle.manifest
-        max_pixels = spec.input.max_pixels or self.settings.imaging.max_pixels
         timings: dict[str, float] = {}
 
-        def decode() -> tuple[Image, np.ndarray, Any]:
-            image = decode_image(
-                data,
-                band_map=spec.input.band_map,
-                max_pixels=max_pixels,
-                expected_bands=spec.input.expected_bands,
-            )
-            if image.format not in spec.input.formats:
-                raise InvalidInput(
-                    "unsupported_format",
-                    f"{image.format.upper()} is not accepted by pipeline {spec.name!r}",
-                    status=415,
-                    fix=f"send one of: {', '.join(spec.input.formats)}",
-                )
-            tensor, transform = prepare_input(image, manifest.input)
-            return image, tensor, transform
-
         t0 = time.perf_counter()
-        image, tensor, transform = await self._timed(spec.name, "decode", decode)
+        prepared = await self._timed(
+            spec.name, "decode", lambda: prepare(spec, manifest, data, self.settings)
+        )
         timings["decode"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
-        outputs = await loaded.batcher.submit(tensor)
+        outputs = await loaded.batcher.submit(prepared.tensor)
         infer_ms = (time.perf_counter() - t1) * 1000
         timings["infer"] = infer_ms  # includes the wait for batch company (queue)
         self.metrics.observe_stage(spec.name, "infer", infer_ms / 1000)
 
-        def post() -> dict[str, Any]:
-            instances = postprocess(manifest, outputs, transform)
-            prediction = Prediction(instances=instances, model=loaded.ref, task=manifest.task)
-            result = format_result(prediction, manifest, spec)
-            result["image"] = {
-                "width": image.width,
-                "height": image.height,
-                "bands": list(image.bands),
-                "format": image.format,
-                "quality": quality_features(image),
-            }
-            return result
-
         t2 = time.perf_counter()
-        result = await self._timed(spec.name, "post", post)
+        result = await self._timed(
+            spec.name, "post", lambda: finish(spec, manifest, loaded.ref, prepared, outputs)
+        )
         timings["post"] = (time.perf_counter() - t2) * 1000
-        return result, image.format, timings
+        return result, prepared.image.format, timings
 
     # --- persistence (runs in a worker thread) ------------------------------------------------------
 
@@ -203,12 +165,12 @@ class PredictionService:
     ) -> str:
         key = observation_key(spec.name, digest, fmt)
         if not self.objects.exists(key):
-            self.objects.put(key, data, content_type=CONTENT_TYPES.get(fmt or "", "application/octet-stream"))
+            self.objects.put(key, data, content_type=content_type_of(fmt))
         return self.db.record_prediction(
             pipeline=spec.name,
             content_hash=digest,
             object_key=key,
-            content_type=CONTENT_TYPES.get(fmt or "", "application/octet-stream"),
+            content_type=content_type_of(fmt),
             size_bytes=len(data),
             metadata=metadata,
             source=source,
@@ -249,63 +211,3 @@ class PredictionService:
             )
         except Exception:  # quarantine is best effort; the client still gets its precise 4xx
             log.exception("could not quarantine a refused input for pipeline %s", spec.name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Result formatting: Instances → the JSON the API answers with
-# --------------------------------------------------------------------------------------------------
-
-
-def format_result(prediction: Prediction, manifest: ModelManifest, spec: PipelineSpec) -> dict[str, Any]:
-    inst = prediction.instances
-    classes = manifest.classes
-    if prediction.task is Task.classify:
-        top = [
-            {
-                "class": classes[int(c)].name,
-                "label": classes[int(c)].display,
-                "probability": round(float(p), 6),
-            }
-            for c, p in zip(inst.class_ids, inst.scores, strict=True)
-        ]
-        best = top[0]
-        return {
-            "task": "classify",
-            "predicted_class": best["class"],
-            "predicted_label": best["label"],
-            "confidence": best["probability"],
-            "top_3_predictions": top[:3],
-        }
-    instances = []
-    for i in range(len(inst)):
-        c = classes[int(inst.class_ids[i])]
-        item: dict[str, Any] = {
-            "class": c.name,
-            "label": c.display,
-            "score": round(float(inst.scores[i]), 6),
-            "box": [round(float(v), 2) for v in inst.boxes[i]],
-            "area_px": float(inst.areas[i]),
-        }
-        if inst.masks is not None:
-            item["polygon"] = mask_polygon(inst.masks[i])
-        instances.append(item)
-    out: dict[str, Any] = {
-        "task": prediction.task.value,
-        "instances": instances,
-        "count": len(instances),
-        "confidence": round(float(inst.scores.max()), 6) if len(inst) else None,
-    }
-    if spec.decision.kind == "ok-defect":
-        decision = decide_ok_defect(inst, manifest)
-        out["decision"] = decision.value if isinstance(decision, Decision) else str(decision)
-    return out
-
-
-def mask_polygon(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
-    """The outline of the largest region of a mask, simplified, as [[x, y], …] in pixels."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return []
-    largest = max(contours, key=cv2.contourArea)
-    approx = cv2.approxPolyDP(largest, tolerance, True)
-    return [[float(x), float(y)] for x, y in approx.reshape(-1, 2)]

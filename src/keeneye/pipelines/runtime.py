@@ -16,7 +16,7 @@ from keeneye.domain import KeeneyeError, ModelRef
 from keeneye.models import MicroBatcher, OnnxModel
 from keeneye.models.bundle import ModelBundle
 from keeneye.monitoring.metrics import Metrics
-from keeneye.pipelines import PipelineCatalog, PipelineSpec
+from keeneye.pipelines.spec import PipelineCatalog, PipelineSpec
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
 
