@@ -39,3 +39,51 @@ __all__ = [
     "to_imagefolder",
     "validate",
 ]
+
+# --- trainers, export, evaluation, gates and the end-to-end run -----------------------------------
+# They need the ``train`` extra (torch, timm, smp …), so they load on first use: datasets and synthetic
+# data keep working without it, and `import keeneye.training` stays fast.
+_LAZY_EXPORTS: dict[str, str] = {
+    "EpochStats": "keeneye.training.trainers",
+    "FitResult": "keeneye.training.trainers",
+    "ProgressCallback": "keeneye.training.trainers",
+    "ProgressEvent": "keeneye.training.trainers",
+    "SearchResult": "keeneye.training.trainers",
+    "TrainConfig": "keeneye.training.trainers",
+    "WithEmbedding": "keeneye.training.trainers",
+    "build_model": "keeneye.training.trainers",
+    "fit": "keeneye.training.trainers",
+    "search": "keeneye.training.trainers",
+    "TensorImageDataset": "keeneye.training.torchdata",
+    "augment_batch": "keeneye.training.torchdata",
+    "prepare_images": "keeneye.training.torchdata",
+    "ExportResult": "keeneye.training.export",
+    "ParityReport": "keeneye.training.export",
+    "check_parity": "keeneye.training.export",
+    "export_bundle": "keeneye.training.export",
+    "export_onnx": "keeneye.training.export",
+    "reference_profile": "keeneye.training.export",
+    "Evaluation": "keeneye.training.evaluate",
+    "binary_metrics": "keeneye.training.evaluate",
+    "classification_metrics": "keeneye.training.evaluate",
+    "coco_map": "keeneye.training.evaluate",
+    "evaluate_bundle": "keeneye.training.evaluate",
+    "zone_metrics": "keeneye.training.evaluate",
+    "GateCheck": "keeneye.training.gates",
+    "GateResult": "keeneye.training.gates",
+    "check_gates": "keeneye.training.gates",
+    "RichProgress": "keeneye.training.run",
+    "TrainResult": "keeneye.training.run",
+    "evaluate_version": "keeneye.training.run",
+    "train_pipeline": "keeneye.training.run",
+}
+__all__ += sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keeneye.training' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
