@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -92,6 +92,58 @@ class PipelineSettings(_Section):
     dirs: list[Path] = Field(default_factory=list, description="extra folders of pipeline spec YAML files")
 
 
+class StreamSettings(_Section):
+    """Stream workers (``keeneye worker``) and the outbox reconciler."""
+
+    batch_size: int = Field(16, ge=1, description="messages a worker takes from the bus per model run")
+    poll_timeout_seconds: float = Field(0.2, gt=0, description="how long an idle worker waits per poll")
+    max_attempts: int = Field(5, ge=1, description="processing attempts before failed + dead letter")
+    retry_backoff_max_seconds: float = Field(5.0, ge=0, description="cap of the backoff after a failure")
+    reconcile_interval_seconds: float = Field(10.0, gt=0, description="how often a worker reconciles")
+    stale_after_seconds: float = Field(
+        60.0, gt=0, description="queued/processing observations untouched this long are re-published"
+    )
+    status_interval_seconds: float = Field(2.0, gt=0, description="how often a worker writes its status")
+
+
+class ScalingSettings(_Section):
+    """``keeneye up``: worker replicas, the autoscaler (local HPA rule) and child-process restarts."""
+
+    replica_profile: Literal["auto", "embedded", "spec"] = Field(
+        "auto",
+        description="worker min/max: 'spec' = each pipeline's replicas section (ops: 4–6), 'embedded' = "
+        "embedded_min/max_replicas (a laptop: 1–2), 'auto' = embedded on the SQLite bus, spec on Kafka",
+    )
+    embedded_min_replicas: int = Field(1, ge=0, description="worker replicas per pipeline, embedded floor")
+    embedded_max_replicas: int = Field(2, ge=1, description="worker replicas per pipeline, embedded ceiling")
+    utilization_target: float = Field(0.7, gt=0, le=1, description="target mean busy fraction per worker")
+    lag_per_replica_target: float = Field(
+        100.0, gt=0, description="target unprocessed messages of the .in topic per worker replica"
+    )
+    tolerance: float = Field(0.1, ge=0, lt=1, description="no change within |metric/target - 1| ≤ this")
+    scale_down_window_seconds: float = Field(
+        300.0, ge=0, description="scale down only to the highest recommendation seen over this window"
+    )
+    interval_seconds: float = Field(5.0, gt=0, description="control loop: heartbeats + lag → autoscaler")
+    heartbeat_timeout_seconds: float = Field(
+        60.0, gt=0, description="a worker whose heartbeat is older than this is restarted"
+    )
+    restart_initial_seconds: float = Field(1.0, gt=0, description="first restart delay of a crashed child")
+    restart_max_seconds: float = Field(60.0, gt=0, description="restart delays double up to this cap")
+    restart_reset_seconds: float = Field(
+        60.0, gt=0, description="a child that stayed up this long restarts without delay next time"
+    )
+    stop_grace_seconds: float = Field(
+        30.0, gt=0, description="after SIGTERM a child has this long to drain before SIGKILL"
+    )
+
+    @model_validator(mode="after")
+    def _check_embedded(self) -> ScalingSettings:
+        if self.embedded_min_replicas > self.embedded_max_replicas:
+            raise ValueError("embedded_min_replicas must not exceed embedded_max_replicas")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration. Backend URLs left empty are derived from ``home``."""
 
@@ -118,6 +170,8 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     pipelines: PipelineSettings = Field(default_factory=PipelineSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
 
     @classmethod
     def settings_customise_sources(

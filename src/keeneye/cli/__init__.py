@@ -37,16 +37,22 @@ def _root(
 
 def _register() -> None:
     """Attach every command module. Each module owns its commands; this is the only list of them."""
+    from keeneye.cli import demo as demo_cli
     from keeneye.cli import models as models_cli
+    from keeneye.cli import ops as ops_cli
     from keeneye.cli import pipelines as pipelines_cli
     from keeneye.cli import serve, system
+    from keeneye.cli import stream as stream_cli
     from keeneye.cli import synth as synth_cli
     from keeneye.cli import train as train_cli
 
+    demo_cli.register(app)
     system.register(app)
     serve.register(app)
+    stream_cli.register(app)
     pipelines_cli.register(app)
     models_cli.register(app)
+    ops_cli.register(app)
     synth_cli.register(app)
     train_cli.register(app)
 

@@ -91,6 +91,34 @@ class Metrics:
         self.model_reloads = Counter(
             "keeneye_model_reloads", "Served model switched after an alias move", ["pipeline"], registry=r
         )
+        # Scaling (keeneye up's autoscaler; the Kubernetes HPA/KEDA in the scaled deployment).
+        self.replicas = Gauge(
+            "keeneye_replicas", "Worker replicas running per pipeline", ["pipeline"], registry=r
+        )
+        self.desired_replicas = Gauge(
+            "keeneye_desired_replicas",
+            "Worker replicas the autoscaler wants per pipeline (clamped to min/max)",
+            ["pipeline"],
+            registry=r,
+        )
+        self.worker_utilization = Gauge(
+            "keeneye_worker_utilization",
+            "Busy fraction of a pipeline's workers: mean (stat=mean) and busiest replica (stat=max)",
+            ["pipeline", "stat"],
+            registry=r,
+        )
+        self.queue_lag = Gauge(
+            "keeneye_queue_lag",
+            "Messages of keeneye.<pipeline>.in not yet acknowledged by the workers",
+            ["pipeline"],
+            registry=r,
+        )
+        self.scaling_decisions = Counter(
+            "keeneye_scaling_decisions",
+            "Autoscaler decisions by direction (up|down|none)",
+            ["pipeline", "direction"],
+            registry=r,
+        )
 
     def observe_stage(self, pipeline: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(pipeline, stage).observe(seconds)

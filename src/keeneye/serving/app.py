@@ -135,10 +135,12 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
             status_code=500, content={"reason": "error", "detail": exc.message, "fix": exc.fix}
         )
 
-    from keeneye.serving.routes import pipelines, predict, system, web
+    from keeneye.serving.routes import observations, pipelines, predict, system, system_view, web
 
     app.include_router(system.router)
+    app.include_router(system_view.router)
     app.include_router(predict.router)
+    app.include_router(observations.router)
     app.include_router(pipelines.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")

@@ -28,4 +28,7 @@ def ready(state: StateDep, response: Response) -> ReadyResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(state: StateDep) -> Response:
+    from keeneye.serving.routes.system_view import export_scaling_metrics
+
+    export_scaling_metrics(state.settings, state.metrics)  # keeneye up's replicas, lag, utilisation
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

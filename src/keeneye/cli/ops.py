@@ -1,0 +1,272 @@
+"""``keeneye up`` (the supervisor: API, workers, autoscaling) and ``keeneye loadtest``."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.domain import ConfigError, KeeneyeError
+from keeneye.settings import Settings
+
+
+def _split_names(values: list[str] | None) -> list[str]:
+    """``--pipelines a --pipelines b`` and ``--pipelines a,b`` alike."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _prepare_stores(s: Settings) -> None:
+    """Migrate the results DB (and create the embedded registry store) once, here, so the children
+    starting together do not race each other to create the same tables."""
+    from keeneye.registry import registry_health
+    from keeneye.store import open_results_db
+
+    open_results_db(s).ensure_schema()
+    health = registry_health(s)
+    if not health.reachable:
+        err_console.print(f"[yellow]warning:[/] model registry: {health.detail}", highlight=False)
+
+
+def up(
+    pipelines: list[str] = typer.Option(
+        None,
+        "--pipelines",
+        "-p",
+        help="Pipelines to run workers for (repeat or comma-separate; default: all).",
+    ),
+    host: str = typer.Option(None, help="API address (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="API port (default 8000)."),
+    min_replicas: int = typer.Option(None, "--min-replicas", min=0, help="Workers per pipeline, at least."),
+    max_replicas: int = typer.Option(None, "--max-replicas", min=1, help="Workers per pipeline, at most."),
+    no_api: bool = typer.Option(False, "--no-api", help="Run only the workers (the API runs elsewhere)."),
+) -> None:
+    """Run the whole system: the API and autoscaled stream workers, restarted when they crash.
+
+    Ctrl-C (or SIGTERM) stops the API first, lets the workers finish their batch, then exits.
+    """
+    from keeneye.monitoring.metrics import Metrics
+    from keeneye.pipelines import PipelineCatalog
+    from keeneye.scaling import ChildSpec, ScalingPolicy, Supervisor, replica_bounds
+    from keeneye.stream import DEFAULT_GROUP, input_topic, open_bus
+
+    s = settings()
+    serving = s.serving
+    host = host or serving.host
+    port = serving.port if port is None else port
+    catalog = PipelineCatalog(s)
+    names = _split_names(pipelines) or catalog.names()
+    policies: dict[str, ScalingPolicy] = {}
+    for name in names:
+        spec = catalog.get(name)  # NotFound names the known pipelines
+        lo, hi = replica_bounds(
+            s.scaling,
+            bus_url=s.bus_url,
+            spec_min=spec.replicas.min,
+            spec_max=spec.replicas.max,
+            min_override=min_replicas,
+            max_override=max_replicas,
+        )
+        policies[name] = ScalingPolicy.from_settings(s.scaling, lo, hi)
+    if importlib.util.find_spec("keeneye.stream.worker") is None:  # pragma: no cover - older builds
+        raise KeeneyeError("this build has no stream worker", fix="upgrade keeneye")
+
+    python = sys.executable
+    fixed: list[ChildSpec] = []
+    api_url = None
+    if not no_api:
+        if not _port_free(host, port):
+            raise ConfigError("--port", f"{host}:{port} is already in use", fix="pass another --port")
+        shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104 - a bind address, shown
+        api_url = f"http://{shown}:{port}"
+        fixed.append(
+            ChildSpec(
+                name="api",
+                role="api",
+                command=(python, "-m", "keeneye", "serve", "--host", host, "--port", str(port)),
+                health_url=f"{api_url}/health",
+            )
+        )
+    notes = [
+        "scheduler: not started — this build has no retraining scheduler yet",
+        "plugins: none started — smartcut plugins are not part of this build yet",
+    ]
+    if no_api:
+        notes.append("api: not started (--no-api)")
+
+    _prepare_stores(s)
+    bus = open_bus(s)
+
+    def lag_of(pipeline: str) -> int:
+        return bus.lag(input_topic(pipeline), DEFAULT_GROUP)
+
+    supervisor = Supervisor(
+        home=s.home,
+        scaling=s.scaling,
+        policies=policies,
+        worker_command=lambda p: (python, "-m", "keeneye", "worker", "--pipeline", p),
+        fixed=fixed,
+        lag_of=lag_of,
+        metrics=Metrics(),
+        notes=notes,
+        api_url=api_url,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the drain
+        err_console.print("stopping: API first, then the workers finish their batch …")
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    logging.getLogger("keeneye").setLevel(logging.INFO)  # scaling decisions and restarts are the news
+    workers = ", ".join(f"{p} {pol.min_replicas}–{pol.max_replicas}" for p, pol in policies.items())
+    console.print(
+        f"keeneye up: API {api_url or '(not started)'} · workers per pipeline: {workers}\n"
+        f"  logs in {s.home / 'logs'} · system view at {api_url or ''}/v1/system · Ctrl-C to stop",
+        highlight=False,
+    )
+    try:
+        supervisor.run(stop)
+    finally:
+        bus.close()
+    console.print("keeneye up: stopped")
+
+
+def loadtest(
+    pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline to load (default: species-id)."),
+    target: str = typer.Option(
+        "http", "--target", help="http (the API, with Locust) or bus (the input topic)."
+    ),
+    start: float = typer.Option(5.0, "--start", help="Requests/s of the first step."),
+    step: float = typer.Option(5.0, "--step", help="Requests/s added at each step."),
+    step_seconds: float = typer.Option(30.0, "--step-seconds", help="Seconds per step."),
+    max_rps: float = typer.Option(50.0, "--max", help="Requests/s of the last step."),
+    url: str = typer.Option(None, "--url", help="API base URL (default: the configured serving address)."),
+    asynchronous: bool = typer.Option(
+        False, "--async", help="HTTP: POST to …/observations (202, queued) instead of …/predict."
+    ),
+    api_key: str = typer.Option(None, "--api-key", envvar="KEENEYE_API_KEY", help="Sent as X-API-Key."),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Allow a target that is not this machine (you own it)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Rising-intensity load: --start req/s, +--step every --step-seconds, up to --max; per-step report."""
+    from keeneye.scaling.loadtest import StepPlan, run_bus, run_http
+
+    s = settings()
+    name = pipeline or s.serving.default_pipeline
+    if target not in {"http", "bus"}:
+        raise ConfigError("--target", f"{target!r} is not a target", fix="use --target http or --target bus")
+    plan = StepPlan(start=start, step=step, step_seconds=step_seconds, max=max_rps)
+    steps = len(plan.rates)
+
+    def on_step(index: int, rate: float) -> None:
+        err_console.print(
+            f"step {index + 1}/{steps}: {rate:g} req/s for {plan.step_seconds:g} s", highlight=False
+        )
+
+    err_console.print(
+        f"load test on {name!r} via {target}: {steps} step(s), {plan.total_seconds:g} s, "
+        f"about {plan.expected_requests:,} requests",
+        highlight=False,
+    )
+    if target == "http":
+        from keeneye.scaling.loadtest import ensure_local
+
+        serving = s.serving
+        shown = "127.0.0.1" if serving.host in {"0.0.0.0", "::"} else serving.host  # noqa: S104
+        base = url or f"http://{shown}:{serving.port}"
+        ensure_local(base, allow_remote=allow_remote)
+        report = run_http(
+            plan, url=base, pipeline=name, asynchronous=asynchronous, api_key=api_key, on_step=on_step
+        )
+    else:
+        report = _bus_load(s, plan, name, allow_remote=allow_remote, on_step=on_step, run_bus=run_bus)
+    if json_out:
+        print_json(report.as_dict())
+        return
+    _print_report(report.as_dict())
+
+
+def _bus_load(s: Settings, plan: Any, name: str, *, allow_remote: bool, on_step: Any, run_bus: Any) -> Any:
+    from keeneye.pipelines import PipelineCatalog
+    from keeneye.scaling.loadtest import ensure_local
+    from keeneye.settings import mask_url
+    from keeneye.stream import DEFAULT_GROUP, Ingestor, input_topic
+
+    if s.bus_url.lower().startswith("kafka:"):
+        ensure_local(s.bus_url, allow_remote=allow_remote, what="KEENEYE_BUS_URL")
+    PipelineCatalog(s).get(name)  # unknown pipeline: refuse before sending anything
+    ingestor = Ingestor(s)
+    try:
+        return run_bus(
+            plan,
+            # The ingestion path: object + queued row + publish to keeneye.<pipeline>.in, as the API's 202.
+            accept=lambda data: ingestor.accept(name, data, source="bus"),
+            lag=lambda: ingestor.bus.lag(input_topic(name), DEFAULT_GROUP),
+            url=mask_url(s.bus_url),
+            pipeline=name,
+            on_step=on_step,
+        )
+    finally:
+        ingestor.close()
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    bus = report["target"] == "bus"
+    table = Table(title=f"keeneye loadtest · {report['pipeline']} · {report['target']} · {report['url']}")
+    columns = ["step", "offered/s", "achieved/s", "requests", "p50 ms", "p95 ms", "p99 ms", "errors"]
+    for col in [*columns, *(["lag"] if bus else [])]:
+        table.add_column(col, justify="right" if col != "errors" else "left")
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v:.1f}"
+
+    for st in report["steps"]:
+        errors = ", ".join(f"{k}: {v}" for k, v in st["errors"].items())
+        row = [
+            str(st["step"]),
+            f"{st['offered_rps']:g}",
+            f"{st['achieved_rps']:g}",
+            str(st["requests"]),
+            ms(st["p50_ms"]),
+            ms(st["p95_ms"]),
+            ms(st["p99_ms"]),
+            f"[red]{errors}[/]" if errors else "0",
+        ]
+        if bus:
+            row.append("" if st["lag"] is None else str(st["lag"]))
+        table.add_row(*row)
+    console.print(table)
+    if report["truncated"]:
+        console.print(f"[yellow]run ended early:[/] {report['truncated']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("loadtest")(loadtest)
+
+
+__all__ = ["register"]

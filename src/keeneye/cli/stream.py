@@ -1,0 +1,223 @@
+"""``keeneye worker``, ``keeneye ingest`` and ``keeneye reconcile``: the asynchronous path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.domain import ConfigError, InvalidInput
+from keeneye.settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+
+
+def worker(
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline whose input topic to consume."),
+    batch: int = typer.Option(None, "--batch", min=1, help="Messages per model run (default 16)."),
+    group: str = typer.Option("keeneye-workers", "--group", help="Consumer group (workers share its work)."),
+) -> None:
+    """Process queued observations of one pipeline until stopped (SIGTERM/Ctrl-C finish the batch)."""
+    from keeneye.stream import PipelineWorker
+
+    logging.getLogger("keeneye").setLevel(logging.INFO)
+    w = PipelineWorker(settings(), pipeline, group=group, batch_size=batch)
+    err_console.print(f"worker for {pipeline!r} (group {group}, pid {os.getpid()}) starting")
+    w.run()
+    err_console.print(f"worker for {pipeline!r} stopped after {w.processed} observation(s)")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A folder or an S3 prefix of images to ingest."""
+
+    name: str  # as given, for messages and the ledger
+
+    def files(self) -> list[str]:
+        raise NotImplementedError
+
+    def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def kind(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Folder(_Source):
+    root: Path
+
+    @property
+    def kind(self) -> str:
+        return "folder"
+
+    def files(self) -> list[str]:
+        if self.root.is_file():
+            return [self.root.name]
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+
+    def read(self, name: str) -> bytes:
+        return (self.root.parent / name if self.root.is_file() else self.root / name).read_bytes()
+
+
+@dataclass(frozen=True)
+class _Bucket(_Source):
+    store: Any  # an ObjectStore rooted at s3://bucket/prefix
+
+    @property
+    def kind(self) -> str:
+        return "s3"
+
+    def files(self) -> list[str]:
+        return [o.key for o in self.store.list("") if Path(o.key).suffix.lower() in IMAGE_SUFFIXES]
+
+    def read(self, name: str) -> bytes:
+        data: bytes = self.store.get(name)
+        return data
+
+
+def _open_source(s: Settings, source: str) -> _Source:
+    if source.startswith("s3://"):
+        from keeneye.store import open_object_store
+
+        store = open_object_store(s.model_copy(update={"objects_url": source}))
+        return _Bucket(source, store)
+    root = Path(source).expanduser()
+    if not root.exists():
+        raise ConfigError(
+            "PATH", f"{source} does not exist", fix="give a folder, an image file or s3://bucket/prefix"
+        )
+    return _Folder(source, root.absolute())
+
+
+class _Ledger:
+    """What was already sent from one source to one pipeline, so nothing is sent twice (even across runs)."""
+
+    def __init__(self, s: Settings, pipeline: str, source: _Source) -> None:
+        ident = hashlib.sha256(f"{pipeline}\0{source.kind}\0{source.name}".encode()).hexdigest()[:16]
+        self.path = s.home / "run" / "ingest" / f"{pipeline}-{ident}.jsonl"
+        self.sent: set[str] = set()
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    self.sent.add(json.loads(line)["file"])
+
+    def add(self, name: str, observation_id: str) -> None:
+        self.sent.add(name)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"file": name, "id": observation_id}) + "\n")
+
+
+def ingest(
+    source: str = typer.Argument(
+        ..., help="A folder (walked for images), an image file, or s3://bucket/prefix."
+    ),
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline to queue the images for."),
+    watch: bool = typer.Option(False, "--watch", help="Keep polling for new files until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="Seconds between polls with --watch."),
+    metadata: str = typer.Option(None, help="JSON object stored with each observation."),
+    resend: bool = typer.Option(False, "--resend", help="Send files again even if sent before."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary (ids per file)."),
+) -> None:
+    """Queue images for asynchronous processing (the workers do the rest)."""
+    from keeneye.serving.routes.predict import parse_metadata
+    from keeneye.stream import Ingestor, IngestUnavailable
+
+    s = settings()
+    meta = parse_metadata(metadata)
+    ingestor = Ingestor(s)
+    ingestor.catalog.get(pipeline)  # refuse an unknown pipeline before walking anything
+    src = _open_source(s, source)
+    ledger = _Ledger(s, pipeline, src)
+    if resend:
+        ledger.sent.clear()
+    summary: dict[str, Any] = {"pipeline": pipeline, "source": source, "accepted": [], "refused": []}
+
+    def batch_of_new() -> list[str]:
+        return [f for f in src.files() if f not in ledger.sent]
+
+    def send(files: list[str], progress: Progress | None) -> None:
+        task = progress.add_task("ingesting", total=len(files)) if progress else None
+        for name in files:
+            try:
+                data = src.read(name)
+                accepted = ingestor.accept(pipeline, data, {**meta, "file": name}, source=src.kind)
+            except InvalidInput as exc:
+                summary["refused"].append({"file": name, "reason": exc.reason, "error": exc.one_line()})
+                ledger.add(name, "")  # refused for good: do not retry it on every poll
+            except (IngestUnavailable, OSError) as exc:
+                # Not sent: the next poll (or the next run) tries again.
+                summary["refused"].append({"file": name, "reason": "unavailable", "error": str(exc)})
+            else:
+                ledger.add(name, accepted.id)
+                summary["accepted"].append({"file": name, "id": accepted.id, "published": accepted.published})
+            if progress is not None and task is not None:
+                progress.advance(task)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err_console, disable=json_out, transient=False) as progress:
+            send(batch_of_new(), progress)
+            while watch:
+                time.sleep(interval)
+                new = batch_of_new()
+                if new:
+                    send(new, progress)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ingestor.close()
+    if json_out:
+        print_json(summary)
+        return
+    console.print(
+        f"queued {len(summary['accepted'])} image(s) for {pipeline!r}; {len(summary['refused'])} refused"
+    )
+    for item in summary["refused"][:20]:
+        err_console.print(f"  [red]refused[/] {item['file']}: {item['error']}", highlight=False)
+
+
+def reconcile(
+    pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline (default: every pipeline)."),
+    stale_after: float = typer.Option(None, "--stale-after", help="Seconds untouched before re-publishing."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Re-publish observations stuck in queued/processing (one pass)."""
+    from keeneye.stream import Reconciler
+
+    s = settings()
+    rec = Reconciler(s, pipeline, stale_after_seconds=stale_after)
+    try:
+        report = rec.run_once(limit=10_000)
+    finally:
+        rec.close()
+    if json_out:
+        print_json({"republished": report.republished, "failed": report.failed})
+    else:
+        console.print(
+            f"re-published {report.republished} observation(s); {report.failed} failed (object missing)"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+    app.command("ingest")(ingest)
+    app.command("reconcile")(reconcile)
+
+
+__all__ = ["register"]

@@ -1,0 +1,258 @@
+"""Accepting observations for asynchronous processing: shared by the API (202) and ``keeneye ingest``.
+
+:meth:`Ingestor.accept` makes an input durable before it answers (ARCHITECTURE invariant 1):
+
+1. the bytes go to the object store at their content-addressed ``observation_key`` (skipped when there);
+2. an ``observations`` row is committed with status ``queued``;
+3. a message is published to ``keeneye.<pipeline>.in`` and flushed.
+
+If step 3 fails (broker down) the input is still durable and queued — the database is the outbox and
+the reconciler publishes it later — so it is accepted all the same. If step 1 or 2 fails the input is
+refused with :class:`IngestUnavailable` (HTTP 503 + Retry-After) and nothing is left half-written.
+
+Only cheap checks happen at the door (empty, size, unknown pipeline, format by magic bytes); decoding
+and validation happen in the worker, which rejects a corrupt image with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from keeneye.domain import InvalidInput, KeeneyeError, MessageTooLarge, ObservationStatus
+from keeneye.imaging import content_hash, sniff_format
+from keeneye.pipelines import PipelineCatalog, content_type_of, observation_key
+from keeneye.settings import Settings
+from keeneye.store import ObjectStore, ResultsDB, open_object_store, open_results_db
+from keeneye.stream.bus import Bus, open_bus
+from keeneye.stream.messages import ObservationMessage, fits_inline, publish_observation
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("http", "bus", "folder", "s3", "cli")
+# After a failed publish, skip the broker for this long: accepting stays fast during an outage (the
+# reconciler publishes what was skipped), instead of every request waiting out the broker timeout.
+_BUS_BACKOFF_SECONDS = 5.0
+_FLUSH_TIMEOUT_SECONDS = 5.0
+
+
+class IngestUnavailable(KeeneyeError):
+    """The input could not be made durable (object store or database down/locked); retry later."""
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, fix=f"retry after {retry_after} s; if it persists, run `keeneye doctor`")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What accepting one input did. ``published`` is False when the reconciler will publish it."""
+
+    id: str
+    pipeline: str
+    content_hash: str
+    object_key: str
+    by_reference: bool
+    published: bool
+    status: str = ObservationStatus.queued.value
+
+
+class Ingestor:
+    """Accepts inputs for one process; thread-safe. Backends not given are opened from ``settings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: PipelineCatalog | None = None,
+        db: ResultsDB | None = None,
+        objects: ObjectStore | None = None,
+        bus: Bus | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog or PipelineCatalog(settings)
+        self.db = db or open_results_db(settings)
+        self.objects = objects or open_object_store(settings)
+        self._bus = bus
+        self._bus_lock = threading.Lock()
+        self._bus_down_until = 0.0
+
+    # ------------------------------------------------------------------ the three steps
+
+    def accept(
+        self,
+        pipeline: str,
+        data: bytes,
+        metadata: dict[str, Any] | None = None,
+        *,
+        source: str = "http",
+        observation_id: str | None = None,
+    ) -> Accepted:
+        """Make one input durable and hand it to the workers; see the module docstring.
+
+        Raises :class:`~keeneye.domain.NotFound` (unknown pipeline), :class:`InvalidInput` (400 empty,
+        413 too large, 415 not an accepted format) and :class:`IngestUnavailable` (503).
+        """
+        msg = self.store(pipeline, data, metadata, source=source, observation_id=observation_id)
+        published = self.publish(msg)
+        return Accepted(
+            id=msg.observation_id,
+            pipeline=pipeline,
+            content_hash=msg.content_hash,
+            object_key=msg.object_key or "",
+            by_reference=not msg.inline,
+            published=published,
+        )
+
+    def store(
+        self,
+        pipeline: str,
+        data: bytes,
+        metadata: dict[str, Any] | None = None,
+        *,
+        source: str = "http",
+        observation_id: str | None = None,
+    ) -> ObservationMessage:
+        """Steps 1 and 2 (object + ``queued`` row); returns the message step 3 would publish.
+
+        ``object_key`` is always set on the result; ``data`` only when it fits the bus inline.
+        """
+        fmt = self.check(pipeline, data)
+        digest = content_hash(data)
+        key = observation_key(pipeline, digest, fmt)
+        ctype = content_type_of(fmt)
+        obs_id = observation_id or uuid.uuid4().hex
+        metadata = dict(metadata or {})
+        created_object = False
+        try:
+            if not self.objects.exists(key):
+                self.objects.put(key, data, content_type=ctype)
+                created_object = True
+        except (InvalidInput, MessageTooLarge):
+            raise
+        except Exception as exc:  # any backend failure: the object store could not take it
+            log.warning("ingest: object store failed", extra={"pipeline": pipeline, "error": repr(exc)})
+            raise IngestUnavailable(f"the object store cannot store the image now: {_one_line(exc)}") from exc
+        try:
+            self.db.create_observation(
+                pipeline=pipeline,
+                content_hash=digest,
+                object_key=key,
+                content_type=ctype,
+                size_bytes=len(data),
+                metadata=metadata,
+                source=source,
+                status=ObservationStatus.queued,
+                id=obs_id,
+            )
+        except Exception as exc:  # database down, locked or refusing: nothing may stay half-written
+            if created_object:
+                # Only what this request wrote (a concurrent request for the same bytes that saw it
+                # existing would lose it — a narrow race that leaves that request's worker a clear
+                # missing-object failure rather than a lost input).
+                try:
+                    self.objects.delete(key)
+                except Exception:
+                    log.exception("ingest: could not remove the object of a refused input")
+            log.warning("ingest: database failed", extra={"pipeline": pipeline, "error": repr(exc)})
+            raise IngestUnavailable(
+                f"the results database cannot record the input now: {_one_line(exc)}"
+            ) from exc
+        msg = ObservationMessage(
+            observation_id=obs_id,
+            pipeline=pipeline,
+            content_hash=digest,
+            content_type=ctype,
+            metadata=metadata,
+            data=data,
+            object_key=key,
+            source=source,
+        )
+        if fits_inline(msg, self.settings.bus.max_message_bytes):
+            return msg
+        return ObservationMessage(
+            observation_id=obs_id,
+            pipeline=pipeline,
+            content_hash=digest,
+            content_type=ctype,
+            metadata=metadata,
+            data=None,
+            object_key=key,
+            source=source,
+        )
+
+    def publish(self, msg: ObservationMessage) -> bool:
+        """Step 3: publish and flush; ``False`` (logged) when the bus cannot take it now."""
+        if time.monotonic() < self._bus_down_until:
+            return False
+        try:
+            bus = self.bus
+            publish_observation(bus, msg)
+            bus.flush(_FLUSH_TIMEOUT_SECONDS)
+        except Exception as exc:  # the row is queued: the reconciler publishes it once the bus is back
+            self._bus_down_until = time.monotonic() + _BUS_BACKOFF_SECONDS
+            log.warning(
+                "ingest: bus unavailable; observation stays queued for the reconciler",
+                extra={"observation_id": msg.observation_id, "error": _one_line(exc)},
+            )
+            return False
+        return True
+
+    # ------------------------------------------------------------------ door checks
+
+    def check(self, pipeline: str, data: bytes) -> str:
+        """Cheap refusals before anything is written; returns the sniffed format."""
+        spec = self.catalog.get(pipeline)  # NotFound → 404
+        if not data:
+            raise InvalidInput(
+                "empty", "the request carries no image bytes", status=400,
+                fix="send the image as multipart field 'file' or as the raw body",
+            )  # fmt: skip
+        limit = spec.input.max_upload_bytes or self.settings.serving.max_upload_bytes
+        if len(data) > limit:
+            raise InvalidInput(
+                "too_large",
+                f"image of {len(data)} bytes is over the limit of {limit} bytes",
+                status=413,
+                fix="send a smaller image, or raise KEENEYE_SERVING__MAX_UPLOAD_BYTES",
+            )
+        try:
+            fmt = sniff_format(data)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.reason, exc.message, status=415, fix=exc.fix) from exc
+        if fmt not in spec.input.formats:
+            raise InvalidInput(
+                "unsupported_format",
+                f"{fmt.upper()} is not accepted by pipeline {pipeline!r}",
+                status=415,
+                fix=f"send one of: {', '.join(spec.input.formats)}",
+            )
+        return fmt
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def bus(self) -> Bus:
+        """Opened on first use, so a misconfigured or absent broker never blocks accepting."""
+        with self._bus_lock:
+            if self._bus is None:
+                self._bus = open_bus(self.settings)
+            return self._bus
+
+    def close(self) -> None:
+        with self._bus_lock:
+            bus, self._bus = self._bus, None
+        if bus is not None:
+            try:
+                bus.close()
+            except Exception:  # a Kafka flush at close may fail with the broker down; rows are queued
+                log.warning("ingest: closing the bus failed", exc_info=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.one_line() if isinstance(exc, KeeneyeError) else str(exc) or type(exc).__name__
+    return " ".join(text.split())[:300]

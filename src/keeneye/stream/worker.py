@@ -1,0 +1,700 @@
+"""Stream workers: one base for long-running loops, and the pipeline worker that consumes ``.in``.
+
+:class:`WorkerBase` — ``setup`` / ``run_loop`` / ``teardown``, a stop event set by SIGTERM/SIGINT
+(drain: the batch in hand is finished, then the loop exits), a busy-fraction gauge over a sliding
+window, and a status file ``<home>/run/workers/<name>-<pid>.json`` rewritten every few seconds so the
+supervisor and ``GET /v1/system`` can read it without importing the worker.
+
+:class:`PipelineWorker` — per batch of messages from ``keeneye.<pipeline>.in``: parse (malformed →
+DLQ) → claim the observation (``queued|processing → processing``; already finished → skip) → load the
+bytes (inline or object store) → decode + validate (invalid → ``rejected``, bytes quarantined) → one
+model run for the whole batch → post-process → prediction + ``done`` in one transaction → cache →
+``keeneye.<pipeline>.out`` (flushed) → ack. Anything else that fails is retried: the message is
+published again and the observation re-queued, with exponential backoff; after
+``settings.stream.max_attempts`` (the observation's ``attempts`` column, since Kafka cannot count
+deliveries) it goes to the DLQ and the observation to ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from keeneye.domain import InvalidInput, KeeneyeError, NotFound, ObservationStatus, Variant
+from keeneye.imaging import content_hash, sniff_format
+from keeneye.monitoring.metrics import Metrics
+from keeneye.pipelines import (
+    LoadedModel,
+    ModelNotReady,
+    ModelRuntime,
+    PipelineCatalog,
+    Prepared,
+    content_type_of,
+    finish,
+    observation_key,
+    prepare,
+    quarantine_key,
+)
+from keeneye.registry import ModelRegistry
+from keeneye.settings import Settings
+from keeneye.store import Cache, ObjectStore, ResultsDB, open_cache, open_object_store, open_results_db
+from keeneye.store.db import ObservationRecord
+from keeneye.stream.bus import Bus, Consumer, Message, open_bus
+from keeneye.stream.messages import (
+    MalformedMessage,
+    ObservationMessage,
+    dead_letter,
+    input_topic,
+    output_topic,
+    parse_observation,
+    result_payload,
+)
+from keeneye.stream.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "keeneye-workers"
+CLAIMABLE = (ObservationStatus.queued, ObservationStatus.processing)
+_BACKOFF_BASE_SECONDS = 0.1
+
+
+def status_dir(settings: Settings) -> Path:
+    """Where workers write their status files (the supervisor reads them)."""
+    return settings.home / "run" / "workers"
+
+
+# --------------------------------------------------------------------------------------------------
+# Utilisation: busy fraction over a sliding window
+# --------------------------------------------------------------------------------------------------
+
+
+class UtilizationWindow:
+    """Fraction of the last ``window_seconds`` spent inside :meth:`busy` spans (0..1)."""
+
+    def __init__(self, window_seconds: float = 30.0) -> None:
+        self.window = window_seconds
+        self._spans: deque[tuple[float, float]] = deque()
+        self._busy_since: float | None = None
+        self._created = time.monotonic()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        start = time.monotonic()
+        with self._lock:
+            self._busy_since = start
+        try:
+            yield
+        finally:
+            end = time.monotonic()
+            with self._lock:
+                self._busy_since = None
+                self._spans.append((start, end))
+                while self._spans and self._spans[0][1] < end - self.window:
+                    self._spans.popleft()
+
+    def fraction(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        lo = max(now - self.window, self._created)
+        total = now - lo
+        if total <= 0:
+            return 0.0
+        with self._lock:
+            busy = sum(max(0.0, min(end, now) - max(start, lo)) for start, end in self._spans)
+            if self._busy_since is not None:
+                busy += now - max(self._busy_since, lo)
+        return min(1.0, busy / total)
+
+
+# --------------------------------------------------------------------------------------------------
+# The base of every long-running loop
+# --------------------------------------------------------------------------------------------------
+
+
+class WorkerBase:
+    """``setup`` → ``run_loop`` (calls :meth:`step` until stopped) → ``teardown``.
+
+    Subclasses implement :meth:`step` (one short iteration: it must return within about a second so
+    a stop request is honoured) and wrap real work in ``with self.busy():``.
+    """
+
+    def __init__(self, name: str, *, status_path: Path | None = None, status_interval: float = 2.0) -> None:
+        self.name = name
+        self.stop_event = threading.Event()
+        self.utilization = UtilizationWindow()
+        self.processed = 0
+        self.started_at = time.time()
+        self.status_path = status_path
+        self.status_interval = status_interval
+        self._next_status = 0.0
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.utilization.fraction()
+
+    def busy(self) -> contextlib.AbstractContextManager[None]:
+        return self.utilization.busy()
+
+    # -- the lifecycle ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Open backends and load models; raising here ends the worker before any message is taken."""
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release backends; runs whether ``run_loop`` ended normally or by an exception."""
+
+    def run_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self.step()
+            self.write_status()
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        """The whole life: signals (main thread only), setup, loop, teardown."""
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            self.install_signal_handlers()
+        self.setup()
+        try:
+            self.write_status(force=True)
+            self.run_loop()
+        finally:
+            try:
+                self.teardown()
+            finally:
+                self.remove_status()
+        log.info("worker stopped", extra={"worker": self.name, "processed": self.processed})
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            if self.stop_event.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, unacked messages come back
+            log.info("stop requested; finishing the batch in hand", extra={"signal": signum})
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- the status file --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "name": self.name,
+            "busy_fraction": round(self.busy_fraction, 4),
+            "processed": self.processed,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+        }
+
+    def write_status(self, *, force: bool = False) -> None:
+        if self.status_path is None:
+            return
+        now = time.monotonic()
+        if not force and now < self._next_status:
+            return
+        self._next_status = now + self.status_interval
+        try:
+            self.status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status()))
+            os.replace(tmp, self.status_path)  # readers never see half a file
+        except OSError:
+            log.warning("cannot write the worker status file", extra={"path": str(self.status_path)})
+
+    def remove_status(self) -> None:
+        if self.status_path is not None:
+            with contextlib.suppress(OSError):
+                self.status_path.unlink()
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline worker
+# --------------------------------------------------------------------------------------------------
+
+
+class _OnePipeline(PipelineCatalog):
+    """The catalog seen by a worker's model runtime: only its pipeline, so it loads only that model."""
+
+    def __init__(self, settings: Settings, pipeline: str) -> None:
+        super().__init__(settings)
+        self._only = pipeline
+
+    def names(self) -> list[str]:
+        return [self._only]
+
+
+@dataclass(eq=False)
+class _Item:
+    message: Message
+    obs: ObservationMessage
+    record: ObservationRecord | None = None
+    data: bytes = b""
+    prepared: Prepared | None = None
+    outputs: list[np.ndarray] | None = None
+    result: dict[str, Any] | None = None
+    error: BaseException | None = None  # a transient failure: retry or fail
+    ack: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class PipelineWorker(WorkerBase):
+    """Consumes ``keeneye.<pipeline>.in`` in batches; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: str,
+        *,
+        group: str = DEFAULT_GROUP,
+        batch_size: int | None = None,
+        max_attempts: int | None = None,
+        reconcile: bool = True,
+    ) -> None:
+        super().__init__(
+            pipeline,
+            status_path=status_dir(settings) / f"{pipeline}-{os.getpid()}.json",
+            status_interval=settings.stream.status_interval_seconds,
+        )
+        self.settings = settings
+        self.pipeline = pipeline
+        self.group = group
+        self.batch_size = batch_size or settings.stream.batch_size
+        self.max_attempts = max_attempts or settings.stream.max_attempts
+        self.reconcile = reconcile
+        self.counts = {"done": 0, "rejected": 0, "failed": 0, "dead_lettered": 0, "retried": 0, "skipped": 0}
+        self._failures = 0  # consecutive failing batches, for the backoff
+        self._next_refresh = 0.0
+        self._next_reconcile = 0.0
+        self._warned_not_ready = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        s = self.settings
+        self.catalog = PipelineCatalog(s)
+        self.spec = self.catalog.get(self.pipeline)  # NotFound for an unknown pipeline: refuse to start
+        self.db: ResultsDB = open_results_db(s)
+        self.objects: ObjectStore = open_object_store(s)
+        self.cache: Cache = open_cache(s)
+        self.bus: Bus = open_bus(s)
+        self.metrics = Metrics()
+        registry = ModelRegistry(s, events=self.db)
+        self.runtime = ModelRuntime(s, _OnePipeline(s, self.pipeline), registry, self.metrics)
+        # The runtime is asyncio-based; a private loop drives its refresh without the alias poller.
+        self._loop = asyncio.new_event_loop()
+        self._refresh_models()
+        self.consumer: Consumer = self.bus.subscribe([input_topic(self.pipeline)], self.group)
+        self.reconciler = Reconciler(s, self.pipeline, db=self.db, objects=self.objects, bus=self.bus)
+        # Reconcile soon after start (covers an API that died between commit and publish), not at once.
+        self._next_reconcile = time.monotonic() + min(5.0, s.stream.reconcile_interval_seconds)
+        log.info("worker started", extra={"pipeline": self.pipeline, "group": self.group, "pid": os.getpid()})
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.consumer.close()  # SQLite: unacked claims go back now; Kafka: leave the group
+        with contextlib.suppress(Exception):
+            self._loop.run_until_complete(self.runtime.stop())
+        self._loop.close()
+        with contextlib.suppress(Exception):
+            self.bus.close()
+        with contextlib.suppress(Exception):
+            self.cache.close()
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "pipeline": self.pipeline, "group": self.group, **self.counts}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._refresh_models()
+        if self.reconcile and now >= self._next_reconcile:
+            self._next_reconcile = now + self.settings.stream.reconcile_interval_seconds
+            try:
+                self.reconciler.run_once()
+            except Exception:
+                log.warning("reconcile pass failed; next pass retries", exc_info=True)
+        try:
+            loaded = self.runtime.get(self.pipeline)
+        except ModelNotReady as exc:
+            if not self._warned_not_ready:
+                log.warning("waiting for a model: %s", exc.one_line())
+                self._warned_not_ready = True
+            self.stop_event.wait(1.0)  # messages wait in the bus meanwhile
+            return
+        messages = self.consumer.poll(self.batch_size, self.settings.stream.poll_timeout_seconds)
+        if not messages:
+            return
+        with self.busy():
+            ok = self.process(messages, loaded)
+        if ok:
+            self._failures = 0
+        else:
+            self._failures += 1
+            delay = min(
+                self.settings.stream.retry_backoff_max_seconds,
+                _BACKOFF_BASE_SECONDS * 2 ** (self._failures - 1),
+            )
+            self.stop_event.wait(delay)
+
+    def _refresh_models(self) -> None:
+        self._next_refresh = time.monotonic() + self.settings.inference.alias_poll_seconds
+        try:
+            self._loop.run_until_complete(self.runtime.refresh())  # follows alias moves
+        except Exception:
+            log.warning("model refresh failed; keeping the model in service", exc_info=True)
+
+    # -- one batch --------------------------------------------------------------------------------
+
+    def process(self, messages: list[Message], loaded: LoadedModel) -> bool:
+        """Handle one polled batch; returns False when something must be retried (then back off)."""
+        items: list[_Item] = []
+        decided: list[tuple[Message, bool]] = []  # (message, ack?) for those settled before the model
+        for message in messages:
+            try:
+                obs = self._parse(message)
+            except MalformedMessage as exc:
+                decided.append((message, self._dead_letter(message, f"{exc.reason}: {exc.message}")))
+                continue
+            items.append(_Item(message, obs))
+
+        for item in items:
+            self._load(item)
+        self._infer([i for i in items if i.prepared is not None and i.error is None], loaded)
+        ready = [i for i in items if i.result is not None and i.error is None]
+        self._complete(ready, loaded)
+
+        ok = all(ack for _, ack in decided)
+        for item in items:
+            if item.error is not None:
+                item.ack = self._retry_or_fail(item)
+            ok = ok and item.ack and item.error is None
+        ack_of = {id(m): a for m, a in decided} | {id(i.message): i.ack for i in items}
+        for message in messages:  # in poll order, as both buses prefer
+            if ack_of[id(message)]:
+                self.consumer.ack(message)
+        self.processed += len(ready)
+        return ok
+
+    def _parse(self, message: Message) -> ObservationMessage:
+        obs = parse_observation(message)
+        if obs.pipeline != self.pipeline:
+            if obs.pipeline not in self.catalog:
+                raise MalformedMessage("unknown_pipeline", f"pipeline {obs.pipeline!r} does not exist")
+            raise MalformedMessage(
+                "wrong_topic", f"message for pipeline {obs.pipeline!r} on {message.topic!r}"
+            )
+        return obs
+
+    def _load(self, item: _Item) -> None:
+        """Claim, read the bytes and prepare the model input; settles invalid/finished items."""
+        obs = item.obs
+        try:
+            record = self._claim(item)
+            if record is None:
+                return
+            item.record = record
+            if record.attempts > self.max_attempts:
+                # Only a crash loop gets here (failures are counted below): e.g. an input that kills
+                # the process. Stop trying.
+                item.ack = self._fail(item, f"gave up after {record.attempts - 1} attempts (worker crashes?)")
+                return
+            if obs.data is not None:
+                item.data = obs.data
+            else:
+                key = obs.object_key or record.object_key
+                if key is None:
+                    raise NotFound(f"observation {obs.observation_id} has no object key")
+                item.data = self.objects.get(key)
+        except NotFound as exc:  # the bytes are gone for good: retrying cannot help
+            item.ack = self._fail(item, f"missing_object: {exc.message}")
+            return
+        except Exception as exc:
+            item.error = exc
+            return
+        t0 = time.perf_counter()
+        try:
+            item.prepared = prepare(self.spec, self._manifest(), item.data, self.settings)
+        except InvalidInput as exc:
+            item.ack = self._reject(item, exc)
+        except Exception as exc:
+            item.error = exc
+        item.timings["decode"] = (time.perf_counter() - t0) * 1000
+
+    def _manifest(self) -> Any:
+        return self.runtime.get(self.pipeline).bundle.manifest
+
+    def _claim(self, item: _Item) -> ObservationRecord | None:
+        """The observation, now ``processing`` for us; ``None`` when it needs no work (item settled)."""
+        obs_id = item.obs.observation_id
+        if not self.db.set_status(obs_id, ObservationStatus.processing, expect=CLAIMABLE):
+            record = self.db.get_observation(obs_id)
+            if record is None:
+                # Published by a producer outside keeneye: accept it here first (invariant 1).
+                self._adopt(item)
+                if not self.db.set_status(obs_id, ObservationStatus.processing, expect=CLAIMABLE):
+                    item.ack = True
+                    return None
+            else:
+                # Finished already: a redelivery or a reconciler duplicate. Idempotent: no new work,
+                # but say the result again in case the first .out publish never made it.
+                if record.status is ObservationStatus.done:
+                    self._republish_result(record)
+                self.counts["skipped"] += 1
+                item.ack = True
+                return None
+        record = self.db.get_observation(obs_id)
+        if record is None:  # deleted under us
+            item.ack = True
+            return None
+        return record
+
+    def _adopt(self, item: _Item) -> None:
+        obs = item.obs
+        if obs.data is None:
+            data = self.objects.get(obs.object_key or "")  # NotFound: nothing to adopt
+            key = obs.object_key or ""
+        else:
+            data = obs.data
+            try:
+                fmt: str | None = sniff_format(data)
+            except InvalidInput:
+                fmt = None  # the decode step rejects it with the precise reason
+            key = observation_key(self.pipeline, content_hash(data), fmt)
+            if not self.objects.exists(key):
+                self.objects.put(key, data, content_type=content_type_of(fmt))
+        self.db.create_observation(
+            pipeline=self.pipeline,
+            content_hash=content_hash(data),
+            object_key=key,
+            content_type=obs.content_type,
+            size_bytes=len(data),
+            metadata=obs.metadata,
+            source=obs.source or "bus",
+            status=ObservationStatus.queued,
+            id=obs.observation_id,
+        )
+
+    def _infer(self, items: list[_Item], loaded: LoadedModel) -> None:
+        """One model run per group of same-shaped inputs (normally the whole batch)."""
+        ref = loaded.ref
+        todo: list[_Item] = []
+        for item in items:
+            assert item.record is not None
+            cached = self._cache_get(self._cache_key(ref.name, ref.version, item.record.content_hash))
+            if cached is not None:
+                cached.pop("_format", None)
+                item.result = cached
+            else:
+                todo.append(item)
+        groups: dict[tuple[tuple[int, ...], str], list[_Item]] = {}
+        for item in todo:
+            assert item.prepared is not None
+            tensor = item.prepared.tensor
+            groups.setdefault((tuple(tensor.shape), str(tensor.dtype)), []).append(item)
+        for group in groups.values():
+            t0 = time.perf_counter()
+            try:
+                batch = np.stack([i.prepared.tensor for i in group if i.prepared is not None])
+                outputs = loaded.model.run(batch)
+                for k, out in enumerate(outputs):
+                    if out.ndim == 0 or out.shape[0] != len(group):
+                        raise KeeneyeError(f"model output {k} has shape {out.shape}, not {len(group)} rows")
+            except Exception as exc:  # a model failure is not the input's fault: retry
+                log.warning("model run failed", extra={"pipeline": self.pipeline, "error": repr(exc)})
+                for item in group:
+                    item.error = exc
+                continue
+            infer_ms = (time.perf_counter() - t0) * 1000
+            self.metrics.batch_size.labels(self.pipeline).observe(len(group))
+            for j, item in enumerate(group):
+                item.outputs = [out[j] for out in outputs]
+                item.timings["infer"] = infer_ms
+        for item in todo:
+            if item.outputs is None or item.prepared is None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                item.result = finish(self.spec, loaded.bundle.manifest, ref, item.prepared, item.outputs)
+            except Exception as exc:
+                item.error = exc
+            item.timings["post"] = (time.perf_counter() - t0) * 1000
+
+    def _complete(self, items: list[_Item], loaded: LoadedModel) -> None:
+        """Prediction + ``done`` (one transaction each), cache, ``.out`` (flushed once)."""
+        ref = loaded.ref
+        task = loaded.bundle.manifest.task.value
+        published: list[_Item] = []
+        for item in items:
+            assert item.record is not None and item.result is not None
+            result = item.result
+            t0 = time.perf_counter()
+            try:
+                latency_ms = (time.time() - item.record.created_at.timestamp()) * 1000
+                self.db.complete_observation(
+                    item.record.id,
+                    pipeline=self.pipeline,
+                    model_name=ref.name,
+                    model_version=ref.version,
+                    variant=Variant.champion,
+                    task=task,
+                    result=result,
+                    decision=result.get("decision"),
+                    confidence=result.get("confidence"),
+                    latency_ms=latency_ms,
+                    timings=item.timings,
+                )
+            except Exception as exc:
+                item.error = exc
+                continue
+            item.timings["store"] = (time.perf_counter() - t0) * 1000
+            self.counts["done"] += 1
+            fmt = (result.get("image") or {}).get("format")
+            key = self._cache_key(ref.name, ref.version, item.record.content_hash)
+            with contextlib.suppress(Exception):  # the cache is an optimisation, never a failure
+                self.cache.set(key, json.dumps({**result, "_format": fmt}).encode())
+            try:
+                self.bus.publish(
+                    output_topic(self.pipeline),
+                    result_payload(item.record.id, self.pipeline, ref.name, ref.version, result),
+                    key=item.record.id,
+                )
+                published.append(item)
+            except Exception as exc:
+                log.warning("cannot publish a result", extra={"pipeline": self.pipeline, "error": repr(exc)})
+        try:
+            if published:
+                self.bus.flush()
+            for item in published:
+                item.ack = True
+        except Exception as exc:
+            # Stored and done, but not announced: leave unacked; the redelivery re-publishes it.
+            log.warning("results not flushed; messages stay unacked", extra={"error": repr(exc)})
+
+    # -- settling ---------------------------------------------------------------------------------
+
+    def _reject(self, item: _Item, exc: InvalidInput) -> bool:
+        assert item.record is not None
+        reason = f"{exc.reason}: {exc.message}"
+        try:
+            self.objects.put(quarantine_key(self.pipeline, item.record.content_hash), item.data)
+            self.db.set_status(
+                item.record.id, ObservationStatus.rejected, reason, expect=[ObservationStatus.processing]
+            )
+        except Exception as err:
+            item.error = err
+            return False
+        self.metrics.rejections.labels(self.pipeline, exc.reason).inc()
+        self.counts["rejected"] += 1
+        log.info("observation rejected", extra={"observation_id": item.record.id, "reason": reason})
+        return True
+
+    def _fail(self, item: _Item, reason: str) -> bool:
+        """Dead-letter the message and mark the observation ``failed``; returns whether to ack."""
+        if not self._dead_letter(item.message, reason):
+            return False
+        try:
+            self.db.set_status(item.obs.observation_id, ObservationStatus.failed, reason, expect=CLAIMABLE)
+        except Exception:
+            log.warning("cannot mark an observation failed", exc_info=True)
+            return False
+        self.counts["failed"] += 1
+        log.error("observation failed", extra={"observation_id": item.obs.observation_id, "reason": reason})
+        return True
+
+    def _retry_or_fail(self, item: _Item) -> bool:
+        """A transient failure: publish the message again (re-queued) or, at the limit, fail it."""
+        error = item.error
+        assert error is not None
+        what = _one_line(error)
+        if item.record is None:
+            return False  # never claimed (database trouble): the bus or the reconciler brings it back
+        attempts = item.record.attempts
+        if attempts >= self.max_attempts:
+            return self._fail(item, f"failed after {attempts} attempts: {what}")
+        try:
+            self.db.set_status(
+                item.record.id,
+                ObservationStatus.queued,
+                f"attempt {attempts} failed: {what}",
+                expect=[ObservationStatus.processing],
+            )
+            # Publish again rather than leave it unacked: Kafka redelivers only on a rebalance, and an
+            # unacked offset would hold back every later commit of its partition.
+            self.bus.publish(
+                input_topic(self.pipeline),
+                item.message.value,
+                key=item.message.key,
+                headers=item.message.headers,
+            )
+            self.bus.flush()
+        except Exception:
+            log.warning("cannot re-queue a failed observation; the reconciler will", exc_info=True)
+            return False
+        self.counts["retried"] += 1
+        log.warning(
+            "observation will be retried",
+            extra={"observation_id": item.record.id, "attempt": attempts, "error": what},
+        )
+        return True
+
+    def _dead_letter(self, message: Message, reason: str) -> bool:
+        try:
+            dead_letter(self.bus, self.pipeline, message, reason)
+            self.bus.flush()
+        except Exception:
+            log.warning("cannot publish to the dead-letter topic", exc_info=True)
+            return False
+        self.counts["dead_lettered"] += 1
+        log.warning("message dead-lettered", extra={"pipeline": self.pipeline, "reason": reason})
+        return True
+
+    def _republish_result(self, record: ObservationRecord) -> None:
+        preds = [p for p in self.db.predictions_for(record.id) if p.variant is Variant.champion]
+        if not preds:
+            return
+        p = preds[-1]
+        with contextlib.suppress(Exception):
+            self.bus.publish(
+                output_topic(self.pipeline),
+                result_payload(record.id, self.pipeline, p.model_name, p.model_version, p.result),
+                key=record.id,
+            )
+            self.bus.flush()
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    def _cache_key(self, model: str, version: str, digest: str) -> str:
+        return f"pred:{self.pipeline}:{model}:{version}:{digest}"  # the same scheme as serving
+
+    def _cache_get(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self.cache.get(key)
+            return None if raw is None else dict(json.loads(raw))
+        except Exception:
+            return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.one_line() if isinstance(exc, KeeneyeError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:500]
