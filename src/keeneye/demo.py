@@ -44,7 +44,7 @@ def run_demo(
     console: Console,
     *,
     images: int = 600,
-    epochs: int = 8,
+    epochs: int = 15,
     port: int = 8000,
     requests: int = 8,
     serve_forever: bool = False,

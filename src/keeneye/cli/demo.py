@@ -11,7 +11,7 @@ from keeneye.cli._common import console, settings
 
 def demo(
     images: int = typer.Option(600, help="Synthetic training photos to generate."),
-    epochs: int = typer.Option(8, help="Training epochs (early stopping may finish sooner)."),
+    epochs: int = typer.Option(15, help="Training epochs (early stopping may finish sooner)."),
     port: int = typer.Option(8000, help="Port for the API (a free one is used when taken)."),
     requests: int = typer.Option(8, help="Unseen photos to send once the server runs."),
     serve: bool = typer.Option(
