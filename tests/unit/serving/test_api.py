@@ -43,7 +43,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def own_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    """A server of its own, for tests that move aliases."""
+    """A server of its own, for tests that move aliases (no rate limit: the test hammers it)."""
+    settings = with_species_limits(settings, tmp_path, rate_per_second=1e6, burst=10**6)
     settings = settings.model_copy(
         update={"inference": settings.inference.model_copy(update={"alias_poll_seconds": 0.3})}
     )
@@ -333,6 +334,7 @@ def test_alias_move_is_picked_up_without_a_failed_request(own_server: LiveServer
         after = httpx.post(
             f"{served.url}/predict", content=jpeg(seed=999), headers={"content-type": "image/jpeg"}
         )
+        assert after.status_code == 200, after.text
         assert after.json()["model_version"] == "2"
     finally:
         stop.set()
