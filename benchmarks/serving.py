@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/serving.py [--requests 600] [--size 224] [--json out.json]
 
+The model is a real MobileNetV2 (timm, random weights) at 224 px when torch is installed.
+
 1. raw ONNX Runtime: the physical limit on these cores — session.run on preprocessed batches;
 2. keeneye (`create_app`, real port, micro-batching, storage, metrics) at 1, 8 and 32 clients;
 3. naive FastAPI: one request → decode → one batch-1 inference → JSON (no batching, no storage);
@@ -43,6 +45,28 @@ def make_images(n: int, size: int, seed: int = 0) -> list[bytes]:
         assert ok
         out.append(bytes(buf))
     return out
+
+
+def mobilenet_v2_onnx(num_classes: int, size: int) -> tuple[bytes, str]:
+    """A real MobileNetV2 (timm, random weights, nothing downloaded) as ONNX; a stand-in without torch."""
+    try:
+        import io
+
+        import timm
+        import torch
+    except ImportError:
+        from keeneye.models.testing import mobilenet_like_classifier
+
+        return mobilenet_like_classifier(
+            num_classes, size=size
+        ), "mobilenet_like_classifier (no torch installed)"
+    model = timm.create_model("mobilenetv2_100", pretrained=False, num_classes=num_classes).eval()
+    out = io.BytesIO()
+    torch.onnx.export(
+        model, torch.zeros(1, 3, size, size), out, input_names=["images"], output_names=["logits"],
+        dynamic_axes={"images": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False,
+    )  # fmt: skip
+    return out.getvalue(), "timm mobilenetv2_100 (random weights)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -162,12 +186,12 @@ def raw_ort(onnx_path: Path, manifest: Any, images: list[bytes], batch: int) -> 
     name = session.get_inputs()[0].name
     tensors = np.stack([prepare_input(decode_image(d, max_pixels=10**8), manifest.input)[0] for d in images])
     session.run(None, {name: tensors[:batch]})
-    start = time.perf_counter()
-    done = 0
-    while done < len(tensors):
-        session.run(None, {name: tensors[done : done + batch]})
-        done += batch
-    seconds = time.perf_counter() - start
+    seconds = float("inf")
+    for _ in range(3):  # best of three passes: the limit, not the noise
+        start = time.perf_counter()
+        for done in range(0, len(tensors), batch):
+            session.run(None, {name: tensors[done : done + batch]})
+        seconds = min(seconds, time.perf_counter() - start)
     return {"rps": len(tensors) / seconds, "batch": batch}
 
 
@@ -188,7 +212,6 @@ def main() -> None:
 
     from keeneye.models.bundle import ModelBundle
     from keeneye.models.manifest import ModelManifest
-    from keeneye.models.testing import mobilenet_like_classifier
     from keeneye.registry import ModelRegistry
     from keeneye.serving import create_app
     from keeneye.settings import Settings
@@ -212,15 +235,18 @@ def main() -> None:
             "classes": [f"species_{i}" for i in range(10)],
         }
     )
-    bundle = ModelBundle.write(home / "bundle", mobilenet_like_classifier(10, size=args.size), manifest)
+    figures: dict[str, Any] = {"cores": os.cpu_count(), "requests": args.requests, "size": args.size}
+    onnx_bytes, model_name = mobilenet_v2_onnx(10, args.size)
+    print(f"model: {model_name} at {args.size} px")
+    figures["model"] = model_name
+    bundle = ModelBundle.write(home / "bundle", onnx_bytes, manifest)
     ModelRegistry(settings, events=open_results_db(settings)).register(
         "species-id", bundle, alias="champion", gates_passed=True
     )
     images = make_images(args.requests, args.size)
 
-    figures: dict[str, Any] = {"cores": os.cpu_count(), "requests": args.requests, "size": args.size}
     raw = max(
-        (raw_ort(bundle.onnx_path, manifest, images[:256], b) for b in (1, 8, 16, 32)), key=lambda r: r["rps"]
+        (raw_ort(bundle.onnx_path, manifest, images, b) for b in (1, 8, 16, 32)), key=lambda r: r["rps"]
     )
     figures["raw_onnxruntime"] = raw
     print(f"raw ONNX Runtime: {raw['rps']:.1f} images/s (best batch {raw['batch']})")
