@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import threading
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -284,6 +284,23 @@ class ApiKey(Base):
 # --------------------------------------------------------------------------------------------------
 # Records handed to callers
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished observation for :meth:`ResultsDB.complete_many`: its prediction, then ``done``."""
+
+    observation_id: str
+    pipeline: str
+    model_name: str
+    model_version: str
+    variant: Variant
+    task: str
+    result: Mapping[str, Any]
+    decision: Decision | None
+    confidence: float | None
+    latency_ms: float
+    timings: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -757,6 +774,55 @@ class ResultsDB:
         with self.session() as s:
             return _rowcount(s.execute(stmt)) == 1
 
+    def get_observations(self, observation_ids: Collection[str]) -> dict[str, ObservationRecord]:
+        """The observations that exist among ``observation_ids``, by id (one read)."""
+        ids = sorted(set(observation_ids))
+        if not ids:
+            return {}
+        with self.session() as s:
+            rows = s.scalars(select(Observation).where(Observation.id.in_(ids)))
+            return {row.id: ObservationRecord.from_row(row) for row in rows}
+
+    def claim_many(
+        self,
+        observation_ids: Collection[str],
+        *,
+        expect: Collection[ObservationStatus] = (ObservationStatus.queued, ObservationStatus.processing),
+    ) -> dict[str, ObservationRecord]:
+        """Claim a batch: :meth:`set_status` ``→ processing`` with ``expect``, in one transaction.
+
+        One conditional ``UPDATE`` moves every listed observation that is in ``expect`` to
+        ``processing`` (counting an attempt); the claimed rows are returned as they are after the
+        claim, by id. Ids that were not claimed (finished already, or unknown) are left out — the
+        caller reads those with :meth:`get_observations` when it needs to know why.
+        """
+        ids = sorted(set(observation_ids))
+        if not ids:
+            return {}
+        now = utcnow()
+        claim = (
+            update(Observation)
+            .where(
+                Observation.id.in_(ids),
+                Observation.status.in_([ObservationStatus(e).value for e in expect]),
+            )
+            .values(
+                status=ObservationStatus.processing.value,
+                reason=None,
+                updated_at=now,
+                claimed_at=now,
+                attempts=Observation.attempts + 1,
+                completed_at=None,
+            )
+            .returning(Observation.id)
+        )
+        with self.session() as s:
+            claimed = list(s.execute(claim).scalars())
+            if not claimed:
+                return {}
+            rows = s.scalars(select(Observation).where(Observation.id.in_(claimed)))
+            return {row.id: ObservationRecord.from_row(row) for row in rows}
+
     def claim_stale(
         self,
         pipeline: str | None,
@@ -826,18 +892,19 @@ class ResultsDB:
         return (
             self._insert(Prediction)
             .values(
-                observation_id=observation_id,
-                pipeline=pipeline,
-                model_name=model_name,
-                model_version=str(model_version),
-                variant=Variant(variant).value,
-                task=str(task),
-                result=dict(result),
-                decision=None if decision is None else Decision(decision).value,
-                confidence=None if confidence is None else float(confidence),
-                latency_ms=float(latency_ms),
-                timings=dict(timings or {}),
-                created_at=utcnow(),
+                **self._prediction_row(
+                    observation_id,
+                    pipeline,
+                    model_name,
+                    model_version,
+                    variant,
+                    task,
+                    result,
+                    decision,
+                    confidence,
+                    latency_ms,
+                    timings,
+                )
             )
             .on_conflict_do_nothing(
                 index_elements=["observation_id", "model_name", "model_version", "variant"]
@@ -845,6 +912,35 @@ class ResultsDB:
             # RETURNING says whether a row went in (rowcount is unreliable for ON CONFLICT).
             .returning(Prediction.id)
         )
+
+    @staticmethod
+    def _prediction_row(
+        observation_id: str,
+        pipeline: str,
+        model_name: str,
+        model_version: str,
+        variant: Variant,
+        task: str,
+        result: Mapping[str, Any],
+        decision: Decision | None,
+        confidence: float | None,
+        latency_ms: float,
+        timings: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        return {
+            "observation_id": observation_id,
+            "pipeline": pipeline,
+            "model_name": model_name,
+            "model_version": str(model_version),
+            "variant": Variant(variant).value,
+            "task": str(task),
+            "result": dict(result),
+            "decision": None if decision is None else Decision(decision).value,
+            "confidence": None if confidence is None else float(confidence),
+            "latency_ms": float(latency_ms),
+            "timings": dict(timings or {}),
+            "created_at": utcnow(),
+        }
 
     def save_prediction(
         self,
@@ -909,6 +1005,67 @@ class ResultsDB:
             if _rowcount(s.execute(mark_done)) != 1:
                 raise NotFound(f"observation {observation_id} does not exist")
             return s.execute(insert).first() is not None
+
+    def complete_many(self, completions: Sequence[Completion]) -> dict[str, bool]:
+        """:meth:`complete_observation` for a batch, in one transaction (one commit, one fsync).
+
+        Every prediction goes in (``ON CONFLICT DO NOTHING``) and every observation is marked ``done``,
+        or — when the transaction fails — none. Returns ``{observation_id: prediction was new}``; an
+        observation that does not exist (deleted under the worker) is left out and nothing is stored
+        for it. A second completion of the same observation in one call is ignored.
+        """
+        unique: dict[str, Completion] = {}
+        for c in completions:
+            unique.setdefault(c.observation_id, c)
+        if not unique:
+            return {}
+        now = utcnow()
+        ids = sorted(unique)  # a fixed lock order: concurrent batches on PostgreSQL cannot deadlock
+        mark_done = (
+            update(Observation)
+            .where(Observation.id.in_(ids))
+            .values(status=ObservationStatus.done.value, reason=None, updated_at=now, completed_at=now)
+            .returning(Observation.id)
+        )
+        with self.session() as s:
+            # Status first: it locks the observation rows, and a failing insert rolls it back.
+            present = set(s.execute(mark_done).scalars())
+            if not present:
+                return {}
+            todo = [unique[i] for i in ids if i in present]
+            # Which already have this prediction (a redelivery): the observation rows are locked by
+            # the update above, so a concurrent completion of the same ids waits for this commit.
+            existing: set[str] = set()
+            by_model: dict[tuple[str, str, str], list[str]] = {}
+            for c in todo:
+                by_model.setdefault(
+                    (c.model_name, str(c.model_version), Variant(c.variant).value), []
+                ).append(c.observation_id)
+            for (model_name, model_version, variant), group in by_model.items():
+                existing.update(
+                    s.execute(
+                        select(Prediction.observation_id).where(
+                            Prediction.observation_id.in_(group),
+                            Prediction.model_name == model_name,
+                            Prediction.model_version == model_version,
+                            Prediction.variant == variant,
+                        )
+                    ).scalars()
+                )
+            rows = [
+                self._prediction_row(**_completion_fields(c))
+                for c in todo
+                if c.observation_id not in existing
+            ]
+            if rows:
+                # executemany of one constant statement: compiled once, unlike a multi-row VALUES.
+                # ON CONFLICT DO NOTHING still guards against any writer outside the row locks.
+                insert = self._insert(Prediction).on_conflict_do_nothing(
+                    index_elements=["observation_id", "model_name", "model_version", "variant"]
+                )
+                s.execute(insert, rows)
+            new = {c.observation_id for c in todo if c.observation_id not in existing}
+        return {i: i in new for i in ids if i in present}
 
     def predictions_for(self, observation_id: str) -> list[PredictionRecord]:
         with self.session() as s:
@@ -1184,3 +1341,19 @@ def open_results_db(settings: Settings, *, migrate: bool = True) -> ResultsDB:
     if migrate:
         db.ensure_schema()
     return db
+
+
+def _completion_fields(c: Completion) -> dict[str, Any]:
+    return {
+        "observation_id": c.observation_id,
+        "pipeline": c.pipeline,
+        "model_name": c.model_name,
+        "model_version": c.model_version,
+        "variant": c.variant,
+        "task": c.task,
+        "result": c.result,
+        "decision": c.decision,
+        "confidence": c.confidence,
+        "latency_ms": c.latency_ms,
+        "timings": c.timings,
+    }

@@ -41,6 +41,15 @@ class Message:
         return default if raw is None else raw.decode("utf-8", "replace")
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to publish with :meth:`Bus.publish_many`."""
+
+    value: bytes
+    key: str | bytes | None = None
+    headers: Mapping[str, HeaderValue] | None = None
+
+
 @runtime_checkable
 class Consumer(Protocol):
     """A member of a consumer group. Use as a context manager; ``close`` leaves the group."""
@@ -53,6 +62,10 @@ class Consumer(Protocol):
 
     def ack(self, message: Message) -> None:
         """Mark the message processed for this group; it is never delivered to the group again."""
+        ...
+
+    def ack_many(self, messages: Sequence[Message]) -> None:
+        """:meth:`ack` for a polled batch (in poll order) at the cost of one commit, not one each."""
         ...
 
     def close(self) -> None: ...
@@ -76,6 +89,13 @@ class Bus(Protocol):
         key: str | bytes | None = None,
         headers: Mapping[str, HeaderValue] | None = None,
     ) -> None: ...
+
+    def publish_many(self, topic: str, messages: Sequence[Outgoing]) -> None:
+        """:meth:`publish` for a batch; durable after ``flush`` (SQLite: one transaction, all or none).
+
+        Every message is size-checked before any is sent.
+        """
+        ...
 
     def flush(self, timeout: float = 10.0) -> None:
         """Block until every published message is durable at the broker."""

@@ -35,6 +35,7 @@ from keeneye.stream.bus import (
     BUS_SETTING,
     HeaderValue,
     Message,
+    Outgoing,
     check_size,
     encode_headers,
     encode_key,
@@ -265,6 +266,26 @@ class SqliteConsumer:
             self._acks_since_compact = 0
             self._bus.compact([message.topic])
 
+    def ack_many(self, messages: Sequence[Message]) -> None:
+        """Every ack of the batch and one watermark move per topic, in one transaction."""
+        if not messages:
+            return
+        moved: set[str] = set()
+        with self._db.write() as conn:
+            for message in messages:
+                cur = conn.execute(
+                    "UPDATE deliveries SET acked = 1 WHERE grp = ? AND message_id = ? AND acked = 0",
+                    (self.group, message.offset),
+                )
+                if cur.rowcount:
+                    moved.add(message.topic)
+            for topic in sorted(moved):
+                _advance_watermark(conn, topic, self.group)
+        self._acks_since_compact += len(messages)
+        if self._acks_since_compact >= _COMPACT_EVERY_ACKS:
+            self._acks_since_compact = 0
+            self._bus.compact(sorted({m.topic for m in messages}))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -325,6 +346,23 @@ class SqliteBus:
             conn.execute(
                 "INSERT INTO messages (topic, key, headers, value, created_at) VALUES (?, ?, ?, ?, ?)",
                 (topic, raw_key, _encode_headers_json(raw_headers), bytes(value), time.time()),
+            )
+
+    def publish_many(self, topic: str, messages: Sequence[Outgoing]) -> None:
+        """Every message in one transaction: all committed when this returns, or none."""
+        rows = []
+        for m in messages:
+            raw_key = encode_key(m.key)
+            raw_headers = encode_headers(m.headers)
+            check_size(topic, m.value, raw_key, raw_headers, self.settings.max_message_bytes)
+            rows.append((topic, raw_key, _encode_headers_json(raw_headers), bytes(m.value)))
+        if not rows:
+            return
+        now = time.time()
+        with self._db.write() as conn:
+            conn.executemany(
+                "INSERT INTO messages (topic, key, headers, value, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(*row, now) for row in rows],
             )
 
     def flush(self, timeout: float = 10.0) -> None:

@@ -52,8 +52,8 @@ from keeneye.pipelines import (
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
 from keeneye.store import Cache, ObjectStore, ResultsDB, open_cache, open_object_store, open_results_db
-from keeneye.store.db import ObservationRecord
-from keeneye.stream.bus import Bus, Consumer, Message, open_bus
+from keeneye.store.db import Completion, ObservationRecord
+from keeneye.stream.bus import Bus, Consumer, Message, Outgoing, open_bus
 from keeneye.stream.messages import (
     MalformedMessage,
     ObservationMessage,
@@ -302,6 +302,15 @@ class PipelineWorker(WorkerBase):
         # The runtime is asyncio-based; a private loop drives its refresh without the alias poller.
         self._loop = asyncio.new_event_loop()
         self._refresh_models()
+        # Kafka: a topic that does not exist yet is assigned only after a metadata refresh, so the
+        # first messages would wait ~1 s; creating it first makes the group balance on it at once.
+        try:
+            self.bus.ensure_topics([input_topic(self.pipeline), output_topic(self.pipeline)])
+            warm_up = getattr(self.bus, "warm_up", None)  # Kafka: start the producer before the first result
+            if callable(warm_up):
+                warm_up([output_topic(self.pipeline)])
+        except Exception:
+            log.warning("cannot create the pipeline's topics; the first publish will", exc_info=True)
         self.consumer: Consumer = self.bus.subscribe([input_topic(self.pipeline)], self.group)
         self.reconciler = Reconciler(s, self.pipeline, db=self.db, objects=self.objects, bus=self.bus)
         # Reconcile soon after start (covers an API that died between commit and publish), not at once.
@@ -378,8 +387,10 @@ class PipelineWorker(WorkerBase):
                 continue
             items.append(_Item(message, obs))
 
+        self._claim_batch(items)
         for item in items:
-            self._load(item)
+            if item.record is not None and not item.ack and item.error is None:
+                self._load(item)
         self._infer([i for i in items if i.prepared is not None and i.error is None], loaded)
         ready = [i for i in items if i.result is not None and i.error is None]
         self._complete(ready, loaded)
@@ -390,9 +401,14 @@ class PipelineWorker(WorkerBase):
                 item.ack = self._retry_or_fail(item)
             ok = ok and item.ack and item.error is None
         ack_of = {id(m): a for m, a in decided} | {id(i.message): i.ack for i in items}
-        for message in messages:  # in poll order, as both buses prefer
-            if ack_of[id(message)]:
-                self.consumer.ack(message)
+        to_ack = [m for m in messages if ack_of[id(m)]]  # in poll order, as both buses prefer
+        if to_ack:
+            try:
+                self.consumer.ack_many(to_ack)
+            except Exception as exc:
+                # Effects are stored; the unacked messages come back and are skipped as finished.
+                log.warning("cannot ack the batch; it will be redelivered", extra={"error": repr(exc)})
+                ok = False
         self.processed += len(ready)
         return ok
 
@@ -406,14 +422,69 @@ class PipelineWorker(WorkerBase):
             )
         return obs
 
-    def _load(self, item: _Item) -> None:
-        """Claim, read the bytes and prepare the model input; settles invalid/finished items."""
-        obs = item.obs
+    def _claim_batch(self, items: list[_Item]) -> None:
+        """Claim every observation of the batch in one transaction; settles those needing no work.
+
+        Claimed items get ``record``; a second message for the same observation in one batch is a
+        duplicate (redelivery or reconciler) and is acked as skipped — the first one does the work.
+        """
+        primary: dict[str, _Item] = {}
+        for item in items:
+            obs_id = item.obs.observation_id
+            if obs_id in primary:
+                self.counts["skipped"] += 1
+                item.ack = True
+            else:
+                primary[obs_id] = item
+        if not primary:
+            return
         try:
-            record = self._claim(item)
-            if record is None:
-                return
-            item.record = record
+            claimed = self.db.claim_many(list(primary), expect=CLAIMABLE)
+            unclaimed = [i for i in primary if i not in claimed]
+            others = self.db.get_observations(unclaimed) if unclaimed else {}
+        except Exception as exc:  # database trouble: nothing claimed, the bus brings them back
+            for item in primary.values():
+                item.error = exc
+            return
+        for obs_id, item in primary.items():
+            if obs_id in claimed:
+                item.record = claimed[obs_id]
+                continue
+            try:
+                record = others.get(obs_id)
+                if record is None:
+                    # Published by a producer outside keeneye: accept it here first (invariant 1).
+                    item.record = self._adopt_and_claim(item)
+                else:
+                    # Finished already: a redelivery or a reconciler duplicate. Idempotent: no new
+                    # work, but say the result again in case the first .out publish never made it.
+                    if record.status is ObservationStatus.done:
+                        self._republish_result(record)
+                    self.counts["skipped"] += 1
+                    item.ack = True
+            except NotFound as exc:  # the bytes are gone for good: retrying cannot help
+                item.ack = self._fail(item, f"missing_object: {exc.message}")
+            except Exception as exc:
+                item.error = exc
+
+    def _adopt_and_claim(self, item: _Item) -> ObservationRecord | None:
+        """Record an unknown observation, then claim it; ``None`` (item settled) when not claimable."""
+        obs_id = item.obs.observation_id
+        self._adopt(item)
+        if not self.db.set_status(obs_id, ObservationStatus.processing, expect=CLAIMABLE):
+            item.ack = True
+            return None
+        record = self.db.get_observation(obs_id)
+        if record is None:  # deleted under us
+            item.ack = True
+        return record
+
+    def _load(self, item: _Item) -> None:
+        """Read the bytes of a claimed item and prepare the model input; settles invalid items."""
+        obs = item.obs
+        record = item.record
+        assert record is not None
+        try:
             if record.attempts > self.max_attempts:
                 # Only a crash loop gets here (failures are counted below): e.g. an input that kills
                 # the process. Stop trying.
@@ -443,31 +514,6 @@ class PipelineWorker(WorkerBase):
 
     def _manifest(self) -> Any:
         return self.runtime.get(self.pipeline).bundle.manifest
-
-    def _claim(self, item: _Item) -> ObservationRecord | None:
-        """The observation, now ``processing`` for us; ``None`` when it needs no work (item settled)."""
-        obs_id = item.obs.observation_id
-        if not self.db.set_status(obs_id, ObservationStatus.processing, expect=CLAIMABLE):
-            record = self.db.get_observation(obs_id)
-            if record is None:
-                # Published by a producer outside keeneye: accept it here first (invariant 1).
-                self._adopt(item)
-                if not self.db.set_status(obs_id, ObservationStatus.processing, expect=CLAIMABLE):
-                    item.ack = True
-                    return None
-            else:
-                # Finished already: a redelivery or a reconciler duplicate. Idempotent: no new work,
-                # but say the result again in case the first .out publish never made it.
-                if record.status is ObservationStatus.done:
-                    self._republish_result(record)
-                self.counts["skipped"] += 1
-                item.ack = True
-                return None
-        record = self.db.get_observation(obs_id)
-        if record is None:  # deleted under us
-            item.ack = True
-            return None
-        return record
 
     def _adopt(self, item: _Item) -> None:
         obs = item.obs
@@ -541,17 +587,18 @@ class PipelineWorker(WorkerBase):
             item.timings["post"] = (time.perf_counter() - t0) * 1000
 
     def _complete(self, items: list[_Item], loaded: LoadedModel) -> None:
-        """Prediction + ``done`` (one transaction each), cache, ``.out`` (flushed once)."""
+        """Predictions + ``done`` for the whole batch (one transaction), cache, ``.out`` (one flush)."""
+        if not items:
+            return
         ref = loaded.ref
         task = loaded.bundle.manifest.task.value
-        published: list[_Item] = []
+        completions: list[Completion] = []
+        now = time.time()
         for item in items:
             assert item.record is not None and item.result is not None
             result = item.result
-            t0 = time.perf_counter()
-            try:
-                latency_ms = (time.time() - item.record.created_at.timestamp()) * 1000
-                self.db.complete_observation(
+            completions.append(
+                Completion(
                     item.record.id,
                     pipeline=self.pipeline,
                     model_name=ref.name,
@@ -561,35 +608,50 @@ class PipelineWorker(WorkerBase):
                     result=result,
                     decision=result.get("decision"),
                     confidence=result.get("confidence"),
-                    latency_ms=latency_ms,
+                    latency_ms=(now - item.record.created_at.timestamp()) * 1000,
                     timings=item.timings,
                 )
-            except Exception as exc:
+            )
+        t0 = time.perf_counter()
+        try:
+            stored = self.db.complete_many(completions)
+        except Exception as exc:  # nothing stored (one transaction): retry every item
+            for item in items:
                 item.error = exc
+            return
+        store_ms = (time.perf_counter() - t0) * 1000
+        done: list[_Item] = []
+        for item in items:
+            assert item.record is not None and item.result is not None
+            if item.record.id not in stored:
+                item.error = NotFound(f"observation {item.record.id} does not exist")
                 continue
-            item.timings["store"] = (time.perf_counter() - t0) * 1000
-            self.counts["done"] += 1
-            fmt = (result.get("image") or {}).get("format")
+            item.timings["store"] = store_ms
+            done.append(item)
+            fmt = (item.result.get("image") or {}).get("format")
             key = self._cache_key(ref.name, ref.version, item.record.content_hash)
             with contextlib.suppress(Exception):  # the cache is an optimisation, never a failure
-                self.cache.set(key, json.dumps({**result, "_format": fmt}).encode())
-            try:
-                self.bus.publish(
-                    output_topic(self.pipeline),
-                    result_payload(item.record.id, self.pipeline, ref.name, ref.version, result),
-                    key=item.record.id,
-                )
-                published.append(item)
-            except Exception as exc:
-                log.warning("cannot publish a result", extra={"pipeline": self.pipeline, "error": repr(exc)})
+                self.cache.set(key, json.dumps({**item.result, "_format": fmt}).encode())
+        self.counts["done"] += len(done)
+        if not done:
+            return
+        out = [
+            Outgoing(
+                result_payload(i.record.id, self.pipeline, ref.name, ref.version, i.result or {}),
+                key=i.record.id,
+            )
+            for i in done
+            if i.record is not None
+        ]
         try:
-            if published:
-                self.bus.flush()
-            for item in published:
-                item.ack = True
+            self.bus.publish_many(output_topic(self.pipeline), out)
+            self.bus.flush()
         except Exception as exc:
             # Stored and done, but not announced: leave unacked; the redelivery re-publishes it.
-            log.warning("results not flushed; messages stay unacked", extra={"error": repr(exc)})
+            log.warning("results not published; messages stay unacked", extra={"error": repr(exc)})
+            return
+        for item in done:
+            item.ack = True
 
     # -- settling ---------------------------------------------------------------------------------
 

@@ -571,3 +571,85 @@ def test_api_keys_are_hashed_verified_and_revoked(db: ResultsDB) -> None:
     assert db.revoke_api_key(key_id) is True
     assert db.revoke_api_key(key_id) is False
     assert db.verify_api_key(secret) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches: claim_many, complete_many, get_observations (the stream worker's one-transaction steps)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_claim_many_claims_only_claimable_rows_and_counts_attempts(db: ResultsDB) -> None:
+    queued, processing, done, rejected = (new_observation(db) for _ in range(4))
+    db.set_status(processing, P)
+    db.set_status(done, ObservationStatus.done)
+    db.set_status(rejected, ObservationStatus.rejected, "bad")
+    unknown = "f" * 32
+    claimed = db.claim_many([queued, processing, done, rejected, unknown, queued], expect=[Q, P])
+    assert set(claimed) == {queued, processing}
+    assert claimed[queued].status is P and claimed[queued].attempts == 1
+    assert claimed[processing].attempts == 2 and claimed[processing].claimed_at is not None
+    assert db.claim_many([done, rejected, unknown]) == {}
+    assert db.claim_many([]) == {}
+    # Only from queued: the processing rows stay where they are.
+    assert db.claim_many([queued, processing], expect=[Q]) == {}
+    rows = db.get_observations([queued, done, unknown])
+    assert set(rows) == {queued, done}
+    assert rows[done].status is ObservationStatus.done and rows[queued].attempts == 1
+    assert db.get_observations([]) == {}
+
+
+def test_two_batch_claimers_exactly_one_wins_each_observation(db: ResultsDB) -> None:
+    ids = [new_observation(db) for _ in range(20)]
+    won: list[list[str]] = [[], []]
+
+    def claim(k: int) -> None:
+        for i in ids:
+            won[k] += list(db.claim_many([i], expect=[Q]))
+
+    threads = [threading.Thread(target=claim, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won[0] + won[1]) == sorted(ids)
+    assert set(won[0]).isdisjoint(won[1])
+
+
+def test_complete_many_stores_every_prediction_and_done_in_one_go(db: ResultsDB) -> None:
+    from keeneye.store.db import Completion
+
+    ids = [new_observation(db) for _ in range(3)]
+    db.claim_many(ids)
+    already = ids[0]
+    assert db.complete_observation(already, **prediction()) is True
+    unknown = "e" * 32
+    batch = [Completion(i, **prediction(latency_ms=float(n))) for n, i in enumerate([*ids, unknown])]
+    assert db.complete_many(batch) == {ids[0]: False, ids[1]: True, ids[2]: True}
+    for i in ids:
+        rec = db.get_observation(i)
+        assert rec is not None and rec.status is ObservationStatus.done and rec.completed_at is not None
+        assert len(db.predictions_for(i)) == 1
+    assert db.predictions_for(ids[2])[0].latency_ms == 2.0
+    assert db.count_predictions() == 3
+    # A redelivered batch (and a duplicate inside one) records nothing new.
+    assert db.complete_many([*batch, batch[1]]) == {i: False for i in ids}
+    assert db.count_predictions() == 3
+    assert db.complete_many([]) == {}
+    assert db.complete_many([Completion(unknown, **prediction())]) == {}
+
+
+def test_complete_many_is_all_or_nothing(db: ResultsDB) -> None:
+    from keeneye.store.db import Completion
+
+    good, bad = new_observation(db), new_observation(db)
+    db.claim_many([good, bad])
+    batch = [
+        Completion(good, **prediction()),
+        Completion(bad, **prediction(result={"classes": {"salmon"}})),  # a set is not JSON
+    ]
+    with pytest.raises((StatementError, TypeError), match="not JSON serializable"):
+        db.complete_many(batch)
+    for i in (good, bad):
+        rec = db.get_observation(i)
+        assert rec is not None and (rec.status, rec.completed_at) == (P, None)
+    assert db.count_predictions() == 0

@@ -356,3 +356,46 @@ def test_kafka_check_against_a_dead_port_fails_fast() -> None:
     assert health.reachable is False
     assert "KEENEYE_BUS_URL" in health.fix
     assert health.detail
+
+
+def test_ack_many_acks_a_batch_and_keeps_the_rest(backend: str, bus: Bus) -> None:
+    topic = topic_name()
+    for i in range(5):
+        bus.publish(topic, f"m{i}".encode(), key="same-partition")
+    bus.flush()
+    with bus.subscribe([topic], "g") as consumer:
+        got = drain(consumer, 5)
+        assert [m.value for m in got] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+        consumer.ack_many([got[0], got[1], got[3]])  # m2 left open: must not be skipped
+        consumer.ack_many([got[0]])  # idempotent
+        consumer.ack_many([])
+        assert bus.lag(topic, "g") == (2 if backend == "sqlite" else 3)
+    with bus.subscribe([topic], "g") as consumer:
+        # SQLite tracks each message; Kafka commits only the contiguous prefix, so m3 also returns.
+        expected = [b"m2", b"m4"] if backend == "sqlite" else [b"m2", b"m3", b"m4"]
+        again = drain(consumer, len(expected))
+        again += settle(consumer)
+        assert [m.value for m in again] == expected
+        consumer.ack_many(again)
+        assert bus.lag(topic, "g") == 0
+    with bus.subscribe([topic], "g") as consumer:
+        wait_assigned([consumer])
+        assert settle(consumer) == []
+
+
+def test_publish_many_delivers_in_order_and_checks_every_size_first(make_bus: MakeBus) -> None:
+    from keeneye.stream.bus import Outgoing
+
+    bus = make_bus(max_message_bytes=64)
+    topic = topic_name()
+    with pytest.raises(MessageTooLarge):
+        bus.publish_many(topic, [Outgoing(b"fits"), Outgoing(b"x" * 100)])
+    bus.publish_many(topic, [Outgoing(v, key="k", headers={"h": "1"}) for v in (b"a", b"b", b"c")])
+    bus.publish_many(topic, [])
+    bus.flush()
+    with bus.subscribe([topic], "g") as consumer:
+        got = drain(consumer, 3, ack=True)
+        got += settle(consumer)
+    assert [m.value for m in got] == [b"a", b"b", b"c"]
+    assert got[0].key == b"k" and got[0].header("h") == "1"
+    assert bus.lag(topic, "g") == 0
