@@ -104,6 +104,9 @@ class StreamSettings(_Section):
         60.0, gt=0, description="queued/processing observations untouched this long are re-published"
     )
     status_interval_seconds: float = Field(2.0, gt=0, description="how often a worker writes its status")
+    ingest_lock_timeout_seconds: float = Field(
+        2.0, gt=0, description="SQLite: how long accepting an input waits for a locked database (then 503)"
+    )
 
 
 class ScalingSettings(_Section):

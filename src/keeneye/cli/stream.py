@@ -48,6 +48,10 @@ class _Source:
     def read(self, name: str) -> bytes:
         raise NotImplementedError
 
+    def signature(self, name: str) -> tuple[int, int] | None:
+        """(size, mtime) of a file that may still be growing; ``None`` when it appears whole at once."""
+        return None
+
     @property
     def kind(self) -> str:
         raise NotImplementedError
@@ -71,7 +75,14 @@ class _Folder(_Source):
         )
 
     def read(self, name: str) -> bytes:
-        return (self.root.parent / name if self.root.is_file() else self.root / name).read_bytes()
+        return self._path(name).read_bytes()
+
+    def signature(self, name: str) -> tuple[int, int] | None:
+        st = self._path(name).stat()
+        return (st.st_size, st.st_mtime_ns)
+
+    def _path(self, name: str) -> Path:
+        return self.root.parent / name if self.root.is_file() else self.root / name
 
 
 @dataclass(frozen=True)
@@ -148,8 +159,27 @@ def ingest(
         ledger.sent.clear()
     summary: dict[str, Any] = {"pipeline": pipeline, "source": source, "accepted": [], "refused": []}
 
+    last_seen: dict[str, tuple[int, int]] = {}
+
     def batch_of_new() -> list[str]:
-        return [f for f in src.files() if f not in ledger.sent]
+        new = [f for f in src.files() if f not in ledger.sent]
+        if not watch:
+            return new
+        # Watching, a file may be caught while it is being written (empty or cut short): it would be
+        # refused for good. Send a folder file only once its size and mtime held still for one poll.
+        ready = []
+        for name in new:
+            try:
+                sig = src.signature(name)
+            except OSError:  # gone again
+                last_seen.pop(name, None)
+                continue
+            if sig is None or last_seen.get(name) == sig:
+                ready.append(name)
+                last_seen.pop(name, None)
+            else:
+                last_seen[name] = sig
+        return ready
 
     def send(files: list[str], progress: Progress | None) -> None:
         task = progress.add_task("ingesting", total=len(files)) if progress else None

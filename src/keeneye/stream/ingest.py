@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event
+
 from keeneye.domain import InvalidInput, KeeneyeError, MessageTooLarge, ObservationStatus
 from keeneye.imaging import content_hash, sniff_format
 from keeneye.pipelines import PipelineCatalog, content_type_of, observation_key
@@ -77,6 +79,7 @@ class Ingestor:
         self.catalog = catalog or PipelineCatalog(settings)
         self.db = db or open_results_db(settings)
         self.objects = objects or open_object_store(settings)
+        self._rows = _short_wait(self.db, settings.stream.ingest_lock_timeout_seconds)
         self._bus = bus
         self._bus_lock = threading.Lock()
         self._bus_down_until = 0.0
@@ -138,7 +141,7 @@ class Ingestor:
             log.warning("ingest: object store failed", extra={"pipeline": pipeline, "error": repr(exc)})
             raise IngestUnavailable(f"the object store cannot store the image now: {_one_line(exc)}") from exc
         try:
-            self.db.create_observation(
+            self._rows.create_observation(
                 pipeline=pipeline,
                 content_hash=digest,
                 object_key=key,
@@ -244,6 +247,8 @@ class Ingestor:
             return self._bus
 
     def close(self) -> None:
+        if self._rows is not self.db:
+            self._rows.close()
         with self._bus_lock:
             bus, self._bus = self._bus, None
         if bus is not None:
@@ -251,6 +256,29 @@ class Ingestor:
                 bus.close()
             except Exception:  # a Kafka flush at close may fail with the broker down; rows are queued
                 log.warning("ingest: closing the bus failed", exc_info=True)
+
+
+def _short_wait(db: ResultsDB, seconds: float) -> ResultsDB:
+    """``db``, or for SQLite a second handle on the same file whose writes wait at most ``seconds``.
+
+    The shared handle waits up to 30 s for a lock (right for workers); a request must not: with the
+    database locked the door answers 503 + Retry-After after ``seconds`` instead.
+    """
+    if getattr(db, "backend", None) != "sqlite" or not isinstance(db, ResultsDB):
+        return db
+    rows = ResultsDB(db.url)
+    millis = max(1, int(seconds * 1000))
+
+    def short_busy_timeout(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={millis}")
+        finally:
+            cursor.close()
+
+    # Registered after the engine's own connect hook (30 s), so it wins.
+    event.listen(rows.engine, "connect", short_busy_timeout)
+    return rows
 
 
 def _one_line(exc: BaseException) -> str:

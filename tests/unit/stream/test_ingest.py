@@ -104,6 +104,30 @@ def test_database_unreachable_is_503_and_nothing_stays(tmp_path: Path) -> None:
     assert list(open_object_store(settings).list("observations/")) == []  # the object was removed
 
 
+def test_locked_sqlite_database_is_503_after_the_short_ingest_wait(tmp_path: Path) -> None:
+    import sqlite3
+
+    settings, name = stream_settings(tmp_path, ingest_lock_timeout_seconds=0.3)
+    db = open_results_db(settings)
+    db.ensure_schema()
+    ingestor = Ingestor(settings, db=db)
+    data = jpeg(seed=5)
+    assert db.sa_url.database
+    lock = sqlite3.connect(db.sa_url.database, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(IngestUnavailable, match="locked"):
+            ingestor.accept(name, data)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert 0.25 <= time.monotonic() - started < 5  # the ingest wait, not the 30 s busy timeout
+    assert list(open_object_store(settings).list("observations/")) == []  # its object was removed
+    assert ingestor.accept(name, data).status == "queued"  # lock released: accepted
+    ingestor.close()
+
+
 def test_http_202_then_status_and_refusals(tmp_path: Path) -> None:
     settings, name = stream_settings(tmp_path)
     data = jpeg(seed=4)
