@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Double,
@@ -202,6 +203,7 @@ class Prediction(Base):
 
     # Invariant 2: a re-delivered message can never record the same prediction twice.
     __table_args__ = (
+        Index("ix_predictions_pipeline_created_at", "pipeline", "created_at"),
         UniqueConstraint(
             "observation_id",
             "model_name",
@@ -225,6 +227,10 @@ class Feedback(Base):
     source: Mapped[str] = mapped_column(String(32))
     author: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Copied from the observation so online quality reads one pipeline's window by index (0003).
+    pipeline: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_feedback_pipeline_created_at", "pipeline", "created_at"),)
 
 
 class ModelEvent(Base):
@@ -266,6 +272,118 @@ class Alert(Base):
     escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DriftReport(Base):
+    """One closed drift window of one pipeline and model version, compared with the reference profile."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    n: Mapped[int] = mapped_column(Integer)
+    alarm: Mapped[bool] = mapped_column(Boolean)
+    # {feature: {psi, ks, ks_p, alarm, reference: {quantiles…}, current: {quantiles, sample}}}
+    features: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # {source, dim, n_reference, n_current, mmd, p_value, alarm} or {} when there is no embedding
+    embedding: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    source: Mapped[str] = mapped_column(String(128))  # which process closed the window (host:pid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_drift_reports_pipeline_window_end", "pipeline", "window_end"),)
+
+
+class AlertSilence(Base):
+    """Mute matching alerts (rule and/or labels) until ``ends_at``; notifications stop, state goes on."""
+
+    __tablename__ = "alert_silences"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    rule: Mapped[str | None] = mapped_column(String(256))  # None = any rule
+    matchers: Mapped[dict[str, Any]] = mapped_column(JSONType)  # label → exact value
+    created_by: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class AlertNotification(Base):
+    """Every notification attempt: which alert, which channel, which escalation level, did it work."""
+
+    __tablename__ = "alert_notifications"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(
+        BigIntId, ForeignKey("alerts.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(128))
+    level: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # firing | resolved | escalated
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TrainingRun(Base):
+    """One (re)training run: why it started, on what, how long, what came out (issue 7 lifecycle)."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(128))
+    cause: Mapped[str] = mapped_column(String(32))  # schedule | new_labels | drift | quality_drop | manual
+    reason: Mapped[str] = mapped_column(Text)
+    dedup_key: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | refused | failed
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_training_runs_pipeline_requested_at", "pipeline", "requested_at"),)
+
+
+class Rollout(Base):
+    """Rollout state per pipeline: stable → shadow → canary → stable (one row per pipeline)."""
+
+    __tablename__ = "rollouts"
+
+    pipeline: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # stable | shadow | canary
+    champion_version: Mapped[str | None] = mapped_column(String(128))
+    challenger_version: Mapped[str | None] = mapped_column(String(128))
+    canary_share: Mapped[float] = mapped_column(Double)
+    shadow_sample: Mapped[float] = mapped_column(Double)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ReviewItem(Base):
+    """An observation worth a person's look (labelling queue); resolved when feedback arrives."""
+
+    __tablename__ = "review_queue"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    observation_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("observations.id", ondelete="CASCADE"), index=True
+    )
+    pipeline: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(32))  # low_confidence | drift | disagreement | audit
+    priority: Mapped[float] = mapped_column(Double)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("observation_id", "reason", name="uq_review_queue_observation_reason"),
+        Index("ix_review_queue_pipeline_resolved_at_priority", "pipeline", "resolved_at", "priority"),
+    )
 
 
 class ApiKey(Base):
@@ -1184,19 +1302,29 @@ class ResultsDB:
     def add_feedback(
         self, observation_id: str, label: Mapping[str, Any], source: str, author: str | None = None
     ) -> int:
-        """Record ground truth; returns its id. Raises :class:`NotFound` for an unknown observation."""
+        """Record ground truth; returns its id. Raises :class:`NotFound` for an unknown observation.
+
+        The observation leaves the review queue (it has its answer) in the same transaction.
+        """
+        now = utcnow()
         row = Feedback(
             observation_id=observation_id,
             label=dict(label),
             source=source,
             author=author,
-            created_at=utcnow(),
+            created_at=now,
+            pipeline=select(Observation.pipeline).where(Observation.id == observation_id).scalar_subquery(),
         )
         try:
             # No read-before-write: the foreign key answers "does it exist" inside the insert.
             with self.session() as s:
                 s.add(row)
                 s.flush()
+                s.execute(
+                    update(ReviewItem)
+                    .where(ReviewItem.observation_id == observation_id, ReviewItem.resolved_at.is_(None))
+                    .values(resolved_at=now)
+                )
                 return row.id
         except IntegrityError as exc:
             raise NotFound(
