@@ -147,6 +147,80 @@ class ScalingSettings(_Section):
         return self
 
 
+class MonitoringSettings(_Section):
+    """Drift windows and online quality (keeneye.monitoring)."""
+
+    drift_window_seconds: float = Field(3600.0, gt=0, description="a drift window closes after this long…")
+    drift_window_size: int = Field(500, ge=10, description="…or after this many observations")
+    drift_min_samples: int = Field(
+        50, ge=5, description="a window closed by time with fewer observations is merged into the next"
+    )
+    drift_reservoir: int = Field(
+        2000, ge=100, description="values kept per feature and window (reservoir sample): bounded memory"
+    )
+    drift_embedding_reservoir: int = Field(256, ge=20, description="embeddings kept per window for MMD")
+    drift_permutations: int = Field(200, ge=20, description="permutations for the MMD p-value")
+    quality_window_seconds: float = Field(
+        24 * 3600.0, gt=0, description="online precision/recall/F1 over feedback of this long a window"
+    )
+    quality_min_feedback: int = Field(20, ge=1, description="labelled observations needed per window")
+    quality_drop: float = Field(
+        0.1, gt=0, lt=1, description="signal when a metric is this much (relative) below its test value"
+    )
+
+
+class ChannelSettings(_Section):
+    """One notification channel: ``log``, ``webhook`` (POST JSON to ``url``) or ``email`` (SMTP)."""
+
+    name: str = Field(..., pattern=r"^[a-z][a-z0-9_-]*$")
+    kind: Literal["log", "webhook", "email"]
+    url: str | None = Field(None, description="webhook: where to POST")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    sender: str = "keeneye@localhost"
+    recipients: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChannelSettings:
+        if self.kind == "webhook" and not self.url:
+            raise ValueError(f"channel {self.name!r}: a webhook needs url")
+        if self.kind == "email" and not self.recipients:
+            raise ValueError(f"channel {self.name!r}: an email channel needs recipients")
+        return self
+
+
+class AlertingSettings(_Section):
+    """The embedded rules engine (keeneye up's scheduler). Prometheus + Alertmanager replace it at scale."""
+
+    rules: list[Path] = Field(
+        default_factory=list, description="extra rule files or folders, on top of the packaged defaults"
+    )
+    interval_seconds: float = Field(15.0, gt=0, description="how often the rules are evaluated")
+    channels: list[ChannelSettings] = Field(default_factory=lambda: [ChannelSettings(name="log", kind="log")])
+    route: list[str] = Field(
+        default_factory=lambda: ["log"],
+        description="channel names in escalation order: level 0 first, the next when not acknowledged",
+    )
+    escalate_after_minutes: float = Field(
+        15.0, gt=0, description="a critical alert not acknowledged this long goes to the next channel"
+    )
+    repeat_minutes: float = Field(240.0, gt=0, description="re-notify a still-firing alert this often")
+
+    @model_validator(mode="after")
+    def _check_route(self) -> AlertingSettings:
+        names = {c.name for c in self.channels}
+        unknown = [r for r in self.route if r not in names]
+        if unknown:
+            raise ValueError(f"alerting.route names unknown channels {unknown}; defined: {sorted(names)}")
+        if not self.route:
+            raise ValueError("alerting.route needs at least one channel")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration. Backend URLs left empty are derived from ``home``."""
 
@@ -175,6 +249,8 @@ class Settings(BaseSettings):
     pipelines: PipelineSettings = Field(default_factory=PipelineSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keeneye.domain import ConfigError, InvalidInput, NotFound, Task
+from keeneye.monitoring.alerts.rules import RuleOverride
 from keeneye.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,10 @@ class PipelineSpec(_Strict):
     rollout: RolloutSection = Field(default_factory=RolloutSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
     replicas: ReplicasSection = Field(default_factory=ReplicasSection)
+    alerts: dict[str, RuleOverride] = Field(
+        default_factory=dict,
+        description="alert rule name → change for this pipeline (enabled, threshold, for)",
+    )
 
     @field_validator("title")
     @classmethod

@@ -1,0 +1,1 @@
+"""Metrics, drift, online quality and alerting: how an operator sees every pipeline behave."""

@@ -1,0 +1,1 @@
+"""Alert rules (YAML), the embedded rules engine, notification channels and the Prometheus export."""
