@@ -316,9 +316,7 @@ class AlertNotification(Base):
     __tablename__ = "alert_notifications"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    alert_id: Mapped[int] = mapped_column(
-        BigIntId, ForeignKey("alerts.id", ondelete="CASCADE"), index=True
-    )
+    alert_id: Mapped[int] = mapped_column(BigIntId, ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(String(128))
     level: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))  # firing | resolved | escalated

@@ -96,9 +96,7 @@ def upgrade() -> None:
         sa.Column("finished_at", TS, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_training_runs"),
     )
-    op.create_index(
-        "ix_training_runs_pipeline_requested_at", "training_runs", ["pipeline", "requested_at"]
-    )
+    op.create_index("ix_training_runs_pipeline_requested_at", "training_runs", ["pipeline", "requested_at"])
 
     op.create_table(
         "rollouts",
