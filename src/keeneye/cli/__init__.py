@@ -37,10 +37,14 @@ def _root(
 
 def _register() -> None:
     """Attach every command module. Each module owns its commands; this is the only list of them."""
+    from keeneye.cli import alerts as alerts_cli
     from keeneye.cli import demo as demo_cli
+    from keeneye.cli import drift as drift_cli
     from keeneye.cli import models as models_cli
     from keeneye.cli import ops as ops_cli
     from keeneye.cli import pipelines as pipelines_cli
+    from keeneye.cli import quality as quality_cli
+    from keeneye.cli import scheduler as scheduler_cli
     from keeneye.cli import serve, system
     from keeneye.cli import stream as stream_cli
     from keeneye.cli import synth as synth_cli
@@ -55,6 +59,10 @@ def _register() -> None:
     ops_cli.register(app)
     synth_cli.register(app)
     train_cli.register(app)
+    drift_cli.register(app)
+    quality_cli.register(app)
+    alerts_cli.register(app)
+    scheduler_cli.register(app)
 
 
 _register()

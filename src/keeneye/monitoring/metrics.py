@@ -119,6 +119,105 @@ class Metrics:
             ["pipeline", "direction"],
             registry=r,
         )
+        # Stream workers.
+        self.observations = Counter(
+            "keeneye_observations",
+            "Observations settled by the stream workers, by final status (done|rejected|failed)",
+            ["pipeline", "status"],
+            registry=r,
+        )
+        self.observation_seconds = Histogram(
+            "keeneye_observation_seconds",
+            "Ingest-to-result latency of stream observations (accepted → stored)",
+            ["pipeline"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "keeneye_dead_letters",
+            "Messages sent to keeneye.<pipeline>.dlq, by reason code",
+            ["pipeline", "reason"],
+            registry=r,
+        )
+        self.min_replicas = Gauge(
+            "keeneye_min_replicas", "Autoscaler floor per pipeline", ["pipeline"], registry=r
+        )
+        self.max_replicas = Gauge(
+            "keeneye_max_replicas", "Autoscaler ceiling per pipeline", ["pipeline"], registry=r
+        )
+        # Drift (keeneye.monitoring.drift): the latest closed window per pipeline.
+        self.drift_score = Gauge(
+            "keeneye_drift_score",
+            "Latest drift window: PSI or KS statistic per feature (test=psi|ks), MMD p-value (test=mmd_p)",
+            ["pipeline", "feature", "test"],
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "keeneye_drift_alarm",
+            "1 when the latest drift window of the pipeline alarms (PSI, KS or MMD), else 0",
+            ["pipeline"],
+            registry=r,
+        )
+        self.drift_windows = Counter(
+            "keeneye_drift_windows",
+            "Drift windows closed, by outcome (alarm=true|false)",
+            ["pipeline", "alarm"],
+            registry=r,
+        )
+        # Online quality from feedback (keeneye.monitoring.quality).
+        self.online_quality = Gauge(
+            "keeneye_online_quality",
+            "Precision, recall or F1 (metric=…) of a model version on labelled live traffic, latest window",
+            ["pipeline", "version", "metric"],
+            registry=r,
+        )
+        self.quality_drop = Gauge(
+            "keeneye_quality_drop",
+            "1 when a model version's online quality is more than the allowed share below its test value",
+            ["pipeline", "version"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "keeneye_feedback", "Ground-truth labels received, by source", ["pipeline", "source"], registry=r
+        )
+        # Alerting (keeneye.monitoring.alerts).
+        self.alerts = Gauge(
+            "keeneye_alerts",
+            "Alerts now pending or firing, by rule and severity",
+            ["rule", "severity", "state"],
+            registry=r,
+        )
+        self.alert_notifications = Counter(
+            "keeneye_alert_notifications",
+            "Notification attempts by channel and outcome (ok=true|false)",
+            ["channel", "ok"],
+            registry=r,
+        )
+        # Lifecycle (keeneye.lifecycle): retraining and rollout.
+        self.training_runs = Counter(
+            "keeneye_training_runs",
+            "Retraining runs finished, by cause and status",
+            ["pipeline", "cause", "status"],
+            registry=r,
+        )
+        self.rollout_state = Gauge(
+            "keeneye_rollout_state",
+            "1 for the pipeline's current rollout state (stable|shadow|canary), 0 for the others",
+            ["pipeline", "state"],
+            registry=r,
+        )
+        self.variant_predictions = Counter(
+            "keeneye_variant_predictions",
+            "Predictions by variant (champion|challenger|shadow)",
+            ["pipeline", "variant"],
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "keeneye_shadow_agreement",
+            "Share of shadow predictions agreeing with the champion, latest window",
+            ["pipeline"],
+            registry=r,
+        )
 
     def observe_stage(self, pipeline: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(pipeline, stage).observe(seconds)

@@ -135,7 +135,18 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
             status_code=500, content={"reason": "error", "detail": exc.message, "fix": exc.fix}
         )
 
-    from keeneye.serving.routes import observations, pipelines, predict, system, system_view, web
+    from keeneye.serving.routes import (
+        alerts,
+        drift,
+        feedback,
+        monitoring,
+        observations,
+        pipelines,
+        predict,
+        system,
+        system_view,
+        web,
+    )
 
     app.include_router(system.router)
     app.include_router(system_view.router)
@@ -143,6 +154,10 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(observations.router)
     app.include_router(pipelines.router)
     app.include_router(web.router)
+    app.include_router(drift.router)
+    app.include_router(feedback.router)
+    app.include_router(alerts.router)
+    app.include_router(monitoring.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 
