@@ -16,6 +16,7 @@ for _name in list(os.environ):
     if _name.startswith("KEENEYE_") and not _name.startswith("KEENEYE_TEST_"):
         del os.environ[_name]
 os.environ["KEENEYE_CONFIG"] = os.devnull  # an empty YAML file: defaults only
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # per-test registries, never a developer's shared dir
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

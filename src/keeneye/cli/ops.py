@@ -1,4 +1,4 @@
-"""``keeneye up`` (the supervisor: API, workers, autoscaling) and ``keeneye loadtest``."""
+"""``keeneye up`` (the supervisor: API, scheduler, workers, autoscaling) and ``keeneye loadtest``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -17,6 +17,9 @@ from rich.table import Table
 from keeneye.cli._common import console, err_console, print_json, settings
 from keeneye.domain import ConfigError, KeeneyeError
 from keeneye.settings import Settings
+
+if TYPE_CHECKING:
+    from keeneye.scaling import ChildSpec
 
 
 def _split_names(values: list[str] | None) -> list[str]:
@@ -46,6 +49,37 @@ def _prepare_stores(s: Settings) -> None:
         err_console.print(f"[yellow]warning:[/] model registry: {health.detail}", highlight=False)
 
 
+def _fixed_children(
+    python: str, *, host: str, port: int, api_url: str | None, scheduler: bool
+) -> tuple[list[ChildSpec], list[str]]:
+    """The children besides the workers (the API unless ``api_url`` is None, the scheduler unless
+    turned off) and the notes the system view shows about what was not started."""
+    from keeneye.scaling import ChildSpec
+
+    fixed: list[ChildSpec] = []
+    notes: list[str] = []
+    if api_url is not None:
+        fixed.append(
+            ChildSpec(
+                name="api",
+                role="api",
+                command=(python, "-m", "keeneye", "serve", "--host", host, "--port", str(port)),
+                health_url=f"{api_url}/health",
+            )
+        )
+    else:
+        notes.append("api: not started (--no-api)")
+    if scheduler:
+        # The alert rules engine and the periodic monitoring jobs; restarted with backoff like the API.
+        fixed.append(
+            ChildSpec(name="scheduler", role="scheduler", command=(python, "-m", "keeneye", "scheduler"))
+        )
+    else:
+        notes.append("scheduler: not started (--no-scheduler): no alert evaluation, no periodic jobs")
+    notes.append("plugins: none started — smartcut plugins are not part of this build yet")
+    return fixed, notes
+
+
 def up(
     pipelines: list[str] = typer.Option(
         None,
@@ -58,14 +92,21 @@ def up(
     min_replicas: int = typer.Option(None, "--min-replicas", min=0, help="Workers per pipeline, at least."),
     max_replicas: int = typer.Option(None, "--max-replicas", min=1, help="Workers per pipeline, at most."),
     no_api: bool = typer.Option(False, "--no-api", help="Run only the workers (the API runs elsewhere)."),
+    no_scheduler: bool = typer.Option(
+        False,
+        "--no-scheduler",
+        help="Do not run the scheduler (alert rules engine, periodic monitoring jobs).",
+    ),
 ) -> None:
-    """Run the whole system: the API and autoscaled stream workers, restarted when they crash.
+    """Run the whole system: the API, the scheduler and autoscaled stream workers, restarted when they crash.
 
-    Ctrl-C (or SIGTERM) stops the API first, lets the workers finish their batch, then exits.
+    Ctrl-C (or SIGTERM) stops the API and the scheduler first, lets the workers finish their batch,
+    then exits. The API's /metrics shows the metrics of every process.
     """
-    from keeneye.monitoring.metrics import Metrics
+    from keeneye.monitoring.metrics import Metrics, enable_multiprocess
     from keeneye.pipelines import PipelineCatalog
-    from keeneye.scaling import ChildSpec, ScalingPolicy, Supervisor, replica_bounds
+    from keeneye.scaling import ScalingPolicy, Supervisor, replica_bounds
+    from keeneye.scaling.supervisor import multiprocess_metrics_dir
     from keeneye.stream import DEFAULT_GROUP, input_topic, open_bus
 
     s = settings()
@@ -90,29 +131,19 @@ def up(
         raise KeeneyeError("this build has no stream worker", fix="upgrade keeneye")
 
     python = sys.executable
-    fixed: list[ChildSpec] = []
     api_url = None
     if not no_api:
         if not _port_free(host, port):
             raise ConfigError("--port", f"{host}:{port} is already in use", fix="pass another --port")
         shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104 - a bind address, shown
         api_url = f"http://{shown}:{port}"
-        fixed.append(
-            ChildSpec(
-                name="api",
-                role="api",
-                command=(python, "-m", "keeneye", "serve", "--host", host, "--port", str(port)),
-                health_url=f"{api_url}/health",
-            )
-        )
-    notes = [
-        "scheduler: not started — this build has no retraining scheduler yet",
-        "plugins: none started — smartcut plugins are not part of this build yet",
-    ]
-    if no_api:
-        notes.append("api: not started (--no-api)")
+    fixed, notes = _fixed_children(python, host=host, port=port, api_url=api_url, scheduler=not no_scheduler)
 
     _prepare_stores(s)
+    # One metrics directory for this supervisor and all its children, before any metric value exists
+    # here; the supervisor empties it of an earlier run's files when it starts.
+    metrics_dir = multiprocess_metrics_dir(s.home)
+    enable_multiprocess(metrics_dir)
     bus = open_bus(s)
 
     def lag_of(pipeline: str) -> int:
@@ -128,6 +159,7 @@ def up(
         metrics=Metrics(),
         notes=notes,
         api_url=api_url,
+        metrics_dir=metrics_dir,
     )
     stop = threading.Event()
 
@@ -142,8 +174,10 @@ def up(
     logging.getLogger("keeneye").setLevel(logging.INFO)  # scaling decisions and restarts are the news
     workers = ", ".join(f"{p} {pol.min_replicas}–{pol.max_replicas}" for p, pol in policies.items())
     console.print(
-        f"keeneye up: API {api_url or '(not started)'} · workers per pipeline: {workers}\n"
-        f"  logs in {s.home / 'logs'} · system view at {api_url or ''}/v1/system · Ctrl-C to stop",
+        f"keeneye up: API {api_url or '(not started)'} · scheduler {'off' if no_scheduler else 'on'}"
+        f" · workers per pipeline: {workers}\n"
+        f"  logs in {s.home / 'logs'} · system view at {api_url or ''}/v1/system"
+        f" · metrics of every process at {api_url or ''}/metrics · Ctrl-C to stop",
         highlight=False,
     )
     try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +28,60 @@ def worker(
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline whose input topic to consume."),
     batch: int = typer.Option(None, "--batch", min=1, help="Messages per model run (default 16)."),
     group: str = typer.Option("keeneye-workers", "--group", help="Consumer group (workers share its work)."),
+    metrics_port: int = typer.Option(
+        0,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus /metrics on this port (0 = off). For a worker without the API beside it, "
+        "e.g. a Kubernetes pod; under `keeneye up` the API's /metrics already has every worker's numbers.",
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1",
+        "--metrics-host",
+        help="Address for --metrics-port (0.0.0.0 in a pod Prometheus scrapes).",
+    ),
 ) -> None:
     """Process queued observations of one pipeline until stopped (SIGTERM/Ctrl-C finish the batch)."""
     from keeneye.stream import PipelineWorker
 
     logging.getLogger("keeneye").setLevel(logging.INFO)
-    w = PipelineWorker(settings(), pipeline, group=group, batch_size=batch)
-    err_console.print(f"worker for {pipeline!r} (group {group}, pid {os.getpid()}) starting")
-    w.run()
+    with contextlib.ExitStack() as stack:
+        if metrics_port:
+            stack.enter_context(_metrics_endpoint(metrics_host, metrics_port))
+        w = PipelineWorker(settings(), pipeline, group=group, batch_size=batch)
+        err_console.print(f"worker for {pipeline!r} (group {group}, pid {os.getpid()}) starting")
+        w.run()
     err_console.print(f"worker for {pipeline!r} stopped after {w.processed} observation(s)")
+
+
+@contextlib.contextmanager
+def _metrics_endpoint(host: str, port: int) -> Iterator[None]:
+    """``/metrics`` on ``host:port`` while the worker runs.
+
+    The worker creates its metrics when it starts, so they are served through a metrics directory
+    rather than a registry object: the one ``keeneye up`` gave (PROMETHEUS_MULTIPROC_DIR: then every
+    local process is shown), else a private one holding this process's values only. Either way the
+    port is bound before the worker connects to anything, so a taken port fails fast.
+    """
+    from keeneye.monitoring.metrics import enable_multiprocess, multiprocess_dir, serve_metrics
+
+    with contextlib.ExitStack() as stack:
+        if multiprocess_dir() is None:
+            private = stack.enter_context(tempfile.TemporaryDirectory(prefix="keeneye-metrics-"))
+            enable_multiprocess(Path(private))
+        try:
+            server = serve_metrics(None, port, host)
+        except OSError as exc:
+            raise ConfigError(
+                "--metrics-port",
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                fix="pick a free port, or 0 for no metrics endpoint",
+            ) from exc
+        stack.callback(server.server_close)
+        stack.callback(server.shutdown)
+        err_console.print(f"metrics on http://{host}:{server.server_port}/metrics", highlight=False)
+        yield
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Every role is a child process described as data (:class:`ChildSpec`: a command line and an
 environment), so tests can stand in small scripts for the API or a worker. The supervisor
 
-* starts the fixed children (the API; the scheduler and plugins when they exist) and, per pipeline,
+* starts the fixed children (the API, the scheduler; plugins when they exist) and, per pipeline,
   the minimum number of worker replicas;
 * restarts a child that exits with exponential backoff (doubling up to a cap, reset once the child
   has stayed up long enough) and a worker whose heartbeat went silent;
@@ -11,6 +11,9 @@ environment), so tests can stand in small scripts for the API or a worker. The s
   :class:`~keeneye.scaling.autoscaler.Autoscaler`, and starts or stops workers (stop = SIGTERM,
   SIGKILL after the grace period);
 * writes the system view (``<home>/run/system.json``) that ``GET /v1/system`` serves;
+* given a metrics directory, empties it at start, hands it to every child as
+  ``PROMETHEUS_MULTIPROC_DIR`` (so the API's ``/metrics`` adds up all processes) and marks each
+  exited child dead there, so the ``live*`` gauges forget it;
 * stops gracefully: the API first (no new input), then the workers drain, then it returns.
 
 Children write stdout/stderr to ``<home>/logs/<name>.log`` and run in their own session, so a
@@ -35,7 +38,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from keeneye.monitoring.metrics import Metrics
+from keeneye.monitoring.metrics import (
+    MULTIPROC_ENV,
+    Metrics,
+    mark_process_dead,
+    prepare_multiprocess_dir,
+)
 from keeneye.scaling.autoscaler import Autoscaler, ScalingDecision, ScalingPolicy
 from keeneye.scaling.view import (
     DecisionView,
@@ -114,6 +122,11 @@ def heartbeat_dir(home: Path) -> Path:
     return home / "run" / "workers"
 
 
+def multiprocess_metrics_dir(home: Path) -> Path:
+    """Where ``keeneye up``'s processes write their metric values (``PROMETHEUS_MULTIPROC_DIR``)."""
+    return home / "run" / "metrics"
+
+
 def read_heartbeats(folder: Path) -> dict[int, Heartbeat]:
     """Every readable heartbeat file by pid; a half-written or foreign file is skipped."""
     beats: dict[int, Heartbeat] = {}
@@ -171,6 +184,7 @@ class Supervisor:
         metrics: Metrics | None = None,
         notes: Sequence[str] = (),
         api_url: str | None = None,
+        metrics_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.home = home
@@ -183,6 +197,7 @@ class Supervisor:
         self.metrics = metrics or Metrics()
         self.notes = list(notes)
         self.api_url = api_url
+        self.metrics_dir = metrics_dir  # PROMETHEUS_MULTIPROC_DIR of every child; None = not shared
         self.backoff = RestartBackoff(
             scaling.restart_initial_seconds, scaling.restart_max_seconds, scaling.restart_reset_seconds
         )
@@ -207,6 +222,8 @@ class Supervisor:
         """Start the fixed children and each pipeline's minimum of workers; write the first view."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.heartbeats.mkdir(parents=True, exist_ok=True)
+        if self.metrics_dir is not None:
+            prepare_multiprocess_dir(self.metrics_dir)  # an earlier run's counters must not add up
         for child in self.fixed:
             self._spawn(child)
         for pipeline, policy in self.policies.items():
@@ -252,6 +269,8 @@ class Supervisor:
         spec = child.spec
         path = self.log_dir / f"{spec.name}.log"
         env = {**os.environ, **(self.worker_env if spec.role == "worker" else {}), **spec.env}
+        if self.metrics_dir is not None:
+            env[MULTIPROC_ENV] = str(self.metrics_dir)
         with path.open("ab") as out:
             out.write(f"--- {datetime.now().isoformat(timespec='seconds')} start {spec.name}\n".encode())
             out.flush()
@@ -284,7 +303,7 @@ class Supervisor:
                 if code is not None:
                     uptime = now - child.started_at
                     child.last_exit_code = code
-                    self._forget_heartbeat(child, child.pid)
+                    self._reaped(child, child.pid)
                     child.proc = None
                     log.warning(
                         "%s exited with code %s after %.1f s", child.spec.name, code, uptime,
@@ -297,7 +316,7 @@ class Supervisor:
         # Scaled-down workers: reap when they have drained, SIGKILL when the grace period is over.
         for child in list(self._retiring):
             if child.proc is None or child.proc.poll() is not None:
-                self._forget_heartbeat(child, child.pid)
+                self._reaped(child, child.pid)
                 if child.proc is not None:
                     child.last_exit_code = child.proc.returncode
                     child.proc = None
@@ -334,14 +353,20 @@ class Supervisor:
                 child.proc.kill()
                 child.proc.wait()
             child.last_exit_code = child.proc.returncode
-            self._forget_heartbeat(child, child.pid)
+            self._reaped(child, child.pid)
             child.proc = None
 
-    def _forget_heartbeat(self, child: Child, pid: int | None) -> None:
-        """A dead worker's heartbeat file would count a ghost replica; remove it."""
-        if child.spec.role == "worker" and pid is not None and child.spec.pipeline:
+    def _reaped(self, child: Child, pid: int | None) -> None:
+        """Forget an exited child: a worker's heartbeat file would count a ghost replica, and its
+        ``live*`` gauges (requests in flight, model served) would still be added up."""
+        if pid is None:
+            return
+        if child.spec.role == "worker" and child.spec.pipeline:
             with contextlib.suppress(OSError):
                 (self.heartbeats / f"{child.spec.pipeline}-{pid}.json").unlink()
+        if self.metrics_dir is not None:
+            with contextlib.suppress(OSError):
+                mark_process_dead(pid, self.metrics_dir)
 
     # ----------------------------------------------------------------------------------------------
     # Control loop
@@ -443,6 +468,9 @@ class Supervisor:
         m = self.metrics
         m.replicas.labels(d.pipeline).set(len(self.workers[d.pipeline]))
         m.desired_replicas.labels(d.pipeline).set(d.desired)
+        policy = self.policies[d.pipeline]
+        m.min_replicas.labels(d.pipeline).set(policy.min_replicas)
+        m.max_replicas.labels(d.pipeline).set(policy.max_replicas)
         m.scaling_decisions.labels(d.pipeline, d.direction).inc()
         if utilization is not None and utilization_max is not None:
             m.worker_utilization.labels(d.pipeline, "mean").set(utilization)
@@ -549,5 +577,6 @@ __all__ = [
     "RestartBackoff",
     "Supervisor",
     "heartbeat_dir",
+    "multiprocess_metrics_dir",
     "read_heartbeats",
 ]

@@ -49,4 +49,14 @@ def test_worker_keda_scales_on_the_input_topic_lag(settings: Settings) -> None:
     behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == settings.scaling.scale_down_window_seconds
     args = worker["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["worker", "--pipeline", "species-id", "--group", DEFAULT_GROUP]
+    assert args == [
+        "worker",
+        "--pipeline",
+        "species-id",
+        "--group",
+        DEFAULT_GROUP,
+        "--metrics-port",
+        "9100",
+        "--metrics-host",
+        "0.0.0.0",  # noqa: S104 - a pod's metrics endpoint listens on all interfaces
+    ]

@@ -364,10 +364,10 @@ def test_keeneye_up_serves_scales_and_stops_gracefully(tmp_path: Path) -> None:
         else:
             raise AssertionError(f"keeneye up did not come up: {system}")
         view = system["system"]
-        assert sorted(p["role"] for p in view["processes"]) == ["api", "worker"]
+        assert sorted(p["role"] for p in view["processes"]) == ["api", "scheduler", "worker"]
         assert view["pipelines"]["species-id"]["min_replicas"] == 1
         assert view["pipelines"]["species-id"]["max_replicas"] == 2
-        assert any("scheduler: not started" in n for n in view["notes"])
+        assert not any(n.startswith("scheduler:") for n in view["notes"])
 
         # An observation goes in through the API and a supervised worker finishes it.
         accepted = httpx.post(
@@ -386,6 +386,11 @@ def test_keeneye_up_serves_scales_and_stops_gracefully(tmp_path: Path) -> None:
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert 'keeneye_replicas{pipeline="species-id"} 1.0' in metrics
         assert 'keeneye_queue_lag{pipeline="species-id"}' in metrics
+        # Every process on the API's /metrics: the worker's counter, the supervisor's bounds.
+        assert 'keeneye_observations_total{pipeline="species-id",status="done"} 1.0' in metrics
+        assert 'keeneye_min_replicas{pipeline="species-id"} 1.0' in metrics
+        assert 'keeneye_max_replicas{pipeline="species-id"} 2.0' in metrics
+        assert (settings.home / "run" / "metrics").is_dir()
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from keeneye.monitoring.metrics import render_metrics
 from keeneye.serving.routes.deps import StateDep
 from keeneye.serving.schemas import HealthResponse, ReadyResponse
 
@@ -31,4 +32,5 @@ def metrics(state: StateDep) -> Response:
     from keeneye.serving.routes.system_view import export_scaling_metrics
 
     export_scaling_metrics(state.settings, state.metrics)  # keeneye up's replicas, lag, utilisation
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # Under keeneye up: every process's values (PROMETHEUS_MULTIPROC_DIR), not only the API's.
+    return Response(render_metrics(state.metrics), media_type=CONTENT_TYPE_LATEST)
