@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo doctor test lint unit services browser clean
+.PHONY: help install demo doctor test lint unit services browser promtool clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,11 @@ browser:  ## Debian chromium for the browser tests (never `playwright install`)
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install chromium'"; fi; }
+
+promtool:  ## Debian prometheus for promtool (the exported alert rules are checked and unit-tested with it)
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "promtool missing: run 'sudo apt-get install prometheus'"; fi; }
 
 services:  ## start (or install) PostgreSQL and Redis for the integration tests
 	@bash scripts/services.sh
@@ -44,7 +49,7 @@ lint: install  ## ruff + mypy --strict on src/
 unit: install  ## fast tests only (no services)
 	$(VENV)/bin/pytest -m "not integration and not slow and not e2e" $(PYTEST_ARGS)
 
-test: install services browser lint  ## lint + every test against real services (what CI runs)
+test: install services browser promtool lint  ## lint + every test against real services (what CI runs)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:  ## remove caches and the local data directory

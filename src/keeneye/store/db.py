@@ -273,6 +273,9 @@ class Alert(Base):
     last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+    # Open alerts are read often (engine, API, monitoring page): find them by index.
+    __table_args__ = (Index("ix_alerts_state_started_at", "state", "started_at"),)
+
 
 class DriftReport(Base):
     """One closed drift window of one pipeline and model version, compared with the reference profile."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -53,9 +54,13 @@ def client_identity(request: Request, state: StateDep) -> str:
 ClientDep = Annotated[str, Depends(client_identity)]
 
 
-async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIterator[str]:
-    """Rate limit (429) then the in-flight bound (503), both with Retry-After, per pipeline."""
-    pipeline = request.path_params.get("name", state.settings.serving.default_pipeline)
+@contextmanager
+def admitted(state: AppState, pipeline: str, client: str) -> Iterator[None]:
+    """Rate limit (429) then the in-flight bound (503), both with Retry-After, for one pipeline.
+
+    Routes whose pipeline is in the path use :func:`admit` (a dependency); routes that learn the
+    pipeline later (feedback: from the observation) enter this directly.
+    """
     rate, inflight = state.rate.get(pipeline), state.inflight.get(pipeline)
     if rate is None or inflight is None:
         state.catalog.get(pipeline)  # raises NotFound with the known names
@@ -75,10 +80,17 @@ async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIt
         )
     state.metrics.inflight.inc()
     try:
-        yield client
+        yield
     finally:
         inflight.leave()
         state.metrics.inflight.dec()
+
+
+async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIterator[str]:
+    """Dependency form of :func:`admitted` for routes with the pipeline in the path (``{name}``)."""
+    pipeline = request.path_params.get("name", state.settings.serving.default_pipeline)
+    with admitted(state, pipeline, client):
+        yield client
 
 
 AdmitDep = Annotated[str, Depends(admit)]

@@ -32,6 +32,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_feedback_pipeline_created_at", "feedback", ["pipeline", "created_at"])
     op.create_index("ix_predictions_pipeline_created_at", "predictions", ["pipeline", "created_at"])
+    op.create_index("ix_alerts_state_started_at", "alerts", ["state", "started_at"])
 
     op.create_table(
         "drift_reports",
@@ -144,6 +145,7 @@ def downgrade() -> None:
         op.drop_table(table)
     op.drop_index("ix_drift_reports_pipeline_window_end", table_name="drift_reports")
     op.drop_table("drift_reports")
+    op.drop_index("ix_alerts_state_started_at", table_name="alerts")
     op.drop_index("ix_predictions_pipeline_created_at", table_name="predictions")
     op.drop_index("ix_feedback_pipeline_created_at", table_name="feedback")
     with op.batch_alter_table("feedback") as batch:
