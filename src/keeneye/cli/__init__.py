@@ -40,6 +40,7 @@ def _register() -> None:
     from keeneye.cli import alerts as alerts_cli
     from keeneye.cli import demo as demo_cli
     from keeneye.cli import drift as drift_cli
+    from keeneye.cli import labels as labels_cli
     from keeneye.cli import models as models_cli
     from keeneye.cli import ops as ops_cli
     from keeneye.cli import pipelines as pipelines_cli
@@ -63,6 +64,7 @@ def _register() -> None:
     quality_cli.register(app)
     alerts_cli.register(app)
     scheduler_cli.register(app)
+    labels_cli.register(app)
 
 
 _register()

@@ -143,6 +143,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
         observations,
         pipelines,
         predict,
+        review,
         system,
         system_view,
         web,
@@ -158,6 +159,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(alerts.router)
     app.include_router(monitoring.router)
+    app.include_router(review.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 
