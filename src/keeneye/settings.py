@@ -212,7 +212,11 @@ class AlertingSettings(_Section):
 
     @model_validator(mode="after")
     def _check_route(self) -> AlertingSettings:
-        names = {c.name for c in self.channels}
+        listed = [c.name for c in self.channels]
+        dupes = sorted({n for n in listed if listed.count(n) > 1})
+        if dupes:
+            raise ValueError(f"alerting.channels defines {dupes} more than once")
+        names = set(listed)
         unknown = [r for r in self.route if r not in names]
         if unknown:
             raise ValueError(f"alerting.route names unknown channels {unknown}; defined: {sorted(names)}")

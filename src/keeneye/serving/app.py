@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -86,6 +87,7 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
 
 
 async def close_state(state: AppState) -> None:
+    await asyncio.to_thread(state.service.drift.flush_all)  # a partial drift window still counts
     await state.runtime.stop()
     state.service.cache.close()
 

@@ -1,9 +1,9 @@
 """The synchronous prediction path, shared by the HTTP API and ``keeneye predict``.
 
 bytes → content hash → cache? → decode + validate → model input → micro-batched inference →
-post-processing → result → object + observation + prediction stored → cache. Bad input raises
-:class:`~keeneye.domain.InvalidInput` before anything is written except the quarantined bytes and a
-``rejected`` observation (one complete record, never half of one).
+post-processing (+ one drift observation) → result → object + observation + prediction stored → cache.
+Bad input raises :class:`~keeneye.domain.InvalidInput` before anything is written except the
+quarantined bytes and a ``rejected`` observation (one complete record, never half of one).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from keeneye.domain import InvalidInput, ObservationStatus, Variant
 from keeneye.imaging import content_hash
+from keeneye.monitoring.drift import DriftMonitors
 from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import (
     LoadedModel,
@@ -46,6 +47,7 @@ class PredictionService:
         objects: ObjectStore,
         cache: Cache,
         metrics: Metrics,
+        drift: DriftMonitors | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -54,6 +56,7 @@ class PredictionService:
         self.objects = objects
         self.cache = cache
         self.metrics = metrics
+        self.drift = drift if drift is not None else DriftMonitors(db, settings, metrics)
 
     async def _timed(self, pipeline: str, stage: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -141,10 +144,14 @@ class PredictionService:
         timings["infer"] = infer_ms  # includes the wait for batch company (queue)
         self.metrics.observe_stage(spec.name, "infer", infer_ms / 1000)
 
+        def post() -> dict[str, Any]:
+            result = finish(spec, manifest, loaded.ref, prepared, outputs)
+            # O(features) per call; never raises. A closing drift window (once per window) runs here too.
+            self.drift.observe(spec.name, loaded, result, outputs, prepared.image)
+            return result
+
         t2 = time.perf_counter()
-        result = await self._timed(
-            spec.name, "post", lambda: finish(spec, manifest, loaded.ref, prepared, outputs)
-        )
+        result = await self._timed(spec.name, "post", post)
         timings["post"] = (time.perf_counter() - t2) * 1000
         return result, prepared.image.format, timings
 

@@ -58,5 +58,5 @@ def test_worker_keda_scales_on_the_input_topic_lag(settings: Settings) -> None:
         "--metrics-port",
         "9100",
         "--metrics-host",
-        "0.0.0.0",  # noqa: S104 - a pod's metrics endpoint listens on all interfaces
+        "0.0.0.0",  # a pod's metrics endpoint listens on all interfaces
     ]

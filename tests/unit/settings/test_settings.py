@@ -100,3 +100,15 @@ def test_split_url_refuses_with_the_setting_and_fix(url: str, message: str) -> N
         split_url("KEENEYE_BUS_URL", url, SCHEMES)
     assert info.value.message.startswith(message)
     assert info.value.fix is not None and "sqlite://" in info.value.fix and "kafka://" in info.value.fix
+
+
+def test_alerting_refuses_duplicate_channel_names_and_unknown_routes() -> None:
+    from pydantic import ValidationError
+
+    from keeneye.settings import AlertingSettings
+
+    twice = [{"name": "ops", "kind": "log"}, {"name": "ops", "kind": "webhook", "url": "http://127.0.0.1:1/"}]
+    with pytest.raises(ValidationError, match=r"defines \['ops'\] more than once"):
+        AlertingSettings(channels=twice, route=["ops"])
+    with pytest.raises(ValidationError, match=r"unknown channels \['pager'\]"):
+        AlertingSettings(channels=[{"name": "ops", "kind": "log"}], route=["ops", "pager"])

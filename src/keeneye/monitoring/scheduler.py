@@ -1,0 +1,154 @@
+"""The scheduler process that ``keeneye up`` starts: periodic monitoring work in one loop.
+
+Every ``alerting.interval_seconds`` it
+
+* runs the alert rules engine once (:class:`~keeneye.monitoring.alerts.engine.RulesEngine`), and
+* evaluates online quality (``keeneye.monitoring.quality.evaluate_quality``), which sets the
+  ``keeneye_online_quality`` / ``keeneye_quality_drop`` gauges the ``QualityDrop`` rule reads.
+
+Each job is isolated: one that raises is logged and the loop goes on (an API that is restarting, a
+broken rule, a quality query that times out never stop the others). The loop is a
+:class:`~keeneye.stream.worker.WorkerBase`: SIGTERM or Ctrl-C finishes the round in hand and exits,
+and a status file ``<home>/run/scheduler.json`` (rewritten every few seconds) is its heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from keeneye.monitoring.alerts.engine import AlertState, RulesEngine
+from keeneye.monitoring.alerts.source import MetricSource, MetricsUnavailable
+from keeneye.monitoring.metrics import Metrics
+from keeneye.settings import Settings
+from keeneye.stream.worker import WorkerBase
+
+log = logging.getLogger(__name__)
+
+QualityJob = Callable[[], Any]
+
+
+def status_path(settings: Settings) -> Path:
+    """Where the scheduler writes its heartbeat (outside the workers' folder: it is no worker)."""
+    return settings.home / "run" / "scheduler.json"
+
+
+class Scheduler(WorkerBase):
+    """Runs the rules engine and the online-quality job every ``alerting.interval_seconds``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: MetricSource | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            "scheduler",
+            status_path=status_path(settings),
+            status_interval=settings.stream.status_interval_seconds,
+        )
+        self.settings = settings
+        self.interval = settings.alerting.interval_seconds
+        self.metrics = metrics or Metrics()
+        self._source = source
+        self._clock = clock
+        self._next_round = 0.0  # monotonic; 0 = run at once
+        self.engine: RulesEngine | None = None
+        self.quality: QualityJob | None = None
+        self.rounds = 0
+        self.last_states: list[AlertState] = []
+        self.last_error: str | None = None
+        self._metrics_down = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from keeneye.pipelines import PipelineCatalog
+        from keeneye.store import open_results_db
+
+        s = self.settings
+        db = open_results_db(s)
+        catalog = PipelineCatalog(s)
+        self.engine = RulesEngine.from_settings(
+            s, db=db, catalog=catalog, metrics=self.metrics, source=self._source, clock=self._clock
+        )
+        self.quality = self._quality_job(db, catalog)
+        log.info(
+            "scheduler started",
+            extra={"rules": len(self.engine.rules), "interval_seconds": self.interval},
+        )
+
+    def _quality_job(self, db: Any, catalog: Any) -> QualityJob | None:
+        try:
+            from keeneye.monitoring.quality import evaluate_quality  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:
+            log.info("online quality evaluation is not available in this build; alerts only")
+            return None
+        from keeneye.registry import ModelRegistry
+
+        registry = ModelRegistry(self.settings, events=db)
+        settings, metrics = self.settings, self.metrics
+
+        def job() -> Any:
+            return evaluate_quality(settings, db, registry, catalog, metrics)
+
+        return job
+
+    def step(self) -> None:
+        wait = self._next_round - time.monotonic()
+        if wait > 0:
+            self.stop_event.wait(min(wait, 0.5))  # short waits: a stop request is honoured at once
+            return
+        self._next_round = time.monotonic() + self.interval
+        with self.busy():
+            self.run_round()
+
+    # -- one round --------------------------------------------------------------------------------
+
+    def run_round(self) -> list[AlertState]:
+        """The alert rules, then online quality; each failure is logged and the other still runs."""
+        self.rounds += 1
+        self.processed = self.rounds
+        self.last_error = None
+        if self.engine is not None:
+            try:
+                self.last_states = self.engine.evaluate()
+                if self._metrics_down:
+                    log.info("metrics readable again; alert rules evaluated")
+                self._metrics_down = False
+            except MetricsUnavailable as exc:
+                self.last_error = exc.one_line()
+                # Once per outage, not every round: the API may simply be starting.
+                (log.debug if self._metrics_down else log.warning)("alert rules skipped: %s", self.last_error)
+                self._metrics_down = True
+            except Exception as exc:
+                self.last_error = f"alert rules: {exc}"
+                log.exception("alert rules failed")
+        if self.quality is not None:
+            try:
+                self.quality()
+            except Exception as exc:
+                self.last_error = f"online quality: {exc}"
+                log.exception("online quality evaluation failed")
+        return self.last_states
+
+    def status(self) -> dict[str, Any]:
+        firing = sum(1 for a in self.last_states if a.state == "firing")
+        pending = sum(1 for a in self.last_states if a.state == "pending")
+        return {
+            **super().status(),
+            "role": "scheduler",
+            "rounds": self.rounds,
+            "interval_seconds": self.interval,
+            "alerts_firing": firing,
+            "alerts_pending": pending,
+            "last_error": self.last_error,
+        }
+
+
+__all__ = ["Scheduler", "status_path"]
