@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from keeneye.domain import InvalidInput, ObservationStatus, Variant
 from keeneye.imaging import content_hash
+from keeneye.lifecycle.labels import queue_answers
 from keeneye.monitoring.drift import DriftMonitors
 from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import (
@@ -173,7 +174,7 @@ class PredictionService:
         key = observation_key(spec.name, digest, fmt)
         if not self.objects.exists(key):
             self.objects.put(key, data, content_type=content_type_of(fmt))
-        return self.db.record_prediction(
+        observation_id = self.db.record_prediction(
             pipeline=spec.name,
             content_hash=digest,
             object_key=key,
@@ -191,6 +192,8 @@ class PredictionService:
             latency_ms=latency_ms,
             timings=timings,
         )
+        queue_answers(self.db, spec, [(observation_id, result)])  # uncertain answers → review queue
+        return observation_id
 
     def _quarantine(
         self,

@@ -342,3 +342,17 @@ def test_alias_move_is_picked_up_without_a_failed_request(own_server: LiveServer
             t.join()
     assert failures == []
     assert versions >= {"1"}
+
+
+def test_an_uncertain_answer_is_queued_for_review(served: LiveServer) -> None:
+    # The tiny random classifier spreads its probability over five species: confidence well below 0.6.
+    body = httpx.post(
+        f"{served.url}/v1/pipelines/species-id/predict",
+        content=jpeg((90, 120, 150), seed=11),
+        headers={"content-type": "image/jpeg"},
+    ).json()
+    assert body["confidence"] < 0.6
+    queue = httpx.get(f"{served.url}/v1/pipelines/species-id/review", params={"limit": 200}).json()
+    items = {item["observation_id"]: item for item in queue["items"]}
+    assert body["observation_id"] in items
+    assert "low_confidence" in items[body["observation_id"]]["reasons"]
