@@ -45,6 +45,7 @@ def _register() -> None:
     from keeneye.cli import ops as ops_cli
     from keeneye.cli import pipelines as pipelines_cli
     from keeneye.cli import quality as quality_cli
+    from keeneye.cli import retrain as retrain_cli
     from keeneye.cli import scheduler as scheduler_cli
     from keeneye.cli import serve, system
     from keeneye.cli import stream as stream_cli
@@ -65,6 +66,7 @@ def _register() -> None:
     alerts_cli.register(app)
     scheduler_cli.register(app)
     labels_cli.register(app)
+    retrain_cli.register(app)
 
 
 _register()

@@ -29,6 +29,7 @@ from keeneye.stream.worker import WorkerBase
 log = logging.getLogger(__name__)
 
 QualityJob = Callable[[], Any]
+RetrainJob = Callable[[Any], Any]
 
 
 def status_path(settings: Settings) -> Path:
@@ -60,6 +61,7 @@ class Scheduler(WorkerBase):
         self._next_round = 0.0  # monotonic; 0 = run at once
         self.engine: RulesEngine | None = None
         self.quality: QualityJob | None = None
+        self.retrain: RetrainJob | None = None
         self.rounds = 0
         self.last_states: list[AlertState] = []
         self.last_error: str | None = None
@@ -78,17 +80,14 @@ class Scheduler(WorkerBase):
             s, db=db, catalog=catalog, metrics=self.metrics, source=self._source, clock=self._clock
         )
         self.quality = self._quality_job(db, catalog)
+        self.retrain = self._retrain_job(db, catalog)
         log.info(
             "scheduler started",
             extra={"rules": len(self.engine.rules), "interval_seconds": self.interval},
         )
 
-    def _quality_job(self, db: Any, catalog: Any) -> QualityJob | None:
-        try:
-            from keeneye.monitoring.quality import evaluate_quality  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            log.info("online quality evaluation is not available in this build; alerts only")
-            return None
+    def _quality_job(self, db: Any, catalog: Any) -> QualityJob:
+        from keeneye.monitoring.quality import evaluate_quality
         from keeneye.registry import ModelRegistry
 
         registry = ModelRegistry(self.settings, events=db)
@@ -96,6 +95,21 @@ class Scheduler(WorkerBase):
 
         def job() -> Any:
             return evaluate_quality(settings, db, registry, catalog, metrics)
+
+        return job
+
+    def _retrain_job(self, db: Any, catalog: Any) -> RetrainJob:
+        """Retraining triggers (schedule, new labels, drift, quality drop): each new run is started as
+        its own ``keeneye retrain --run-id`` process, so training never delays the alert rules."""
+        from keeneye.lifecycle.triggers import tick
+        from keeneye.registry import ModelRegistry
+        from keeneye.store.db import utcnow
+
+        registry = ModelRegistry(self.settings, events=db)
+        settings, metrics = self.settings, self.metrics
+
+        def job(quality: Any) -> Any:
+            return tick(settings, db, registry, catalog, metrics, utcnow(), quality=quality)
 
         return job
 
@@ -111,7 +125,8 @@ class Scheduler(WorkerBase):
     # -- one round --------------------------------------------------------------------------------
 
     def run_round(self) -> list[AlertState]:
-        """The alert rules, then online quality; each failure is logged and the other still runs."""
+        """The alert rules, online quality, then the retraining triggers; a failure in one is logged and
+        the others still run."""
         self.rounds += 1
         self.processed = self.rounds
         self.last_error = None
@@ -129,12 +144,19 @@ class Scheduler(WorkerBase):
             except Exception as exc:
                 self.last_error = f"alert rules: {exc}"
                 log.exception("alert rules failed")
+        windows: Any = {}  # none this round: the quality-drop trigger waits for the next
         if self.quality is not None:
             try:
-                self.quality()
+                windows = self.quality()
             except Exception as exc:
                 self.last_error = f"online quality: {exc}"
                 log.exception("online quality evaluation failed")
+        if self.retrain is not None:
+            try:
+                self.retrain(windows if isinstance(windows, dict) else {})
+            except Exception as exc:
+                self.last_error = f"retraining triggers: {exc}"
+                log.exception("retraining triggers failed")
         return self.last_states
 
     def status(self) -> dict[str, Any]:

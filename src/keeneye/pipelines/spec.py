@@ -212,6 +212,19 @@ class RetrainSection(_Strict):
     drift_ks: float = Field(0.1, gt=0, le=1, description="KS statistic above this (p < 0.05) → retrain")
     metric_drop: float = Field(0.1, gt=0, le=1, description="relative precision/recall drop → retrain")
 
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from croniter import croniter
+
+        aliases = {"@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *"}
+        expr = aliases.get(value.strip().lower(), value.strip())
+        if len(expr.split()) != 5 or not croniter.is_valid(expr):
+            raise ValueError(f"{value!r} is not a cron expression (5 fields, or @daily/@weekly/@monthly)")
+        return value
+
 
 class TrainingSection(_Strict):
     """The default training recipe; ``keeneye train`` flags override it."""

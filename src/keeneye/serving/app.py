@@ -146,6 +146,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
         pipelines,
         predict,
         review,
+        runs,
         system,
         system_view,
         web,
@@ -162,6 +163,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(monitoring.router)
     app.include_router(review.router)
+    app.include_router(runs.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

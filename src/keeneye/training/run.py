@@ -26,7 +26,7 @@ import torch
 
 from keeneye.domain import InvalidInput, KeeneyeError, Task
 from keeneye.models import ModelBundle, Thresholds
-from keeneye.pipelines import PipelineCatalog, PipelineSpec
+from keeneye.pipelines import PipelineCatalog, PipelineSpec, SplitsSection
 from keeneye.settings import Settings
 from keeneye.training.datasets import (
     ANNOTATIONS_FILE,
@@ -76,6 +76,14 @@ log = logging.getLogger(__name__)
 PARITY_INPUTS = 4
 PROFILE_IMAGES = 200
 MAX_LISTED_PROBLEMS = 12
+# The trained weights in the form ``TrainConfig.weights`` reads (the whole classifier, the segmenter's
+# encoder), so retraining can fine-tune from a registered model (``keeneye.lifecycle.retrain``).
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_INFO_FILE = "checkpoint.json"
+# Registry tags of a version trained here: where its run folder and its training data live.
+TAG_RUN_DIR = "keeneye.run_dir"
+TAG_DATA_DIR = "keeneye.data_dir"
+PSEUDO_FIELD = "pseudo"  # image metadata: the label is a model's own confident answer (train only)
 
 
 @dataclass
@@ -102,6 +110,7 @@ class TrainResult:
     epochs_run: int
     search: SearchResult | None
     timings: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] | None = None  # the champion on the same test split
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +133,7 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "search": None if self.search is None else self.search.best_params,
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "champion": {"version": self.gates.champion_version, "metrics": self.champion_metrics},
         }
 
 
@@ -178,8 +188,15 @@ def validated(
 def split_dataset(
     dataset: Dataset, spec: PipelineSpec
 ) -> tuple[list[DatasetImage], list[DatasetImage], list[DatasetImage]]:
-    """Train / val / test images per the spec's ``splits`` section."""
+    """Train / val / test images per the spec's ``splits`` section.
+
+    Pseudo-labelled images (metadata ``pseudo: true``) only ever train: a model's own answers are no
+    truth to measure a model against.
+    """
     s = spec.splits
+    pseudo = [im for im in dataset.images if im.metadata.get(PSEUDO_FIELD) is True]
+    if pseudo:
+        dataset = dataset.without(im.file_name for im in pseudo)
     parts = split(
         dataset.split_items(),
         strategy=s.strategy,
@@ -190,6 +207,7 @@ def split_dataset(
     )
     by_id = {im.id: im for im in dataset.images}
     train, val, test = ([by_id[i] for i in ids] for ids in (parts.train, parts.val, parts.test))  # type: ignore[index]
+    train += pseudo
     assert not ({im.id for im in test} & {im.id for im in train + val}), "test split leaked into training"
     if not train or not test:
         raise InvalidInput(
@@ -272,11 +290,13 @@ def train_pipeline(
     registry: ModelRegistry | None = None,
     actor: str = "keeneye",
     reason: str = "trained by keeneye train",
+    splits: SplitsSection | None = None,
 ) -> TrainResult:
     """Train, export, evaluate, gate and (with ``register``) register a model for ``pipeline``.
 
     ``overrides`` replace recipe values of the spec (``backbone``, ``image_size``, ``batch_size``,
-    ``learning_rate``, ``augment_strength``, ``patience``, ``weights``, ``device``, ``max_seconds`` …).
+    ``learning_rate``, ``augment_strength``, ``patience``, ``weights``, ``device``, ``max_seconds`` …);
+    ``splits`` replaces the spec's split (retraining splits by time so the newest data is the test).
     Raises :class:`InvalidInput` for invalid data (unless ``skip_invalid``) and
     :class:`KeeneyeError` when the export fails its parity check.
     """
@@ -285,6 +305,8 @@ def train_pipeline(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     spec = PipelineCatalog(settings).get(pipeline)
+    if splits is not None:
+        spec = spec.model_copy(update={"splits": splits})
     task = Task.classify if spec.task is Task.classify else Task.segment
     max_pixels = settings.imaging.max_pixels
 
@@ -378,6 +400,7 @@ def train_pipeline(
             },
             seed=config.seed,
         )
+        _save_checkpoint(fitted.model, config, run_dir)
 
     categories = {c.id: c.name for c in dataset.categories}
     with _stage(timings, "evaluate"):
@@ -429,7 +452,11 @@ def train_pipeline(
                 run_id=run_id,
                 gates_passed=gate.passed,
                 alias=CHALLENGER if gate.passed else None,
-                tags={"data_version": version, "keeneye.run_dir": str(run_dir)},
+                tags={
+                    "data_version": version,
+                    TAG_RUN_DIR: str(run_dir),
+                    TAG_DATA_DIR: str(Path(data_dir).expanduser().absolute()),
+                },
                 actor=actor,
                 reason=reason,
             )
@@ -459,6 +486,7 @@ def train_pipeline(
         epochs_run=len(fitted.history),
         search=found,
         timings=timings,
+        champion_metrics=champion_metrics,
     )
     _emit(progress, "done", "gates passed" if gate.passed else "gates failed: " + "; ".join(gate.reasons[:3]))
     return result
@@ -505,6 +533,22 @@ def _champion_metrics(
         )
         return None, champion.version
     return ev.metrics, champion.version
+
+
+def _save_checkpoint(model: torch.nn.Module, config: TrainConfig, run_dir: Path) -> None:
+    """The weights as ``TrainConfig.weights`` loads them, and what they fit (backbone, channels)."""
+    module: Any = model
+    state = module.encoder.state_dict() if config.task is Task.segment else module.state_dict()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(state, run_dir / CHECKPOINT_FILE)
+    info = {
+        "task": config.task.value,
+        "backbone": config.backbone,
+        "in_channels": config.in_channels,
+        "num_classes": config.num_classes,
+        "part": "encoder" if config.task is Task.segment else "model",
+    }
+    (run_dir / CHECKPOINT_INFO_FILE).write_text(json.dumps(info, indent=2))
 
 
 def _write_run_files(

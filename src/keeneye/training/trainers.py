@@ -177,7 +177,9 @@ def build_model(config: TrainConfig) -> nn.Module:
         ) from exc
     if config.weights is not None:
         state = torch.load(config.weights, map_location="cpu", weights_only=True)
-        missing, _ = seg.encoder.load_state_dict(state, strict=False)  # type: ignore[union-attr]
+        # smp's ResNet encoders override load_state_dict and return None instead of the key lists.
+        loaded = seg.encoder.load_state_dict(state, strict=False)  # type: ignore[union-attr]
+        missing = list(getattr(loaded, "missing_keys", []))
         log.info("loaded encoder weights from %s (%d missing keys)", config.weights, len(missing))
     return seg
 

@@ -120,6 +120,14 @@ def test_spec_round_trips_through_yaml(tmp_path: Path) -> None:
             MINIMAL.format(name="x") + "gates: {metrics: {recall: 0.9}, primary_metric: f1}\n",
             "spec.yaml: gates: primary_metric 'f1' is not one of the gated metrics",
         ),
+        (
+            MINIMAL.format(name="x") + "training: {retrain: {schedule: 'every tuesday'}}\n",
+            "spec.yaml: training.retrain.schedule: 'every tuesday' is not a cron expression",
+        ),
+        (
+            MINIMAL.format(name="x") + "alerts: {DriftDetected: {for: soon}}\n",
+            "spec.yaml: alerts.DriftDetected.for: 'soon' is not a duration",
+        ),
         ("- just\n- a list\n", "spec.yaml: a pipeline spec must be a mapping, got list"),
         ("name: [unclosed\n", "spec.yaml: line 2: not valid YAML"),
     ],
