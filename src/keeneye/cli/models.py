@@ -1,4 +1,4 @@
-"""Registry commands: ``models list|show|register|promote|rollback``."""
+"""Registry commands: ``models list|show|register|promote|rollback|rollout``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import getpass
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -14,6 +14,7 @@ from rich.table import Table
 from keeneye.cli._common import console, print_json, settings
 
 if TYPE_CHECKING:
+    from keeneye.lifecycle.rollout import RolloutController, RolloutRecord
     from keeneye.registry import ModelRegistry, ModelVersionInfo
     from keeneye.settings import Settings
 
@@ -198,6 +199,153 @@ def rollback_model(
         print_json(info.to_dict())
     else:
         _print_one(info, "rolled back: champion is now")
+
+
+def _controller(s: Settings) -> RolloutController:
+    from keeneye.lifecycle.rollout import RolloutController
+    from keeneye.monitoring.metrics import Metrics
+    from keeneye.pipelines import PipelineCatalog
+    from keeneye.store import open_results_db
+
+    registry = _registry(s)
+    return RolloutController(s, open_results_db(s), registry, PipelineCatalog(s), Metrics())
+
+
+def _rollout_action(
+    shadow: bool, canary: float | None, promote: bool, abort: bool, status: bool, sample: float | None
+) -> str:
+    """The one action asked for (``status`` when none); a one-line error for a bad combination."""
+    from keeneye.domain import InvalidInput
+
+    chosen = [
+        name
+        for name, on in (
+            ("shadow", shadow),
+            ("canary", canary is not None),
+            ("promote", promote),
+            ("abort", abort),
+            ("status", status),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise InvalidInput(
+            "bad_option",
+            f"choose one of --shadow, --canary, --promote, --abort, --status (got {', '.join(chosen)})",
+        )
+    action = chosen[0] if chosen else "status"
+    if sample is not None and action != "shadow":
+        raise InvalidInput("bad_option", "--sample goes with --shadow", fix="e.g. --shadow --sample 0.5")
+    if canary is not None and not 0 < canary <= 100:
+        raise InvalidInput(
+            "bad_option",
+            f"--canary is a percentage above 0 and at most 100, got {canary:g}",
+            fix="e.g. --canary 10",
+        )
+    return action
+
+
+def _print_rollout(record: RolloutRecord) -> None:
+    line = f"{record.pipeline}: {record.state.value}"
+    if record.state.value == "shadow":
+        line += f" — champion v{record.champion_version}, challenger v{record.challenger_version} in shadow"
+        line += f" on {record.shadow_sample:.0%} of inputs"
+    elif record.state.value == "canary":
+        line += f" — champion v{record.champion_version}, challenger v{record.challenger_version} answers"
+        line += f" {record.canary_share:.0%} of inputs"
+    elif record.champion_version:
+        line += f" — champion v{record.champion_version}"
+    console.print(line, highlight=False)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table(title=f"rollout of {report['pipeline']}", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    reg = report["registry"]
+    table.add_row("state", report["state"])
+    table.add_row("champion", f"v{reg['champion']}" if reg["champion"] else "(none)")
+    table.add_row("challenger", f"v{report['challenger_version'] or reg['challenger'] or '-'}")
+    if report["state"] == "canary":
+        table.add_row("canary share", f"{report['canary_share']:.0%}")
+    if report["state"] == "shadow":
+        table.add_row("shadow sample", f"{report['shadow_sample']:.0%}")
+    if report["started_at"] and report["state"] != "stable":
+        table.add_row("started", report["started_at"])
+    if report.get("earliest_promotion"):
+        table.add_row("earliest promotion", report["earliest_promotion"])
+    evaluation = report.get("evaluation")
+    if evaluation:
+        for v in evaluation["variants"]:
+            p95 = "-" if v["latency_p95_ms"] is None else f"{v['latency_p95_ms']:.1f} ms"
+            quality = "-" if v["quality"] is None else f"{v['quality']:.3f} on {v['quality_n']} labels"
+            table.add_row(
+                f"{v['variant']} v{v['version']}",
+                f"{v['predictions']} answers, p95 {p95}, {v['failed']} failed, "
+                f"{evaluation['quality_metric']} {quality}",
+            )
+        agreement = evaluation.get("agreement")
+        if agreement:
+            share = "-" if agreement["share"] is None else f"{agreement['share']:.1%}"
+            table.add_row("agreement", f"{share} of {agreement['n']} answers")
+    if report.get("next"):
+        table.add_row("next", f"{report['next']['action']}: {'; '.join(report['next']['reasons'])}")
+    for e in report["events"][:5]:
+        table.add_row(e["event"], f"{e['created_at']} by {e['actor']}: {e['reason']}")
+    console.print(table)
+
+
+@models_app.command("rollout")
+def rollout_model(
+    pipeline: str = typer.Argument(..., help="Pipeline name."),
+    shadow: bool = typer.Option(False, "--shadow", help="Start a shadow run of the challenger."),
+    sample: float | None = typer.Option(
+        None, "--sample", help="With --shadow: share of inputs the challenger also runs on (0-1)."
+    ),
+    canary: float | None = typer.Option(
+        None, "--canary", help="Let the challenger answer this percentage of inputs (or change the share)."
+    ),
+    promote: bool = typer.Option(False, "--promote", help="Make the challenger the champion."),
+    abort: bool = typer.Option(
+        False, "--abort", help="End the rollout, champion unchanged (right after a promotion: roll it back)."
+    ),
+    status: bool = typer.Option(False, "--status", help="Show the rollout and its measurements (default)."),
+    version: str | None = typer.Option(
+        None, "--version", help="With --shadow/--canary: make this version the challenger first."
+    ),
+    reason: str = REASON_OPT,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Canary without a shadow run, promote from shadow, or a challenger whose gates failed "
+        "(needs --reason).",
+    ),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Shadow → canary → promote a challenger, or abort; --status shows the measurements."""
+    action = _rollout_action(shadow, canary, promote, abort, status, sample)
+    controller = _controller(settings())
+    if action == "status":
+        report = controller.report(pipeline)
+        if json_out:
+            print_json(report)
+        else:
+            _print_report(report)
+        return
+    record = controller.apply(
+        pipeline,
+        action,
+        actor=_actor(),
+        reason=reason,
+        share=None if canary is None else canary / 100,
+        sample=sample,
+        version=version,
+        force=force,
+    )
+    if json_out:
+        print_json(record.to_dict())
+    else:
+        _print_rollout(record)
 
 
 def register(app: typer.Typer) -> None:

@@ -274,7 +274,7 @@ class Metrics:
         )
         self.variant_predictions = self._counter(
             "keeneye_variant_predictions",
-            "Predictions by variant (champion|challenger|shadow)",
+            "Predictions by variant (champion|canary|shadow)",
             ["pipeline", "variant"],
         )
         # A windowed share computed by one process at a time: the latest window, as for drift.

@@ -2,9 +2,13 @@
 
 Every ``alerting.interval_seconds`` it
 
-* runs the alert rules engine once (:class:`~keeneye.monitoring.alerts.engine.RulesEngine`), and
+* runs the alert rules engine once (:class:`~keeneye.monitoring.alerts.engine.RulesEngine`),
 * evaluates online quality (``keeneye.monitoring.quality.evaluate_quality``), which sets the
-  ``keeneye_online_quality`` / ``keeneye_quality_drop`` gauges the ``QualityDrop`` rule reads.
+  ``keeneye_online_quality`` / ``keeneye_quality_drop`` gauges the ``QualityDrop`` rule reads,
+* evaluates the retraining triggers (``keeneye.lifecycle.triggers.tick``), starting each new run as
+  its own ``keeneye retrain --run-id`` process, and
+* ticks the rollout controller (``keeneye.lifecycle.rollout``): shadow → canary → promotion or
+  rollback, when the measurements say so.
 
 Each job is isolated: one that raises is logged and the loop goes on (an API that is restarting, a
 broken rule, a quality query that times out never stop the others). The loop is a
@@ -62,6 +66,7 @@ class Scheduler(WorkerBase):
         self.engine: RulesEngine | None = None
         self.quality: QualityJob | None = None
         self.retrain: RetrainJob | None = None
+        self.rollouts: QualityJob | None = None
         self.rounds = 0
         self.last_states: list[AlertState] = []
         self.last_error: str | None = None
@@ -81,6 +86,7 @@ class Scheduler(WorkerBase):
         )
         self.quality = self._quality_job(db, catalog)
         self.retrain = self._retrain_job(db, catalog)
+        self.rollouts = self._rollout_job(db, catalog)
         log.info(
             "scheduler started",
             extra={"rules": len(self.engine.rules), "interval_seconds": self.interval},
@@ -113,6 +119,16 @@ class Scheduler(WorkerBase):
 
         return job
 
+    def _rollout_job(self, db: Any, catalog: Any) -> QualityJob:
+        """The rollout controller: shadow → canary → promotion or rollback, when the measurements say so."""
+        from keeneye.lifecycle.rollout import RolloutController
+        from keeneye.registry import ModelRegistry
+
+        controller = RolloutController(
+            self.settings, db, ModelRegistry(self.settings, events=db), catalog, self.metrics
+        )
+        return controller.tick
+
     def step(self) -> None:
         wait = self._next_round - time.monotonic()
         if wait > 0:
@@ -126,7 +142,7 @@ class Scheduler(WorkerBase):
 
     def run_round(self) -> list[AlertState]:
         """The alert rules, online quality, then the retraining triggers; a failure in one is logged and
-        the others still run."""
+        the others still run; last the rollout controller."""
         self.rounds += 1
         self.processed = self.rounds
         self.last_error = None
@@ -157,6 +173,12 @@ class Scheduler(WorkerBase):
             except Exception as exc:
                 self.last_error = f"retraining triggers: {exc}"
                 log.exception("retraining triggers failed")
+        if self.rollouts is not None:
+            try:
+                self.rollouts()
+            except Exception as exc:
+                self.last_error = f"rollouts: {exc}"
+                log.exception("rollout evaluation failed")
         return self.last_states
 
     def status(self) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
         pipelines,
         predict,
         review,
+        rollout,
         runs,
         system,
         system_view,
@@ -164,6 +165,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(monitoring.router)
     app.include_router(review.router)
     app.include_router(runs.router)
+    app.include_router(rollout.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

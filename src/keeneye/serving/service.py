@@ -80,8 +80,9 @@ class PredictionService:
                 status=400,
                 fix="send the image as multipart field 'file' or as the raw body",
             )
-        loaded = self.runtime.get(pipeline)
         digest = content_hash(data)
+        # The content hash routes: a canary answers its share of inputs, a retry keeps its variant.
+        loaded, variant = self.runtime.get_variant(pipeline, digest)
         cache_key = f"pred:{pipeline}:{loaded.ref.name}:{loaded.ref.version}:{digest}"
         cached = self.cache.get(cache_key)
         timings: dict[str, float] = {}
@@ -97,12 +98,22 @@ class PredictionService:
                 self.metrics.rejections.labels(pipeline, exc.reason).inc()
                 await asyncio.to_thread(self._quarantine, spec, data, digest, metadata, source, exc)
                 raise
+            except Exception:
+                if variant is Variant.champion:
+                    raise
+                # A failing canary never costs the client its answer: the champion gives it, and the
+                # canary's missing answers roll it back (docs/rollout.md).
+                log.warning("canary %s v%s failed; the champion answers", pipeline, loaded.ref.version)
+                loaded, variant = self.runtime.get(pipeline), Variant.champion
+                cache_key = f"pred:{pipeline}:{loaded.ref.name}:{loaded.ref.version}:{digest}"
+                result, fmt, timings = await self._infer(spec, loaded, data)
             self.cache.set(cache_key, json.dumps({**result, "_format": fmt}).encode())
         t_store = time.perf_counter()
         observation_id = await asyncio.to_thread(
             self._store,
             spec,
             loaded,
+            variant,
             data,
             digest,
             fmt,
@@ -112,6 +123,8 @@ class PredictionService:
             (time.perf_counter() - started) * 1000,
             timings,
         )
+        self.metrics.variant_predictions.labels(pipeline, variant.value).inc()
+        self.runtime.shadow(spec, digest, observation_id, data)  # in the background, when sampled
         timings["store"] = (time.perf_counter() - t_store) * 1000
         self.metrics.observe_stage(pipeline, "store", timings["store"] / 1000)
         total_ms = (time.perf_counter() - started) * 1000
@@ -148,7 +161,9 @@ class PredictionService:
         def post() -> dict[str, Any]:
             result = finish(spec, manifest, loaded.ref, prepared, outputs)
             # O(features) per call; never raises. A closing drift window (once per window) runs here too.
-            self.drift.observe(spec.name, loaded, result, outputs, prepared.image)
+            # Drift follows the champion only: one monitor per pipeline, and a canary would replace it.
+            if loaded is not self.runtime.challenger(spec.name):
+                self.drift.observe(spec.name, loaded, result, outputs, prepared.image)
             return result
 
         t2 = time.perf_counter()
@@ -162,6 +177,7 @@ class PredictionService:
         self,
         spec: PipelineSpec,
         loaded: LoadedModel,
+        variant: Variant,
         data: bytes,
         digest: str,
         fmt: str | None,
@@ -184,7 +200,7 @@ class PredictionService:
             source=source,
             model_name=loaded.ref.name,
             model_version=loaded.ref.version,
-            variant=Variant.champion,
+            variant=variant,
             task=loaded.bundle.manifest.task.value,
             result=result,
             decision=result.get("decision"),

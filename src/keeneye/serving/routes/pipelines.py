@@ -57,7 +57,8 @@ def get_observation(observation_id: str, state: StateDep) -> ObservationResponse
     obs = db.get_observation(observation_id)
     if obs is None:
         raise NotFound(f"no observation {observation_id!r}")
-    preds = [p for p in db.predictions_for(observation_id) if p.variant == "champion"]
+    # The answer the client got: the champion's or a canary's, never a shadow's.
+    preds = [p for p in db.predictions_for(observation_id) if p.variant in ("champion", "canary")]
     latest = preds[-1] if preds else None
     return ObservationResponse(
         id=obs.id,
