@@ -203,6 +203,78 @@ def test_feature_keys_rgb_and_multispectral() -> None:
     assert "gndvi_mean" not in ms
 
 
+def _reference_features(image: Image) -> dict[str, float]:
+    """quality_features the slow, obvious way: float64 numpy on the 0..1 image (no downscale needed:
+    the test images are ≤ 256 px)."""
+    unit = (
+        image.pixels.astype(np.float64)
+        / {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}[image.dtype.name]
+    )
+    unit = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
+    out: dict[str, float] = {}
+    for c, band in enumerate(image.bands):
+        out[f"mean_{band}"] = float(unit[:, :, c].mean())
+        out[f"std_{band}"] = float(unit[:, :, c].std())
+    if set(image.bands) >= {"red", "green", "blue"}:
+        weights = {"red": 0.299, "green": 0.587, "blue": 0.114}
+        gray = sum(w * unit[:, :, image.band_position(b)] for b, w in weights.items())
+    else:
+        gray = unit.mean(axis=2)
+    out["brightness"] = float(gray.mean())
+    out["contrast"] = float(gray.std())
+    # Laplacian (kernel 0 1 0 / 1 -4 1 / 0 1 0) with OpenCV's default border, reflect-101.
+    g = np.pad(gray, 1, mode="reflect")
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+    out["sharpness"] = float(lap.var())
+    return out
+
+
+@pytest.mark.parametrize(
+    ("pixels", "bands"),
+    [
+        (RNG.integers(0, 256, size=(120, 90, 3)).astype(np.uint8), ("red", "green", "blue")),
+        (RNG.integers(0, 256, size=(64, 64, 3)).astype(np.uint8), ("blue", "green", "red")),
+        (RNG.integers(0, 65536, size=(70, 100, 3)).astype(np.uint16), ("red", "green", "blue")),
+        (cv2.GaussianBlur(RNG.integers(0, 256, (96, 96)).astype(np.uint8), (0, 0), 3)[..., None], ("gray",)),
+        (RNG.random((50, 40, 2), dtype=np.float32), ("nir", "red")),
+        (
+            RNG.integers(0, 65536, size=(40, 50, 5)).astype(np.uint16),
+            ("blue", "green", "red", "nir", "red_edge"),
+        ),
+        # Planar (band-first) layout, as a planar TIFF decodes: a non-contiguous view.
+        (
+            np.moveaxis(RNG.integers(0, 256, size=(3, 30, 40)).astype(np.uint8), 0, 2),
+            ("red", "green", "blue"),
+        ),
+    ],
+    ids=["rgb8", "bgr-order", "rgb16", "gray-smooth", "float-2band", "5-band-16", "planar"],
+)
+def test_quality_features_match_a_float64_reference(pixels: np.ndarray, bands: tuple[str, ...]) -> None:
+    """The fast path (source dtype, OpenCV reductions, float32 intensity) gives the float64 values to
+    float32 rounding: 1e-6 relative on means/stds, 1e-5 relative on the variance of the Laplacian."""
+    image = Image.from_array(pixels, bands=bands)
+    got = quality_features(image)
+    for key, expected in _reference_features(image).items():
+        tolerance = 1e-5 if key == "sharpness" else 1e-6
+        assert got[key] == pytest.approx(expected, rel=tolerance, abs=1e-9), key
+
+
+def test_quality_features_hand_computed() -> None:
+    # Left half black, right half pure red: red is 0 or 1 (mean 0.5, std 0.5), green and blue 0;
+    # luma is 0 or 0.299.
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    pixels[:, 4:, 0] = 255
+    features = quality_features(Image.from_array(pixels))
+    assert features["mean_red"] == pytest.approx(0.5, abs=1e-9)
+    assert features["std_red"] == pytest.approx(0.5, abs=1e-9)
+    assert features["mean_green"] == features["std_blue"] == 0.0
+    assert features["brightness"] == pytest.approx(0.299 / 2, abs=1e-7)
+    assert features["contrast"] == pytest.approx(0.299 / 2, abs=1e-7)
+    # The Laplacian is ±0.299 on the two columns beside the edge (16 of 64 pixels), 0 elsewhere:
+    # mean 0, variance 0.299² · 16 / 64.
+    assert features["sharpness"] == pytest.approx(0.299**2 / 4, rel=1e-6)
+
+
 def test_features_are_finite_floats_even_with_nan_no_data() -> None:
     pixels = RNG.random((50, 50, 2), dtype=np.float32)
     pixels[:10] = np.nan

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from keeneye.domain import ObservationStatus
 from keeneye.models.bundle import ModelBundle
 from keeneye.pipelines import quarantine_key
 from keeneye.registry import ModelRegistry
-from keeneye.settings import Settings
+from keeneye.settings import InferenceSettings, Settings
 from keeneye.store import open_object_store, open_results_db
 from keeneye.stream import (
     Ingestor,
@@ -28,7 +31,9 @@ from keeneye.stream import (
     output_topic,
     status_dir,
 )
+from keeneye.stream import worker as worker_module
 from keeneye.stream.messages import ObservationMessage, publish_observation
+from keeneye.stream.worker import model_threads
 from tests.serving_support import SPECIES, fast_registry_store, jpeg, register_species_model, species_manifest
 from tests.unit.stream.stream_support import bus_url, drain, publish_raw, run_until, stream_settings
 
@@ -44,6 +49,16 @@ def started_worker(settings: Settings, name: str, **kwargs: object) -> PipelineW
     worker = PipelineWorker(settings, name, **kwargs)  # type: ignore[arg-type]
     worker.setup()
     return worker
+
+
+def metric(worker: PipelineWorker, name: str, **labels: str) -> float:
+    """A sample of the worker's metrics (0 when the series was never touched)."""
+    value = worker.metrics.registry.get_sample_value(name, {"pipeline": worker.pipeline, **labels})
+    return 0.0 if value is None else value
+
+
+def settled(worker: PipelineWorker) -> dict[str, float]:
+    return {s: metric(worker, "keeneye_observations_total", status=s) for s in ("done", "rejected", "failed")}
 
 
 def test_batch_in_all_done_once_results_out(tmp_path: Path, bus_url: str) -> None:
@@ -67,6 +82,16 @@ def test_batch_in_all_done_once_results_out(tmp_path: Path, bus_url: str) -> Non
         assert pred.model_name == "species-id"
     assert status["pipeline"] == name and status["pid"] == os.getpid() and status["done"] == 20
     assert 0.0 < status["busy_fraction"] <= 1.0
+    assert settled(worker) == {"done": 20, "rejected": 0, "failed": 0}
+    # accepted → stored, one sample per result; each is at least the time its row waited in the test
+    assert metric(worker, "keeneye_observation_seconds_count") == 20
+    latencies = [
+        (row.completed_at - row.created_at).total_seconds()
+        for row in (db.get_observation(i) for i in ids)
+        if row is not None and row.completed_at is not None
+    ]
+    assert metric(worker, "keeneye_observation_seconds_sum") >= sum(latencies) > 0
+    assert all(worker.stage_seconds[s] > 0 for s in ("claim", "decode", "infer", "post", "store", "publish"))
 
     bus = open_bus(settings)
     with bus.subscribe([output_topic(name)], "test-out") as consumer:
@@ -97,6 +122,9 @@ def test_poison_and_unknown_pipeline_are_dead_lettered(tmp_path: Path, bus_url: 
         reasons = sorted((m.header("reason") or "").split(":")[0] for m in drain(consumer, 3))
     bus.close()
     assert reasons == ["bad_metadata", "missing_headers", "unknown_pipeline"]
+    for reason in reasons:
+        assert metric(worker, "keeneye_dead_letters_total", reason=reason) == 1, reason
+    assert settled(worker) == {"done": 1, "rejected": 0, "failed": 0}  # a dead letter is no observation
 
 
 def test_corrupt_image_is_rejected_and_quarantined(tmp_path: Path) -> None:
@@ -115,6 +143,8 @@ def test_corrupt_image_is_rejected_and_quarantined(tmp_path: Path) -> None:
     assert open_object_store(settings).get(quarantine_key(name, accepted.content_hash)) == corrupt
     assert open_results_db(settings).count_predictions(name) == 0
     assert open_bus(settings).lag(input_topic(name), "keeneye-workers") == 0  # acked
+    assert settled(worker) == {"done": 0, "rejected": 1, "failed": 0}
+    assert metric(worker, "keeneye_observation_seconds_count") == 0  # only done ones are timed
 
 
 def test_redelivery_of_a_done_observation_records_nothing_new(tmp_path: Path, bus_url: str) -> None:
@@ -137,6 +167,7 @@ def test_redelivery_of_a_done_observation_records_nothing_new(tmp_path: Path, bu
         worker.teardown()
     assert open_results_db(settings).count_predictions(name) == 1
     assert worker.counts["done"] == 1
+    assert settled(worker) == {"done": 1, "rejected": 0, "failed": 0}  # skipped duplicates count nothing
 
 
 def _failing_classifier() -> bytes:
@@ -168,7 +199,7 @@ def _failing_classifier() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def test_model_failure_is_retried_then_failed_and_dead_lettered(tmp_path: Path) -> None:
@@ -195,6 +226,94 @@ def test_model_failure_is_retried_then_failed_and_dead_lettered(tmp_path: Path) 
     assert dead.header("observation_id") == accepted.id
     assert (dead.header("reason") or "").startswith("failed after 3 attempts:")
     assert bus.lag(input_topic(name), "keeneye-workers") == 0
+    assert settled(worker) == {"done": 0, "rejected": 0, "failed": 1}
+    assert metric(worker, "keeneye_dead_letters_total", reason="max_attempts") == 1
+
+
+@contextlib.contextmanager
+def model_held(worker: PipelineWorker) -> Iterator[None]:
+    """Keep every model thread of ``worker`` busy until the block ends, so batches handed to the model
+    stay there (deterministically) while the test looks at the worker."""
+    gate = threading.Event()
+    for _ in range(worker.model_runs):
+        worker._model_threads.submit(gate.wait)
+    try:
+        yield
+    finally:
+        gate.set()
+
+
+def test_batches_at_the_model_are_settled_later_and_by_teardown(tmp_path: Path) -> None:
+    settings, name = stream_settings(tmp_path)
+    register_species_model(settings, tmp_path)
+    ids = [Ingestor(settings).accept(name, jpeg(seed=30 + i)).id for i in range(3)]
+    worker = started_worker(settings, name, batch_size=8)
+    try:
+        with model_held(worker):
+            worker.step()  # takes the three in and hands them to the model, which is busy
+            assert worker.counts["done"] == 0
+            assert statuses(settings, ids) == ["processing"] * 3
+    finally:
+        worker.teardown()  # drains: the batch at the model is stored, announced and acked
+    assert worker.counts["done"] == 3
+    assert statuses(settings, ids) == ["done"] * 3
+    assert open_bus(settings).lag(input_topic(name), "keeneye-workers") == 0
+
+
+def test_a_duplicate_of_an_observation_at_the_model_is_skipped(tmp_path: Path) -> None:
+    settings, name = stream_settings(tmp_path)
+    register_species_model(settings, tmp_path)
+    ingestor = Ingestor(settings)
+    data = jpeg(seed=40)
+    accepted = ingestor.accept(name, data)
+    worker = started_worker(settings, name)
+    try:
+        with model_held(worker):
+            worker.step()  # the observation is claimed and at the model
+            row = open_results_db(settings).get_observation(accepted.id)
+            assert row is not None and row.status is ObservationStatus.processing
+            msg = ObservationMessage(
+                accepted.id, name, row.content_hash, "image/jpeg", {}, data, row.object_key
+            )
+            publish_observation(ingestor.bus, msg)  # a reconciler duplicate arrives meanwhile
+            ingestor.bus.flush()
+            worker.step()  # takes the duplicate
+            assert (worker.counts["done"], worker.counts["skipped"]) == (0, 1)
+        run_until(worker, lambda: worker.counts["done"] == 1)
+    finally:
+        worker.teardown()
+    row = open_results_db(settings).get_observation(accepted.id)
+    assert row is not None and row.status is ObservationStatus.done
+    assert row.attempts == 1  # claimed once: the duplicate never reached the database
+    assert open_results_db(settings).count_predictions(name) == 1
+    assert open_bus(settings).lag(input_topic(name), "keeneye-workers") == 0
+
+
+def test_one_model_run_at_a_time_gives_the_same_results(tmp_path: Path) -> None:
+    settings, name = stream_settings(tmp_path)
+    register_species_model(settings, tmp_path)
+    ingestor = Ingestor(settings)
+    ids = [ingestor.accept(name, jpeg(seed=50 + i)).id for i in range(10)]
+    worker = started_worker(settings, name, batch_size=4, model_runs=1)
+    try:
+        run_until(worker, lambda: worker.counts["done"] == 10)
+    finally:
+        worker.teardown()
+    assert statuses(settings, ids) == ["done"] * 10
+    assert open_results_db(settings).count_predictions(name) == 10
+    assert metric(worker, "keeneye_batch_size_count") == 3  # 4 + 4 + 2, one model run each
+
+
+@pytest.mark.parametrize(
+    ("configured", "cores", "runs", "expected"),
+    [(0, 2, 2, 1), (0, 16, 2, 8), (0, 3, 2, 1), (0, 1, 2, 1), (0, 8, 1, 8), (6, 16, 2, 6)],
+)
+def test_model_threads_share_the_cores_between_runs(
+    monkeypatch: pytest.MonkeyPatch, configured: int, cores: int, runs: int, expected: int
+) -> None:
+    monkeypatch.setattr(worker_module, "usable_cores", lambda: cores)
+    settings = InferenceSettings(intra_op_threads=configured)
+    assert model_threads(settings, runs).intra_op_threads == expected
 
 
 def test_worker_refuses_an_unknown_pipeline(tmp_path: Path) -> None:
