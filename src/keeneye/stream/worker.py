@@ -46,7 +46,10 @@ import numpy as np
 
 from keeneye.domain import InvalidInput, KeeneyeError, NotFound, ObservationStatus, Variant
 from keeneye.imaging import content_hash, sniff_format
+from keeneye.lifecycle.labels import queue_answers
+from keeneye.lifecycle.rollout import prepare_for
 from keeneye.models.manifest import ModelManifest
+from keeneye.monitoring.drift import DriftMonitors
 from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import (
     LoadedModel,
@@ -283,6 +286,8 @@ class _Item:
     error: BaseException | None = None  # a transient failure: retry or fail
     ack: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    model: LoadedModel | None = None  # who answers: None = the batch's champion; else a canary's challenger
+    variant: Variant = Variant.champion
 
 
 @dataclass(eq=False)
@@ -350,6 +355,7 @@ class PipelineWorker(WorkerBase):
         self.cache: Cache = open_cache(s)
         self.bus: Bus = open_bus(s)
         self.metrics = Metrics()
+        self.drift = DriftMonitors(self.db, s, self.metrics)  # the champion's input drift, per window
         registry = ModelRegistry(s, events=self.db)
         model_settings = s.model_copy(update={"inference": model_threads(s.inference, self.model_runs)})
         self.runtime = ModelRuntime(model_settings, _OnePipeline(s, self.pipeline), registry, self.metrics)
@@ -381,6 +387,8 @@ class PipelineWorker(WorkerBase):
             log.warning("cannot settle the batch in hand; it will be redelivered", exc_info=True)
         with contextlib.suppress(Exception):
             self._model_threads.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self.drift.flush_all()  # a partial window (≥ drift_min_samples) still counts
         with contextlib.suppress(Exception):
             self.consumer.close()  # SQLite: unacked claims go back now; Kafka: leave the group
         with contextlib.suppress(Exception):
@@ -496,6 +504,7 @@ class PipelineWorker(WorkerBase):
             if item.record is not None and not item.ack and item.error is None:
                 self._load(item, loaded.bundle.manifest)
         decoded = [i for i in batch.items if i.prepared is not None and i.error is None]
+        self._route(decoded, loaded)
         batch.todo = self._from_cache(decoded, loaded)
         return batch
 
@@ -524,6 +533,10 @@ class PipelineWorker(WorkerBase):
                 ok = False
             self._clock("ack", t0)
         self.processed += len(ready)
+        # A shadow run's challenger answers the sampled items again, after their answers are out.
+        self.runtime.shadow_batch(
+            self.spec, [(i.record.id, i.prepared) for i in ready if i.ack and i.record and i.prepared]
+        )
         return ok
 
     def _parse(self, message: Message) -> ObservationMessage:
@@ -655,12 +668,26 @@ class PipelineWorker(WorkerBase):
             id=obs.observation_id,
         )
 
+    def _route(self, items: list[_Item], champion: LoadedModel) -> None:
+        """During a canary its share (by observation id) goes to the challenger, the same decoded image
+        prepared for that model's input."""
+        for item in items:
+            model, variant = self.runtime.get_variant(self.pipeline, item.obs.observation_id)
+            if model is champion or item.prepared is None:
+                continue
+            try:
+                item.prepared = prepare_for(model.bundle.manifest, item.prepared)
+            except Exception:  # an input the challenger cannot take: the champion answers it
+                log.warning("canary cannot prepare an input; the champion answers", exc_info=True)
+                continue
+            item.model, item.variant = model, variant
+
     def _from_cache(self, items: list[_Item], loaded: LoadedModel) -> list[_Item]:
         """Give cached items their result (same model version, same bytes); returns the others."""
-        ref = loaded.ref
         todo: list[_Item] = []
         for item in items:
             assert item.record is not None
+            ref = (item.model or loaded).ref
             cached = self._cache_get(self._cache_key(ref.name, ref.version, item.record.content_hash))
             if cached is not None:
                 cached.pop("_format", None)
@@ -691,16 +718,18 @@ class PipelineWorker(WorkerBase):
         """On a model thread: one model run per group of same-shaped inputs (normally the batch);
         returns the seconds the runs took."""
         seconds = 0.0
-        groups: dict[tuple[tuple[int, ...], str], list[_Item]] = {}
+        # One group per model (champion, or the challenger for the canary share) and input shape.
+        groups: dict[tuple[int, tuple[int, ...], str], list[_Item]] = {}
         for item in items:
             assert item.prepared is not None
             tensor = item.prepared.tensor
-            groups.setdefault((tuple(tensor.shape), str(tensor.dtype)), []).append(item)
+            key = (id(item.model or loaded), tuple(tensor.shape), str(tensor.dtype))
+            groups.setdefault(key, []).append(item)
         for group in groups.values():
             t0 = time.perf_counter()
             try:
                 batch = np.stack([i.prepared.tensor for i in group if i.prepared is not None])
-                outputs = loaded.model.run(batch)
+                outputs = (group[0].model or loaded).model.run(batch)
                 for k, out in enumerate(outputs):
                     if out.ndim == 0 or out.shape[0] != len(group):
                         raise KeeneyeError(f"model output {k} has shape {out.shape}, not {len(group)} rows")
@@ -723,33 +752,34 @@ class PipelineWorker(WorkerBase):
             if item.outputs is None or item.prepared is None or item.error is not None:
                 continue
             t0 = time.perf_counter()
+            model = item.model or loaded
             try:
-                item.result = finish(
-                    self.spec, loaded.bundle.manifest, loaded.ref, item.prepared, item.outputs
-                )
+                item.result = finish(self.spec, model.bundle.manifest, model.ref, item.prepared, item.outputs)
             except Exception as exc:
                 item.error = exc
+            else:
+                if model is loaded:  # the champion's drift; a canary must not replace its window
+                    self.drift.observe(self.pipeline, loaded, item.result, item.outputs, item.prepared.image)
             item.timings["post"] = self._clock("post", t0)
 
     def _complete(self, items: list[_Item], loaded: LoadedModel) -> None:
         """Predictions + ``done`` for the whole batch (one transaction), cache, ``.out`` (one flush)."""
         if not items:
             return
-        ref = loaded.ref
-        task = loaded.bundle.manifest.task.value
         completions: list[Completion] = []
         now = time.time()
         for item in items:
             assert item.record is not None and item.result is not None
             result = item.result
+            model = item.model or loaded
             completions.append(
                 Completion(
                     item.record.id,
                     pipeline=self.pipeline,
-                    model_name=ref.name,
-                    model_version=ref.version,
-                    variant=Variant.champion,
-                    task=task,
+                    model_name=model.ref.name,
+                    model_version=model.ref.version,
+                    variant=item.variant,
+                    task=model.bundle.manifest.task.value,
                     result=result,
                     decision=result.get("decision"),
                     confidence=result.get("confidence"),
@@ -779,21 +809,24 @@ class PipelineWorker(WorkerBase):
                 stored_at - item.record.created_at.timestamp()
             )
             fmt = (item.result.get("image") or {}).get("format")
+            ref = (item.model or loaded).ref
             key = self._cache_key(ref.name, ref.version, item.record.content_hash)
             with contextlib.suppress(Exception):  # the cache is an optimisation, never a failure
                 self.cache.set(key, json.dumps({**item.result, "_format": fmt}).encode())
         self.counts["done"] += len(done)
         self.metrics.observations.labels(self.pipeline, "done").inc(len(done))
+        # Uncertain answers → the review queue (never raises: labelling help, not a failure).
+        queue_answers(self.db, self.spec, [(i.record.id, i.result) for i in done if i.record is not None])
+        for item in done:
+            self.metrics.variant_predictions.labels(self.pipeline, item.variant.value).inc()
         if not done:
             return
-        out = [
-            Outgoing(
-                result_payload(i.record.id, self.pipeline, ref.name, ref.version, i.result or {}),
-                key=i.record.id,
-            )
-            for i in done
-            if i.record is not None
-        ]
+        out = []
+        for i in done:
+            assert i.record is not None
+            ref = (i.model or loaded).ref
+            payload = result_payload(i.record.id, self.pipeline, ref.name, ref.version, i.result or {})
+            out.append(Outgoing(payload, key=i.record.id))
         try:
             self.bus.publish_many(output_topic(self.pipeline), out)
             self.bus.flush()
@@ -891,7 +924,8 @@ class PipelineWorker(WorkerBase):
         return True
 
     def _republish_result(self, record: ObservationRecord) -> None:
-        preds = [p for p in self.db.predictions_for(record.id) if p.variant is Variant.champion]
+        answered = (Variant.champion, Variant.canary)  # never a shadow's: it was not the answer
+        preds = [p for p in self.db.predictions_for(record.id) if p.variant in answered]
         if not preds:
             return
         p = preds[-1]

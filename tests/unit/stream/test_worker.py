@@ -65,7 +65,12 @@ def test_batch_in_all_done_once_results_out(tmp_path: Path, bus_url: str) -> Non
     settings, name = stream_settings(tmp_path, bus_url)
     register_species_model(settings, tmp_path)
     ingestor = Ingestor(settings)
-    ids = [ingestor.accept(name, jpeg(seed=i), {"i": i}).id for i in range(20)]
+    # The last two: colours the tiny random classifier is unsure of (for the review-queue check).
+    images = [jpeg(seed=i) for i in range(18)] + [
+        jpeg((90, 120, 150), seed=11),
+        jpeg((90, 120, 150), seed=12),
+    ]
+    ids = [ingestor.accept(name, data, {"i": i}).id for i, data in enumerate(images)]
     worker = started_worker(settings, name, batch_size=8)
     try:
         run_until(worker, lambda: worker.counts["done"] >= 20)
@@ -92,6 +97,17 @@ def test_batch_in_all_done_once_results_out(tmp_path: Path, bus_url: str) -> Non
     ]
     assert metric(worker, "keeneye_observation_seconds_sum") >= sum(latencies) > 0
     assert all(worker.stage_seconds[s] > 0 for s in ("claim", "decode", "infer", "post", "store", "publish"))
+    # Uncertain answers (top-1 below 0.6, or within 0.1 of the runner-up) wait in the review queue.
+    from keeneye.lifecycle.labels import review_queue
+
+    def uncertain(result: dict[str, object]) -> bool:
+        top = [float(p["probability"]) for p in result["top_3_predictions"]]  # type: ignore[attr-defined]
+        return top[0] < 0.6 or top[0] - top[1] < 0.1
+
+    expected = {i for i in ids if uncertain(db.predictions_for(i)[0].result)}
+    entries = {e.observation_id: e for e in review_queue(db, name, limit=100)}
+    assert expected and expected <= set(entries), "the random classifier should be unsure of some images"
+    assert all("audit" in entries[i].reasons for i in set(entries) - expected)  # the rest: audit sample
 
     bus = open_bus(settings)
     with bus.subscribe([output_topic(name)], "test-out") as consumer:
