@@ -16,7 +16,10 @@ for _name in list(os.environ):
     if _name.startswith("KEENEYE_") and not _name.startswith("KEENEYE_TEST_"):
         del os.environ[_name]
 os.environ["KEENEYE_CONFIG"] = os.devnull  # an empty YAML file: defaults only
-os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # per-test registries, never a developer's shared dir
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+# The CLI's rich consoles take their width when keeneye.cli is first imported; without a terminal that
+# would be 80 or whatever COLUMNS the first invoking test passed. One wide width: tables never truncate.
+os.environ["COLUMNS"] = "200"  # per-test registries, never a developer's shared dir
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

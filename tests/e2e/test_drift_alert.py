@@ -27,7 +27,13 @@ from keeneye.registry import ModelRegistry
 from keeneye.settings import AlertingSettings, ChannelSettings, MonitoringSettings, Settings
 from keeneye.store import open_results_db
 from keeneye.training.export import reference_profile
-from tests.serving_support import SPECIES, fast_registry_store, live_server, species_manifest
+from tests.serving_support import (
+    SPECIES,
+    fast_registry_store,
+    live_server,
+    species_manifest,
+    with_species_limits,
+)
 from tests.unit.monitoring.alert_support import WebhookReceiver, webhook_receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -65,6 +71,9 @@ def test_drifted_traffic_fires_the_drift_alert_and_undrifted_does_not(
             ),
         }
     )
+    settings = with_species_limits(
+        settings, tmp_path, rate_per_second=1e6, burst=10**6
+    )  # a test, not a flood
     reference = synth(tmp_path / "reference", 200, seed=1)
     profile = reference_profile(
         [decode_image(p.read_bytes(), max_pixels=settings.imaging.max_pixels) for p in reference], seed=0
