@@ -27,10 +27,10 @@ browser:  ## Debian chromium for the browser tests (never `playwright install`)
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install chromium'"; fi; }
 
-promtool:  ## Debian prometheus for promtool (the exported alert rules are checked and unit-tested with it)
-	@command -v promtool >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
-	  else echo "promtool missing: run 'sudo apt-get install prometheus'"; fi; }
+promtool:  ## Debian prometheus + alertmanager for promtool and amtool (the exported rules and routes are checked with them)
+	@{ command -v promtool >/dev/null && command -v amtool >/dev/null; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; \
+	  else echo "promtool/amtool missing: run 'sudo apt-get install prometheus prometheus-alertmanager'"; fi; }
 
 services:  ## start (or install) PostgreSQL and Redis for the integration tests
 	@bash scripts/services.sh

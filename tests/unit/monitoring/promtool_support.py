@@ -1,4 +1,4 @@
-"""The real promtool for the Prometheus export tests: required in CI, skipped where it is missing."""
+"""The real promtool and amtool for the Prometheus export tests: required in CI, skipped where missing."""
 
 from __future__ import annotations
 
@@ -12,15 +12,19 @@ import pytest
 from keeneye.monitoring.alerts.rules import AlertRule, load_rules
 
 
-def require_promtool() -> str:
-    """promtool's path; fails the test in CI (CI=true) and skips it elsewhere when it is missing."""
-    path = shutil.which("promtool")
+def require_tool(name: str, package: str) -> str:
+    """The tool's path; fails the test in CI (CI=true) and skips it elsewhere when it is missing."""
+    path = shutil.which(name)
     if path is None:
-        message = "promtool is missing: install the Debian package `prometheus` (`make promtool`)"
+        message = f"{name} is missing: install the Debian package `{package}` (`make promtool`)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def require_promtool() -> str:
+    return require_tool("promtool", "prometheus")
 
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:

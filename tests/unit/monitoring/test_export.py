@@ -4,7 +4,6 @@ catalogue check, and the real promtool (``check rules`` and the generated ``test
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from keeneye.monitoring.alerts.export import (
 from keeneye.monitoring.alerts.rules import AlertRule, RuleOverride, load_rules
 from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines.spec import PipelineSpec, builtin_specs
-from tests.unit.monitoring.promtool_support import run_promtool
+from tests.unit.monitoring.promtool_support import require_tool, run_promtool
 
 
 def _rule(**fields: Any) -> AlertRule:
@@ -568,9 +567,7 @@ def test_the_shipped_alertmanager_example_is_the_exported_one(
 def test_amtool_accepts_the_alertmanager_example_and_routes_by_severity(
     defaults: list[AlertRule], tmp_path: Path
 ) -> None:
-    amtool = shutil.which("amtool")
-    if amtool is None:
-        pytest.skip("amtool (Debian prometheus-alertmanager) is not installed; the YAML is checked above")
+    amtool = require_tool("amtool", "prometheus-alertmanager")
     path = export_prometheus(defaults, _specs(), tmp_path)[2]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
