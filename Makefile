@@ -41,10 +41,11 @@ demo: install  ## the whole loop on embedded defaults: synth → train → regis
 doctor: install  ## check every configured backend
 	$(VENV)/bin/keeneye doctor
 
-lint: install  ## ruff + mypy --strict on src/
+lint: install  ## ruff + mypy --strict on src/ + import-linter (the layers of docs/architecture.md)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 unit: install  ## fast tests only (no services)
 	$(VENV)/bin/pytest -m "not integration and not slow and not e2e" $(PYTEST_ARGS)

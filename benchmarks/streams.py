@@ -61,7 +61,8 @@ from keeneye.registry import ModelRegistry  # noqa: E402
 from keeneye.settings import BusSettings, InferenceSettings, Settings, StreamSettings  # noqa: E402
 from keeneye.store import open_results_db  # noqa: E402
 from keeneye.stream import Ingestor, PipelineWorker  # noqa: E402
-from keeneye.stream.worker import MODEL_RUNS, WORKER_STAGES, model_threads, usable_cores  # noqa: E402
+from keeneye.stream.threads import MODEL_RUNS, model_threads, usable_cores  # noqa: E402
+from keeneye.stream.worker import WORKER_STAGES  # noqa: E402
 
 BATCH = 16
 LINE_DEFECTS = ("scratch", "dent", "crack", "contamination")  # keeneye.training.synth.line.DEFECTS

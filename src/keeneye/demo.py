@@ -2,11 +2,19 @@
 
 synthetic species photos → train (from scratch, CPU) → evaluate + gates → register → promote →
 start the API → send held-out photos → show what came back → print what to try next.
+
+The training is recorded as a ``manual`` training run (``keeneye runs species-id`` lists it). The
+closing panel names the folders under the actual ``KEENEYE_HOME``, says whether the API is still
+serving (not under ``--no-serve``) and spells commands the way this shell can run them
+(:func:`keeneye_command`: ``keeneye`` when it is on PATH, else the path of this installation's script).
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,11 +56,14 @@ def run_demo(
     port: int = 8000,
     requests: int = 8,
     serve_forever: bool = False,
+    quiet: bool = False,
 ) -> DemoResult:
+    from keeneye.lifecycle.recorded import recorded_training
     from keeneye.registry import ModelRegistry
     from keeneye.store import open_results_db
     from keeneye.training import generate
-    from keeneye.training.run import RichProgress, train_pipeline
+    from keeneye.training.progress import console_progress
+    from keeneye.training.run import train_pipeline
 
     started = time.perf_counter()
     demo_dir = settings.home / "demo"
@@ -68,22 +79,27 @@ def run_demo(
     )
 
     console.rule("[bold]2/5  train, evaluate, gate, register")
-    with RichProgress(console) as progress:
+    db = open_results_db(settings)
+    inputs = {"requested_by": "keeneye demo", "data_dir": str(train_dir), "epochs": epochs}
+    with (
+        recorded_training(db, PIPELINE, reason="keeneye demo", inputs=inputs) as run,
+        console_progress(console, quiet=quiet) as progress,
+    ):
         result = train_pipeline(
             settings, PIPELINE, train_dir, epochs=epochs, progress=progress, overrides=DEMO_RECIPE,
             actor="keeneye demo", reason="keeneye demo",
         )  # fmt: skip
+        run.finish(result)
     if result.version is None or not result.gates.passed:
         reasons = "; ".join(result.gates.reasons) or "not registered"
         raise KeeneyeError(
             f"the demo model did not pass its gates: {reasons}",
-            fix="run `keeneye demo --epochs 15` to train longer",
+            fix=f"run `{keeneye_command()} demo --epochs 30` to train longer",
         )
     shown = {k: v for k, v in result.metrics.items() if k in ("accuracy", "macro_f1", "latency_p50_ms")}
     console.print("test split: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
 
     console.rule("[bold]3/5  promote to champion")
-    db = open_results_db(settings)
     registry = ModelRegistry(settings, events=db)
     registry.promote(PIPELINE, result.version, actor="keeneye demo", reason="passed its gates in the demo")
     console.print(f"models:/{PIPELINE}@champion → version {result.version} (audit log: model_events)")
@@ -96,7 +112,7 @@ def run_demo(
     demo = DemoResult(version=result.version, metrics=dict(result.metrics), url=url)
     _send_requests(console, url, fresh_dir, requests, demo)
     demo.seconds = time.perf_counter() - started
-    _next_steps(console, demo)
+    console.print(next_steps(demo, home=settings.home, serving=serve_forever))
     try:
         while serve_forever:
             time.sleep(1)
@@ -130,7 +146,9 @@ def _start_server(settings: Settings, port: int) -> tuple[Any, str]:
     deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise KeeneyeError("the demo server did not start", fix="run `keeneye --debug demo` to see why")
+            raise KeeneyeError(
+                "the demo server did not start", fix=f"run `{keeneye_command()} --debug demo` to see why"
+            )
         time.sleep(0.05)
     return server, f"http://127.0.0.1:{port}"
 
@@ -165,17 +183,51 @@ def _send_requests(console: Console, url: str, fresh_dir: Path, n: int, demo: De
                   f"{refused.json()['detail']}")  # fmt: skip
 
 
-def _next_steps(console: Console, demo: DemoResult) -> None:
-    console.print(
-        Panel.fit(
-            f"[bold]keeneye is serving species-id version {demo.version}[/] at {demo.url}\n\n"
+def keeneye_command() -> str:
+    """How to run keeneye from this shell: ``keeneye`` when it is on PATH, else this installation's
+    script (``.venv/bin/keeneye`` from the repository), else ``python -m keeneye``."""
+    if shutil.which("keeneye"):
+        return "keeneye"
+    script = Path(sys.executable).with_name("keeneye")
+    if script.is_file():
+        return _shown_path(script)
+    return f"{shlex.quote(sys.executable)} -m keeneye"
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute; shell-quoted."""
+    absolute = path.absolute()
+    try:
+        shown = str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(absolute)
+    return shlex.quote(shown)
+
+
+def next_steps(demo: DemoResult, *, home: Path, serving: bool, command: str | None = None) -> Panel:
+    """The closing panel: what runs now, and commands to try that work from this shell."""
+    kee = command or keeneye_command()
+    photos = f"{_shown_path(home / 'demo' / 'species-fresh' / 'images')}/*.jpg"
+    if serving:
+        head = (
+            f"[bold]keeneye is serving {PIPELINE} version {demo.version}[/] at {demo.url}"
+            " (Ctrl-C to stop)\n\n"
             f"  open {demo.url}/            choose a photo, see the top-3\n"
             f"  open {demo.url}/docs        the HTTP API\n"
             f"  curl -F file=@photo.jpg {demo.url}/predict\n"
-            "  keeneye predict .keeneye/demo/species-fresh/images/*.jpg\n"
-            "  keeneye models list         versions, aliases, metrics, gates\n"
-            "  keeneye synth line-inspection --n 200 --out data/line   another application\n\n"
-            f"finished in {demo.seconds:.0f} s",
-            title="what to try next",
         )
+    else:
+        head = (
+            f"[bold]{PIPELINE} version {demo.version} is the champion[/]; the demo's API has stopped "
+            "(--no-serve)\n\n"
+            f"  {kee} serve            serve it again on http://127.0.0.1:8000 (/ and /docs)\n"
+        )
+    return Panel.fit(
+        head
+        + f"  {kee} predict {photos}\n"
+        + f"  {kee} models list         versions, aliases, metrics, gates\n"
+        + f"  {kee} runs {PIPELINE}     the training runs, this one included\n"
+        + f"  {kee} synth line-inspection --out data/line   another application (docs/training.md)\n\n"
+        + f"data and models in {_shown_path(home)} · finished in {demo.seconds:.0f} s",
+        title="what to try next",
     )

@@ -1,14 +1,19 @@
 """The shared vocabulary of keeneye: plain types and errors, no I/O.
 
 Every package may import this module (and ``settings``); nothing here imports another keeneye
-package. Stages pass :class:`Instances` between them instead of inventing their own dicts.
+package. Stages pass :class:`Instances` between them instead of inventing their own dicts, and a
+pipeline's answer stays an :class:`Answer` from ``finish()`` to the edges: it becomes JSON only there
+(:meth:`Answer.to_json`: API response, ``.out`` bus payload, DB JSON column, cache) and comes back with
+:meth:`Answer.from_stored`.
 """
 
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, Required, TypedDict, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -112,6 +117,27 @@ class Variant(enum.StrEnum):
     shadow = "shadow"
 
 
+class Role(enum.StrEnum):
+    """What an API key may do; each role may do everything the ones before it may.
+
+    ``viewer`` reads (pages, GET APIs); ``operator`` also acts on the running system (predict,
+    acknowledge and silence alerts, review and feedback, shadow / canary / abort a rollout);
+    ``admin`` also manages keys and moves the champion (promote, roll back).
+    """
+
+    viewer = "viewer"
+    operator = "operator"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        """Whether a key with this role may do what ``needed`` guards."""
+        return self.rank >= needed.rank
+
+
 # --------------------------------------------------------------------------------------------------
 # Instances: the one result type for classification, detection and segmentation
 # --------------------------------------------------------------------------------------------------
@@ -119,6 +145,10 @@ class Variant(enum.StrEnum):
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
+# COCO polygons of one instance, each flat ``[x1, y1, x2, y2, …]`` in pixel-edge coordinates.
+Polygons = list[list[float]]
+# An answer's outline of one instance: ``[[x, y], …]`` through pixel indices (``geometry.mask_outline``).
+Outline = list[list[float]]
 
 
 @dataclass
@@ -130,6 +160,8 @@ class Instances:
     * ``class_ids``: (N,) int64 index into the model's class list.
     * ``masks``: optional (N, H, W) bool, H×W the original image size.
     * ``class_probabilities``: optional (C,) float32 for whole-image classification (softmax).
+    * ``polygons``: optional COCO polygons per instance (possibly none for one), where the shapes
+      come as outlines instead of masks (stored answers, labels).
     """
 
     boxes: FloatArray
@@ -137,6 +169,7 @@ class Instances:
     class_ids: IntArray
     masks: BoolArray | None = None
     class_probabilities: FloatArray | None = None
+    polygons: list[Polygons] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -146,6 +179,8 @@ class Instances:
             raise ValueError(f"class_ids must be ({n},), got {self.class_ids.shape}")
         if self.masks is not None and (self.masks.ndim != 3 or self.masks.shape[0] != n):
             raise ValueError(f"masks must be ({n}, H, W), got {self.masks.shape}")
+        if self.polygons is not None and len(self.polygons) != n:
+            raise ValueError(f"polygons must be {n} lists, got {len(self.polygons)}")
 
     @classmethod
     def empty(cls, image_shape: tuple[int, int] | None = None) -> Instances:
@@ -164,7 +199,7 @@ class Instances:
     def areas(self) -> FloatArray:
         """Mask pixel counts when masks exist, otherwise box areas."""
         if self.masks is not None:
-            counts: FloatArray = self.masks.reshape(len(self), -1).sum(axis=1).astype(np.float32)
+            counts: FloatArray = self.masks.sum(axis=(1, 2)).astype(np.float32)  # also for N = 0
             return counts
         w = np.clip(self.boxes[:, 2] - self.boxes[:, 0], 0, None)
         h = np.clip(self.boxes[:, 3] - self.boxes[:, 1], 0, None)
@@ -178,6 +213,9 @@ class Instances:
             class_ids=self.class_ids[keep],
             masks=None if self.masks is None else self.masks[keep],
             class_probabilities=self.class_probabilities,
+            polygons=None
+            if self.polygons is None
+            else [self.polygons[int(i)] for i in np.arange(len(self))[keep]],
         )
 
 
@@ -203,7 +241,310 @@ class Prediction:
     task: Task
     variant: Variant = Variant.champion
     timings_ms: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Answer: what a pipeline says about one image, typed from finish() to the edges
+# --------------------------------------------------------------------------------------------------
+
+# The JSON shapes of an answer, as the API answers, the bus publishes and the DB stores them.
+# ``class`` is a Python keyword, hence the functional TypedDict form.
+ClassScoreJson = TypedDict("ClassScoreJson", {"class": str, "label": str, "probability": float})
+InstanceJson = TypedDict(
+    "InstanceJson",
+    {
+        "class": str,
+        "label": str,
+        "score": float,
+        "box": list[float],
+        "area_px": float,
+        "polygon": NotRequired[Outline],
+    },
+)
+
+
+class ImageJson(TypedDict):
+    width: int
+    height: int
+    bands: list[str]
+    format: str
+    quality: dict[str, float]
+
+
+class AnswerJson(TypedDict, total=False):
+    """``classify``: predicted class, label, confidence and top 3; ``detect`` / ``segment``:
+    instances, count, confidence (None without instances) and the OK/DEFECT decision where the
+    pipeline decides; both: the image facts."""
+
+    task: Required[str]
+    predicted_class: str
+    predicted_label: str
+    confidence: float | None
+    top_3_predictions: list[ClassScoreJson]
+    instances: list[InstanceJson]
+    count: int
+    decision: str
+    image: ImageJson
+
+
+@dataclass(frozen=True)
+class ClassLabel:
+    """A class as an answer names it: ``name`` (stable id) and ``display`` (for people)."""
+
+    name: str
+    display: str
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """The decoded image an answer is about, and its image-quality features (drift inputs)."""
+
+    width: int
+    height: int
+    bands: tuple[str, ...]
+    format: str
+    quality: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class AnswerParts:
+    """Per-application parts of an answer. Each application adds one optional typed field here
+    (geo zones for crop-health, the PLC decision for line-inspection, video segments for smartcut);
+    none exists yet, so an answer's JSON has no part today."""
+
+
+@dataclass
+class Answer:
+    """One pipeline's answer about one image.
+
+    * ``prediction``: the model's :class:`Instances` (whole-image classes by descending score for
+      classification), which model and variant answered, timings;
+    * ``classes``: the vocabulary ``prediction.instances.class_ids`` index;
+    * ``areas_px``: per instance, mask pixels (segment) or box area (detect), as answered;
+    * ``outlines``: per instance, the mask outline (segment), None without masks;
+    * ``decision``: OK/DEFECT where the pipeline decides; ``image``: image facts; ``parts``.
+    """
+
+    prediction: Prediction
+    classes: tuple[ClassLabel, ...]
+    areas_px: npt.NDArray[np.float64] | FloatArray | None = None
+    outlines: list[Outline] | None = None
+    decision: Decision | None = None
+    image: ImageFacts | None = None
+    parts: AnswerParts = field(default_factory=AnswerParts)
+
+    @property
+    def instances(self) -> Instances:
+        return self.prediction.instances
+
+    @property
+    def task(self) -> Task:
+        return self.prediction.task
+
+    def class_name(self, i: int) -> str:
+        """The class name of instance ``i``."""
+        return self.classes[int(self.instances.class_ids[i])].name
+
+    @property
+    def class_names(self) -> list[str]:
+        """Per instance (classification: by descending score), the class name."""
+        return [self.class_name(i) for i in range(len(self.instances))]
+
+    def instances_on(self, vocabulary: list[str]) -> Instances:
+        """The instances with ``class_ids`` indexing ``vocabulary`` (class names; names it lacks are
+        appended), so answers of different class lists can be compared."""
+        ids = []
+        for name in self.class_names:
+            if name not in vocabulary:
+                vocabulary.append(name)
+            ids.append(vocabulary.index(name))
+        inst = self.instances
+        return Instances(
+            boxes=inst.boxes,
+            scores=inst.scores,
+            class_ids=np.asarray(ids, dtype=np.int64),
+            masks=inst.masks,
+            class_probabilities=inst.class_probabilities,
+            polygons=inst.polygons,
+        )
+
+    @property
+    def predicted_class(self) -> str | None:
+        """Classification: the top class; None for other tasks or an empty answer."""
+        if self.task is not Task.classify or not len(self.instances):
+            return None
+        return self.class_name(0)
+
+    @property
+    def confidence(self) -> float | None:
+        """The top class's probability, or the highest instance score; None without instances."""
+        scores = self.instances.scores
+        return round(float(scores.max()), 6) if len(scores) else None
+
+    # -- the edges -------------------------------------------------------------------------------
+
+    def to_json(self) -> AnswerJson:
+        """The JSON document of this answer (the one shape every edge writes)."""
+        inst = self.instances
+        out: AnswerJson
+        if self.task is Task.classify:
+            top: list[ClassScoreJson] = [
+                {
+                    "class": self.classes[int(c)].name,
+                    "label": self.classes[int(c)].display,
+                    "probability": round(float(p), 6),
+                }
+                for c, p in zip(inst.class_ids, inst.scores, strict=True)
+            ]
+            out = {"task": Task.classify.value}
+            if top:
+                out["predicted_class"] = top[0]["class"]
+                out["predicted_label"] = top[0]["label"]
+                out["confidence"] = top[0]["probability"]
+            out["top_3_predictions"] = top[:3]
+        else:
+            areas = inst.areas if self.areas_px is None else self.areas_px
+            items: list[InstanceJson] = []
+            for i in range(len(inst)):
+                c = self.classes[int(inst.class_ids[i])]
+                item: InstanceJson = {
+                    "class": c.name,
+                    "label": c.display,
+                    "score": round(float(inst.scores[i]), 6),
+                    "box": [round(float(v), 2) for v in inst.boxes[i]],
+                    "area_px": float(areas[i]),
+                }
+                if self.outlines is not None:
+                    item["polygon"] = self.outlines[i]
+                items.append(item)
+            out = {
+                "task": self.task.value,
+                "instances": items,
+                "count": len(items),
+                "confidence": self.confidence,
+            }
+            if self.decision is not None:
+                out["decision"] = self.decision.value
+        if self.image is not None:
+            im = self.image
+            out["image"] = {
+                "width": im.width,
+                "height": im.height,
+                "bands": list(im.bands),
+                "format": im.format,
+                "quality": dict(im.quality),
+            }
+        return out
+
+    @classmethod
+    def from_stored(
+        cls,
+        doc: Mapping[str, Any],
+        classes: Sequence[ClassLabel] = (),
+        *,
+        model: ModelRef | None = None,
+        variant: Variant = Variant.champion,
+    ) -> Answer:
+        """An answer read back from its JSON (DB column, cache, bus). Read defensively: stored
+        answers may come from older versions or other tools, so a malformed instance is skipped and a
+        missing field stays empty, never a crash. ``classes`` (e.g. the manifest's) fixes the class
+        index; names it lacks are appended in order of appearance. Masks are not stored: instances
+        carry their outlines as polygons instead (0.5 px on: pixel centres in edge coordinates)."""
+        vocabulary = list(classes)
+        index = {c.name: i for i, c in enumerate(vocabulary)}
+
+        def class_id(name: str, label: Any) -> int:
+            if name not in index:
+                index[name] = len(vocabulary)
+                vocabulary.append(ClassLabel(name, label if isinstance(label, str) else name))
+            return index[name]
+
+        classify = doc.get("task") == Task.classify.value or (
+            "task" not in doc and ("top_3_predictions" in doc or "predicted_class" in doc)
+        )
+        ids: list[int] = []
+        scores: list[float] = []
+        boxes: list[list[float]] = []
+        areas: list[float] = []
+        outlines: list[Outline] = []
+        polygons: list[Polygons] = []
+        if classify:
+            top = doc.get("top_3_predictions")
+            for entry in top if isinstance(top, list) else []:
+                if isinstance(entry, Mapping) and isinstance(entry.get("class"), str):
+                    p = entry.get("probability")
+                    ids.append(class_id(entry["class"], entry.get("label")))
+                    scores.append(float(p) if _is_number(p) else 0.0)
+            if not ids and isinstance(doc.get("predicted_class"), str):
+                confidence = doc.get("confidence")
+                ids.append(class_id(doc["predicted_class"], doc.get("predicted_label")))
+                scores.append(float(confidence) if _is_number(confidence) else 1.0)
+            boxes = [[0.0, 0.0, 0.0, 0.0]] * len(ids)
+        else:
+            items = doc.get("instances")
+            for item in items if isinstance(items, list) else []:
+                if not isinstance(item, Mapping):
+                    continue
+                box = item.get("box")
+                if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+                    continue
+                score, area = item.get("score"), item.get("area_px")
+                ids.append(class_id(str(item.get("class")), item.get("label")))
+                scores.append(float(score) if _is_number(score) else 1.0)
+                boxes.append([float(v) for v in box])
+                areas.append(
+                    float(area) if _is_number(area) else max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+                )
+                outline = item.get("polygon")
+                outline = outline if isinstance(outline, list) else []
+                outlines.append(outline)
+                points = [
+                    pt for pt in outline if isinstance(pt, list) and len(pt) == 2 and all(map(_is_number, pt))
+                ]
+                valid = len(points) >= 3 and len(points) == len(outline)
+                polygons.append([[float(v) + 0.5 for pt in points for v in pt]] if valid else [])
+        has_outlines = any("polygon" in i for i in doc.get("instances") or [] if isinstance(i, Mapping))
+        instances = Instances(
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            scores=np.asarray(scores, dtype=np.float32),
+            class_ids=np.asarray(ids, dtype=np.int64),
+            polygons=polygons if has_outlines else None,
+        )
+        task = str(doc.get("task"))
+        prediction = Prediction(
+            instances=instances,
+            model=model or ModelRef("", ""),
+            task=Task.classify if classify else Task(task) if task in Task.__members__ else Task.detect,
+            variant=variant,
+        )
+        decision = doc.get("decision")
+        return cls(
+            prediction=prediction,
+            classes=tuple(vocabulary),
+            areas_px=None if classify else np.asarray(areas, dtype=np.float64),
+            outlines=outlines if has_outlines else None,
+            decision=Decision(decision) if decision in (Decision.ok.value, Decision.defect.value) else None,
+            image=_image_facts(doc.get("image")),
+        )
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A finite JSON number (bools are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _image_facts(value: object) -> ImageFacts | None:
+    if not isinstance(value, Mapping):
+        return None
+    quality = value.get("quality")
+    bands = value.get("bands")
+    return ImageFacts(
+        width=int(value.get("width") or 0),
+        height=int(value.get("height") or 0),
+        bands=tuple(str(b) for b in bands) if isinstance(bands, list) else (),
+        format=str(value.get("format") or ""),
+        quality=dict(quality) if isinstance(quality, Mapping) else {},
+    )
 
 
 @dataclass(frozen=True)
@@ -216,3 +557,15 @@ class BackendHealth:
     version: str = ""
     detail: str = ""
     fix: str = ""
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"5m"`` → 300.0 seconds (Prometheus duration syntax, one unit): alert rules and pipeline specs."""
+    m = _DURATION.match(text.strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]

@@ -41,14 +41,14 @@ import yaml
 from keeneye.domain import Variant
 from keeneye.imaging import content_hash
 from keeneye.lifecycle.retrain import run_retraining
-from keeneye.lifecycle.rollout import RolloutController, RolloutPolicy, RolloutState, choose_variant
+from keeneye.lifecycle.rollout import RolloutController, RolloutPolicy
 from keeneye.lifecycle.triggers import evaluate_triggers
-from keeneye.monitoring.metrics import Metrics
-from keeneye.pipelines import PipelineCatalog
+from keeneye.metrics import Metrics
+from keeneye.pipelines import PipelineCatalog, choose_variant
 from keeneye.registry import ModelRegistry
 from keeneye.settings import MonitoringSettings, Settings
-from keeneye.store import ResultsDB, open_results_db
-from keeneye.store.db import utcnow
+from keeneye.store import ResultsDB, open_results_db, utcnow
+from keeneye.store.rollouts import RolloutState
 from tests.serving_support import LiveServer, fast_registry_store, live_server
 from tests.unit.lifecycle.test_retrain import COLOURS, colour_set
 

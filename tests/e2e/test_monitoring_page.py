@@ -43,6 +43,10 @@ def register_with_test_metrics(settings: Settings, tmp: Path) -> str:
 @pytest.fixture
 def served(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
     version = register_with_test_metrics(settings, tmp_path)
+    # The page hides quality below the minimum label count; this test shows it from its 4 labels
+    # (and keeps the drop signal, which then applies, out of the way: 3 of 4 right is no alarm here).
+    settings.monitoring.quality_min_feedback = 4
+    settings.monitoring.quality_drop = 0.99
     db = open_results_db(settings)
     now = datetime.now(UTC)
     # 100 predictions, 1 … 100 ms: p95 (nearest rank) = 95 ms. Four of them get feedback, one wrong.

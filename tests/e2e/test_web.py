@@ -53,7 +53,7 @@ def test_upload_a_photo_and_read_the_top3(served: LiveServer, tmp_path: Path) ->
             page = browser.new_page()
             failed: list[str] = []
             page.on("requestfailed", lambda req: failed.append(req.url))
-            page.goto(served.url + "/")
+            page.goto(served.url + "/predict")  # "/" is the overview since the app shell
             assert page.locator("#served-version").inner_text() == "1"
             page.set_input_files("#file", str(photo))
             page.wait_for_selector("#top3 li.prediction", timeout=15_000)

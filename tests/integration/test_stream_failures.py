@@ -56,11 +56,12 @@ def all_done(db: ResultsDB, name: str, n: int) -> Callable[[], bool]:
 def observation_ids(db: ResultsDB, name: str) -> set[str]:
     from sqlalchemy import select
 
-    from keeneye.store.db import Observation
+    from keeneye.store.schema import ObservationRow
 
     with db.session() as s:
         return {
-            str(i) for i in s.execute(select(Observation.id).where(Observation.pipeline == name)).scalars()
+            str(i)
+            for i in s.execute(select(ObservationRow.id).where(ObservationRow.pipeline == name)).scalars()
         }
 
 
@@ -444,7 +445,9 @@ def test_ingest_s3_prefix_once(tmp_path: Path, s3_server: services.S3Server) -> 
     with db.session() as s:
         from sqlalchemy import select
 
-        from keeneye.store.db import Observation
+        from keeneye.store.schema import ObservationRow
 
-        sources = set(s.execute(select(Observation.source).where(Observation.pipeline == name)).scalars())
+        sources = set(
+            s.execute(select(ObservationRow.source).where(ObservationRow.pipeline == name)).scalars()
+        )
     assert sources == {"s3"}

@@ -97,12 +97,12 @@ def counts(db: ResultsDB, name: str) -> dict[str, int]:
     with db.session() as s:
         from sqlalchemy import func, select
 
-        from keeneye.store.db import Observation
+        from keeneye.store.schema import ObservationRow
 
         rows = s.execute(
-            select(Observation.status, func.count())
-            .where(Observation.pipeline == name)
-            .group_by(Observation.status)
+            select(ObservationRow.status, func.count())
+            .where(ObservationRow.pipeline == name)
+            .group_by(ObservationRow.status)
         ).all()
     return {str(status): int(n) for status, n in rows}
 

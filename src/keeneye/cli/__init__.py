@@ -1,20 +1,49 @@
 """The ``keeneye`` command line: one thin command per capability, each calling into its package.
 
 User errors (:class:`~keeneye.domain.KeeneyeError`) print one line with the fix and exit 2; ``--debug``
-shows the traceback as well. Commands that print data accept ``--json``.
+shows the traceback as well. Commands that print data accept ``--json/--no-json``; every boolean option
+is a ``--x/--no-x`` pair. Progress is a live bar on a terminal, plain timestamped lines otherwise (a
+log file, ``nohup``), and nothing with ``--quiet``. ``keeneye --help`` groups the commands in the panels
+of :data:`keeneye.cli._common.PANELS`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup, TyperOption
 
-from keeneye.cli._common import console, err_console, state
+from keeneye.cli._common import PANELS, console, err_console, state
 from keeneye.domain import KeeneyeError
 
+_typer_display_type = TyperOption.display_type_rich
+
+
+def _flag_display_type(self: TyperOption, ctx: Any) -> str | None:
+    """No type column for on/off flags: typer prints ``<bool>`` there, which reads as if ``--json true``
+    were expected, while a flag takes no value (``--json`` / ``--no-json``)."""
+    return None if self.is_flag else _typer_display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
+
+
+class _PanelOrderedGroup(TyperGroup):
+    """The root command group: lists commands panel by panel, in the order of :data:`PANELS`."""
+
+    def list_commands(self, ctx: Any) -> list[str]:  # typer's vendored click.Context
+        def panel_rank(name: str) -> int:
+            panel = getattr(self.commands.get(name), "rich_help_panel", None)
+            return PANELS.index(panel) if panel in PANELS else len(PANELS)
+
+        return sorted(super().list_commands(ctx), key=panel_rank)  # stable: registration order within
+
+
 app = typer.Typer(
+    cls=_PanelOrderedGroup,
     name="keeneye",
     help="keeneye: turn image and video streams into decisions, and keep the vision models current.",
     no_args_is_help=True,
@@ -26,9 +55,13 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    debug: bool = typer.Option(False, "--debug/--no-debug", help="Show tracebacks and debug logs."),
+    quiet: bool = typer.Option(
+        False, "--quiet/--no-quiet", "-q", help="No progress output (results and errors still print)."
+    ),
 ) -> None:
     state.debug = debug
+    state.quiet = quiet
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,4 +1,8 @@
-"""What every command module shares: consoles, the --debug flag, JSON output, settings."""
+"""What every command module shares: consoles, the global flags, help panels, JSON output, settings.
+
+Every command sits in one of :data:`PANELS` (``keeneye --help`` groups them so); a new command module
+passes ``rich_help_panel=`` one of these names when it registers its commands.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,19 @@ from keeneye.settings import Settings, get_settings
 console = Console()
 err_console = Console(stderr=True)
 
+PANEL_SERVE = "Serve"
+PANEL_DATA = "Data"
+PANEL_TRAIN = "Train"
+PANEL_MODELS = "Models"
+PANEL_MONITOR = "Monitor"
+PANEL_OPS = "Ops"
+PANELS: tuple[str, ...] = (PANEL_SERVE, PANEL_DATA, PANEL_TRAIN, PANEL_MODELS, PANEL_MONITOR, PANEL_OPS)
+
 
 @dataclass
 class _State:
     debug: bool = False
+    quiet: bool = False  # --quiet: no progress output (results and errors still print)
 
 
 state = _State()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import PANEL_MONITOR, console, err_console, print_json, settings
 from keeneye.domain import InvalidInput
 
 if TYPE_CHECKING:
@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from keeneye.monitoring.alerts.rules import AlertRule
     from keeneye.monitoring.alerts.store import AlertStore
     from keeneye.settings import Settings
-    from keeneye.store.db import AlertRecord
+    from keeneye.store import AlertRecord
 
 alerts_app = typer.Typer(
     help="Alerts from the built-in rules engine: list, acknowledge, silence, check and export the rules.",
     no_args_is_help=True,
 )
 
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
+JSON_OPT = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table.")
 BY_OPT = typer.Option(None, "--by", help="Who does it (recorded; default: cli:<your user name>).")
 
 
@@ -109,7 +109,7 @@ def _alert_table(
 
 def list_alerts(
     all_: bool = typer.Option(
-        False, "--all", help="Also resolved alerts (newest first), not only active ones."
+        False, "--all/--no-all", help="Also resolved alerts (newest first), not only active ones."
     ),
     limit: int = typer.Option(200, "--limit", min=1, max=10_000, help="At most this many alerts."),
     json_out: bool = JSON_OPT,
@@ -244,7 +244,9 @@ def check(
 
 
 def evaluate(
-    once: bool = typer.Option(False, "--once", help="One evaluation, then exit (for cron and scripts)."),
+    once: bool = typer.Option(
+        False, "--once/--no-once", help="One evaluation, then exit (for cron and scripts)."
+    ),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate the rules against the running system's metrics and notify, like the scheduler does.
@@ -253,9 +255,9 @@ def evaluate(
     window (rates, quantiles, increases) need two evaluations, so --once decides the instant rules;
     alert state is kept in the database, so repeated --once runs honour `for` durations.
     """
+    from keeneye.metrics import Metrics
     from keeneye.monitoring.alerts.engine import RulesEngine
     from keeneye.monitoring.alerts.store import alert_json
-    from keeneye.monitoring.metrics import Metrics
 
     s = settings()
     engine = RulesEngine.from_settings(s, metrics=Metrics())
@@ -332,7 +334,7 @@ def register(app: typer.Typer) -> None:
     alerts_app.command("evaluate")(evaluate)
     alerts_app.command("export")(export)
     alerts_app.command("test-channel")(test_channel)
-    app.add_typer(alerts_app, name="alerts")
+    app.add_typer(alerts_app, name="alerts", rich_help_panel=PANEL_MONITOR)
 
 
 __all__ = ["register"]

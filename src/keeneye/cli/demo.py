@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from keeneye.cli._common import console, settings
+from keeneye.cli._common import PANEL_SERVE, console, settings, state
 
 
 def demo(
@@ -25,9 +25,16 @@ def demo(
 
     keep = sys.stdin.isatty() if serve is None else serve
     run_demo(
-        settings(), console, images=images, epochs=epochs, port=port, requests=requests, serve_forever=keep
+        settings(),
+        console,
+        images=images,
+        epochs=epochs,
+        port=port,
+        requests=requests,
+        serve_forever=keep,
+        quiet=state.quiet,
     )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    app.command("demo", rich_help_panel=PANEL_SERVE)(demo)

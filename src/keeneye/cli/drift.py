@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import PANEL_MONITOR, console, err_console, print_json, settings
 from keeneye.domain import KeeneyeError
 
 if TYPE_CHECKING:
-    from keeneye.monitoring.drift import DriftReportRecord
+    from keeneye.store import DriftReportRecord
 
 drift_app = typer.Typer(
     help="Data drift: live windows compared with the served model's reference profile.", no_args_is_help=True
@@ -30,7 +30,7 @@ MAX_LIMIT = 200  # = keeneye.monitoring.drift.MAX_REPORTS (not imported here: ke
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(drift_app, name="drift")
+    app.add_typer(drift_app, name="drift", rich_help_panel=PANEL_MONITOR)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -84,7 +84,7 @@ def _print_report(r: DriftReportRecord) -> None:
 def report(
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="The pipeline."),
     limit: int = typer.Option(1, "--limit", "-n", min=1, max=MAX_LIMIT, help="How many latest windows."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of tables."),
     html_out: Path | None = typer.Option(
         None, "--html", dir_okay=False, help="Also write a self-contained HTML report with plots here."
     ),

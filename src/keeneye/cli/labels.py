@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, settings, state
 
 if TYPE_CHECKING:
     from keeneye.lifecycle import ReviewEntry
@@ -32,7 +32,7 @@ labels_app = typer.Typer(
 PIPELINE_OPT = typer.Option(
     ..., "--pipeline", "-p", help="Pipeline name, e.g. species-id (keeneye pipelines list)."
 )
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table / summary.")
+JSON_OPT = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table / summary.")
 
 
 class LabelFormat(enum.StrEnum):
@@ -41,7 +41,7 @@ class LabelFormat(enum.StrEnum):
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(labels_app, name="labels")
+    app.add_typer(labels_app, name="labels", rich_help_panel=PANEL_DATA)
 
 
 @contextmanager
@@ -142,14 +142,16 @@ def export(
         500, "--limit", "-n", min=1, max=100_000, help="Export at most this many images."
     ),
     all_answers: bool = typer.Option(
-        False, "--all", help="Export the newest answers of the pipeline, not only the review queue."
+        False, "--all/--no-all", help="Export the newest answers of the pipeline, not only the review queue."
     ),
     image_root: str = typer.Option(
         "images/",
         "--image-root",
         help="label-studio only: prefix of data.image, e.g. '/data/local-files/?d=labels/images/'.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an annotation file already in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", help="Replace an annotation file already in --out."
+    ),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Export images with the model's answers as pre-annotations, for a person to correct."""
@@ -169,7 +171,7 @@ def export(
     s = settings()
     spec = PipelineCatalog(s).get(pipeline)
     schema = load_label_schema(s, spec)
-    with _progress("exporting", json_out) as progress:
+    with _progress("exporting", json_out or state.quiet) as progress:
         report = export_labels(
             open_results_db(s),
             open_object_store(s),
@@ -221,7 +223,7 @@ def import_(
         None, "--author", "-a", help="Who labelled them (default: your user name)."
     ),
     skip_invalid: bool = typer.Option(
-        False, "--skip-invalid", help="Store the valid images even when others have errors."
+        False, "--skip-invalid/--no-skip-invalid", help="Store the valid images even when others have errors."
     ),
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -239,7 +241,7 @@ def import_(
     s = settings()
     catalog = PipelineCatalog(s)
     db = open_results_db(s)
-    with _progress("importing", json_out) as progress:
+    with _progress("importing", json_out or state.quiet) as progress:
         report = import_labels(
             db,
             pipeline,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, print_json, settings
+from keeneye.cli._common import PANEL_MODELS, console, print_json, settings
 
 if TYPE_CHECKING:
     from keeneye.lifecycle.rollout import RolloutController, RolloutRecord
@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 
 models_app = typer.Typer(help="Model registry: register bundles, promote, roll back.", no_args_is_help=True)
 
-JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
+JSON_OPT = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table.")
 REASON_OPT = typer.Option("", "--reason", help="Why (recorded in the audit log; required with --force).")
 ONNX_OPT = typer.Option(..., "--onnx", exists=True, dir_okay=False, help="The ONNX model file.")
 MANIFEST_OPT = typer.Option(..., "--manifest", exists=True, dir_okay=False, help="The keeneye.json manifest.")
-FORCE_OPT = typer.Option(False, "--force", help="Allow a version whose gates failed (needs --reason).")
+FORCE_OPT = typer.Option(
+    False, "--force/--no-force", help="Allow a version whose gates failed (needs --reason)."
+)
 
 
 def _actor() -> str:
@@ -58,11 +60,32 @@ def _model_name(s: Settings, pipeline: str, *, strict: bool = False) -> str:
     return pipeline
 
 
-def _key_metrics(info: ModelVersionInfo, limit: int = 3) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in list(info.metrics.items())[:limit])
+# What describes a task's models besides their gated metrics (and for a model no pipeline gates any
+# more): a segmentation model by its masks, not by box_map (0 for masks drawn as one blob).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classify": ("accuracy", "macro_f1"),
+    "segment": ("mask_map50", "mean_iou"),
+    "detect": ("box_map50", "box_map"),
+}
 
 
-def _print_versions(infos: list[ModelVersionInfo], title: str) -> None:
+def _gated_metrics(s: Settings) -> dict[str, tuple[str, ...]]:
+    """Registered model name → the metrics its pipeline's gates check (``gates.metrics``)."""
+    from keeneye.pipelines import PipelineCatalog
+
+    return {spec.model_name: tuple(spec.gates.metrics) for spec in PipelineCatalog(s).specs()}
+
+
+def _key_metrics(info: ModelVersionInfo, gated: tuple[str, ...] = (), limit: int = 4) -> str:
+    """The gated metrics first, then the task's own; the first few stored ones when none is known."""
+    wanted = [*gated, *TASK_METRICS.get(info.task, ())]
+    names = [k for k in dict.fromkeys(wanted) if k in info.metrics] or list(info.metrics)[:3]
+    return ", ".join(f"{k}={info.metrics[k]:.4g}" for k in names[:limit])
+
+
+def _print_versions(
+    infos: list[ModelVersionInfo], title: str, gated: dict[str, tuple[str, ...]] | None = None
+) -> None:
     table = Table(title=title)
     for col in ("model", "version", "aliases", "task", "metrics", "gates", "created"):
         table.add_column(col, overflow="fold")
@@ -73,7 +96,7 @@ def _print_versions(infos: list[ModelVersionInfo], title: str) -> None:
             i.version,
             ", ".join(i.aliases),
             i.task,
-            _key_metrics(i),
+            _key_metrics(i, (gated or {}).get(i.name, ())),
             f"[{colour[i.gates]}]{i.gates}[/]",
             i.created.strftime("%Y-%m-%d %H:%M"),
         )
@@ -90,7 +113,7 @@ def list_models(
     pipeline: str | None = typer.Option(None, "--pipeline", "-p", help="Only this pipeline's model."),
     json_out: bool = JSON_OPT,
 ) -> None:
-    """List registered model versions with aliases, task, key metrics and gate results."""
+    """List registered model versions with aliases, task, gated metrics and gate results."""
     s = settings()
     registry = _registry(s)
     names = [_model_name(s, pipeline)] if pipeline else registry.names()
@@ -100,7 +123,7 @@ def list_models(
     elif not infos:
         console.print("no models registered yet — `keeneye models register` or `keeneye train`")
     else:
-        _print_versions(infos, "registered models")
+        _print_versions(infos, "registered models", _gated_metrics(s))
 
 
 @models_app.command("show")
@@ -137,7 +160,7 @@ def register_model(
     ),
     force: bool = FORCE_OPT,
     reason: str = REASON_OPT,
-    json_out: bool = typer.Option(False, "--json", help="Print the new version as JSON."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print the new version as JSON."),
 ) -> None:
     """Register an ONNX model and its manifest as a new version of a pipeline's model."""
     from keeneye.models.bundle import ModelBundle
@@ -166,7 +189,7 @@ def promote_model(
     version: str = typer.Argument(..., help="The version to make champion."),
     force: bool = FORCE_OPT,
     reason: str = REASON_OPT,
-    json_out: bool = typer.Option(False, "--json", help="Print the champion as JSON."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print the champion as JSON."),
 ) -> None:
     """Make a version the champion (the old champion is kept as 'previous' for rollback)."""
     s = settings()
@@ -188,7 +211,7 @@ def rollback_model(
     pipeline: str = typer.Argument(..., help="Pipeline (or registered model) name."),
     force: bool = FORCE_OPT,
     reason: str = REASON_OPT,
-    json_out: bool = typer.Option(False, "--json", help="Print the champion as JSON."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print the champion as JSON."),
 ) -> None:
     """Give the champion alias back to the previous champion."""
     s = settings()
@@ -203,7 +226,7 @@ def rollback_model(
 
 def _controller(s: Settings) -> RolloutController:
     from keeneye.lifecycle.rollout import RolloutController
-    from keeneye.monitoring.metrics import Metrics
+    from keeneye.metrics import Metrics
     from keeneye.pipelines import PipelineCatalog
     from keeneye.store import open_results_db
 
@@ -298,25 +321,29 @@ def _print_report(report: dict[str, Any]) -> None:
 @models_app.command("rollout")
 def rollout_model(
     pipeline: str = typer.Argument(..., help="Pipeline name."),
-    shadow: bool = typer.Option(False, "--shadow", help="Start a shadow run of the challenger."),
+    shadow: bool = typer.Option(False, "--shadow/--no-shadow", help="Start a shadow run of the challenger."),
     sample: float | None = typer.Option(
         None, "--sample", help="With --shadow: share of inputs the challenger also runs on (0-1)."
     ),
     canary: float | None = typer.Option(
         None, "--canary", help="Let the challenger answer this percentage of inputs (or change the share)."
     ),
-    promote: bool = typer.Option(False, "--promote", help="Make the challenger the champion."),
+    promote: bool = typer.Option(False, "--promote/--no-promote", help="Make the challenger the champion."),
     abort: bool = typer.Option(
-        False, "--abort", help="End the rollout, champion unchanged (right after a promotion: roll it back)."
+        False,
+        "--abort/--no-abort",
+        help="End the rollout, champion unchanged (right after a promotion: roll it back).",
     ),
-    status: bool = typer.Option(False, "--status", help="Show the rollout and its measurements (default)."),
+    status: bool = typer.Option(
+        False, "--status/--no-status", help="Show the rollout and its measurements (default)."
+    ),
     version: str | None = typer.Option(
         None, "--version", help="With --shadow/--canary: make this version the challenger first."
     ),
     reason: str = REASON_OPT,
     force: bool = typer.Option(
         False,
-        "--force",
+        "--force/--no-force",
         help="Canary without a shadow run, promote from shadow, or a challenger whose gates failed "
         "(needs --reason).",
     ),
@@ -349,4 +376,4 @@ def rollout_model(
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
+    app.add_typer(models_app, name="models", rich_help_panel=PANEL_MODELS)

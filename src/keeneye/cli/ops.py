@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import PANEL_OPS, PANEL_SERVE, console, err_console, print_json, settings
 from keeneye.domain import ConfigError, KeeneyeError
 from keeneye.settings import Settings
 
@@ -91,11 +91,13 @@ def up(
     port: int = typer.Option(None, help="API port (default 8000)."),
     min_replicas: int = typer.Option(None, "--min-replicas", min=0, help="Workers per pipeline, at least."),
     max_replicas: int = typer.Option(None, "--max-replicas", min=1, help="Workers per pipeline, at most."),
-    no_api: bool = typer.Option(False, "--no-api", help="Run only the workers (the API runs elsewhere)."),
-    no_scheduler: bool = typer.Option(
-        False,
-        "--no-scheduler",
-        help="Do not run the scheduler (alert rules engine, periodic monitoring jobs).",
+    api: bool = typer.Option(
+        True, "--api/--no-api", help="Run the API (--no-api: only the workers; the API runs elsewhere)."
+    ),
+    scheduler: bool = typer.Option(
+        True,
+        "--scheduler/--no-scheduler",
+        help="Run the scheduler (alert rules engine, periodic monitoring jobs).",
     ),
 ) -> None:
     """Run the whole system: the API, the scheduler and autoscaled stream workers, restarted when they crash.
@@ -103,7 +105,7 @@ def up(
     Ctrl-C (or SIGTERM) stops the API and the scheduler first, lets the workers finish their batch,
     then exits. The API's /metrics shows the metrics of every process.
     """
-    from keeneye.monitoring.metrics import Metrics, enable_multiprocess
+    from keeneye.metrics import Metrics, enable_multiprocess
     from keeneye.pipelines import PipelineCatalog
     from keeneye.scaling import ScalingPolicy, Supervisor, replica_bounds
     from keeneye.scaling.supervisor import multiprocess_metrics_dir
@@ -132,12 +134,12 @@ def up(
 
     python = sys.executable
     api_url = None
-    if not no_api:
+    if api:
         if not _port_free(host, port):
             raise ConfigError("--port", f"{host}:{port} is already in use", fix="pass another --port")
         shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104 - a bind address, shown
         api_url = f"http://{shown}:{port}"
-    fixed, notes = _fixed_children(python, host=host, port=port, api_url=api_url, scheduler=not no_scheduler)
+    fixed, notes = _fixed_children(python, host=host, port=port, api_url=api_url, scheduler=scheduler)
 
     _prepare_stores(s)
     # One metrics directory for this supervisor and all its children, before any metric value exists
@@ -174,7 +176,7 @@ def up(
     logging.getLogger("keeneye").setLevel(logging.INFO)  # scaling decisions and restarts are the news
     workers = ", ".join(f"{p} {pol.min_replicas}–{pol.max_replicas}" for p, pol in policies.items())
     console.print(
-        f"keeneye up: API {api_url or '(not started)'} · scheduler {'off' if no_scheduler else 'on'}"
+        f"keeneye up: API {api_url or '(not started)'} · scheduler {'on' if scheduler else 'off'}"
         f" · workers per pipeline: {workers}\n"
         f"  logs in {s.home / 'logs'} · system view at {api_url or ''}/v1/system"
         f" · metrics of every process at {api_url or ''}/metrics · Ctrl-C to stop",
@@ -198,13 +200,15 @@ def loadtest(
     max_rps: float = typer.Option(50.0, "--max", help="Requests/s of the last step."),
     url: str = typer.Option(None, "--url", help="API base URL (default: the configured serving address)."),
     asynchronous: bool = typer.Option(
-        False, "--async", help="HTTP: POST to …/observations (202, queued) instead of …/predict."
+        False, "--async/--no-async", help="HTTP: POST to …/observations (202, queued) instead of …/predict."
     ),
     api_key: str = typer.Option(None, "--api-key", envvar="KEENEYE_API_KEY", help="Sent as X-API-Key."),
     allow_remote: bool = typer.Option(
-        False, "--allow-remote", help="Allow a target that is not this machine (you own it)."
+        False,
+        "--allow-remote/--no-allow-remote",
+        help="Allow a target that is not this machine (you own it).",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print the report as JSON."),
 ) -> None:
     """Rising-intensity load: --start req/s, +--step every --step-seconds, up to --max; per-step report."""
     from keeneye.scaling.loadtest import StepPlan, run_bus, run_http
@@ -299,8 +303,8 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("up")(up)
-    app.command("loadtest")(loadtest)
+    app.command("up", rich_help_panel=PANEL_SERVE)(up)
+    app.command("loadtest", rich_help_panel=PANEL_OPS)(loadtest)
 
 
 __all__ = ["register"]

@@ -6,7 +6,7 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from keeneye.cli._common import console, print_json, settings
+from keeneye.cli._common import PANEL_MODELS, console, print_json, settings
 
 pipelines_app = typer.Typer(
     help="Pipeline specs: what each application accepts, serves and gates.", no_args_is_help=True
@@ -15,7 +15,7 @@ pipelines_app = typer.Typer(
 
 @pipelines_app.command("list")
 def list_pipelines(
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
 ) -> None:
     """List every pipeline: built-ins and those in KEENEYE_PIPELINES__DIRS."""
     from keeneye.pipelines import PipelineCatalog
@@ -56,7 +56,7 @@ def list_pipelines(
 @pipelines_app.command("show")
 def show_pipeline(
     name: str = typer.Argument(..., help="Pipeline name, e.g. species-id."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of YAML."),
 ) -> None:
     """Show one pipeline's spec, every default spelled out, as YAML."""
     from keeneye.pipelines import PipelineCatalog
@@ -72,4 +72,4 @@ def show_pipeline(
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(pipelines_app, name="pipelines")
+    app.add_typer(pipelines_app, name="pipelines", rich_help_panel=PANEL_MODELS)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, print_json, settings
+from keeneye.cli._common import PANEL_DATA, PANEL_MONITOR, console, print_json, settings
 from keeneye.domain import InvalidInput
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def feedback(
         None, "--coco", help="segment/detect: a JSON file with the instances (COCO annotations)."
     ),
     author: str | None = typer.Option(None, "--author", help="Who labelled it."),
-    json_out: bool = typer.Option(False, "--json", help="Print the stored feedback as JSON."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print the stored feedback as JSON."),
 ) -> None:
     """Record the ground truth of one observation (one of --class, --decision, --coco)."""
     from keeneye.monitoring.quality import registry_manifests, submit_feedback
@@ -136,7 +136,7 @@ def _from_coco(path: Path, data: dict[str, Any]) -> list[Any]:
 
 def quality(
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="The pipeline."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
 ) -> None:
     """Online precision / recall / F1 of each model version on labelled traffic, with drop marks."""
     from keeneye.monitoring.quality import pipeline_quality, quality_report
@@ -202,5 +202,5 @@ def _cell(w: QualityWindow, metric: str, drop: float) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("feedback")(feedback)
-    app.command("quality")(quality)
+    app.command("feedback", rich_help_panel=PANEL_DATA)(feedback)
+    app.command("quality", rich_help_panel=PANEL_MONITOR)(quality)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import PANEL_TRAIN, console, err_console, print_json, settings, state
 from keeneye.domain import InvalidInput
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ EXIT_CODES = {"succeeded": 0, "refused": 1, "failed": 2}
 
 
 def register(app: typer.Typer) -> None:
-    app.command("retrain")(retrain)
-    app.command("runs")(runs)
+    app.command("retrain", rich_help_panel=PANEL_TRAIN)(retrain)
+    app.command("runs", rich_help_panel=PANEL_TRAIN)(runs)
 
 
 def _actor() -> str:
@@ -47,14 +47,14 @@ def retrain(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the spec's epochs."),
     pseudo_labels: bool = typer.Option(
         False,
-        "--pseudo-labels",
+        "--pseudo-labels/--no-pseudo-labels",
         help="Add confident champion answers (≥ 0.95) as labels, ≤ 20 % of the data.",
     ),
     run_id: int | None = typer.Option(
         None, "--run-id", min=1, help="Execute this queued run (what the scheduler, Airflow or cron call)."
     ),
     json_out: bool = typer.Option(
-        False, "--json", help="Print the finished run as JSON (progress to stderr)."
+        False, "--json/--no-json", help="Print the finished run as JSON (progress to stderr)."
     ),
 ) -> None:
     """Retrain a pipeline's model now (manual trigger), or execute an already requested run.
@@ -69,7 +69,7 @@ def retrain(
     from keeneye.pipelines import PipelineCatalog
     from keeneye.registry import ModelRegistry
     from keeneye.store import open_results_db
-    from keeneye.training.run import RichProgress
+    from keeneye.training.progress import console_progress
 
     s = settings()
     PipelineCatalog(s).get(pipeline)  # NotFound naming the known pipelines
@@ -102,7 +102,7 @@ def retrain(
             inputs["epochs"] = epochs
         run_id = request_manual(db, pipeline, reason, inputs).id
         (err_console if json_out else console).print(f"run {run_id} of {pipeline} queued", highlight=False)
-    with RichProgress(err_console if json_out else console) as progress:
+    with console_progress(err_console if json_out else console, quiet=state.quiet) as progress:
         run = run_retraining(s, run_id, progress=progress, registry=ModelRegistry(s, events=db), db=db)
     _report(run, json_out)
     raise typer.Exit(EXIT_CODES.get(run.status, 2))
@@ -126,7 +126,7 @@ def _report(run: TrainingRunRecord, json_out: bool) -> None:
 def runs(
     pipeline: str = typer.Argument(..., help="Pipeline whose training runs to list."),
     limit: int = typer.Option(20, "--limit", min=1, max=500, help="How many, newest first."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
 ) -> None:
     """Training runs of a pipeline, newest first: cause, status, the model they produced."""
     from keeneye.lifecycle.runs import list_runs
@@ -140,7 +140,10 @@ def runs(
         print_json({"pipeline": pipeline, "runs": [r.to_dict() for r in found]})
         return
     if not found:
-        console.print(f"no training runs of {pipeline} yet (keeneye retrain {pipeline} --reason TEXT)")
+        console.print(
+            f"no training runs of {pipeline} yet (keeneye train --pipeline {pipeline} --data DIR, "
+            f"or keeneye retrain {pipeline} --reason TEXT)"
+        )
         return
     table = Table(title=f"training runs of {pipeline}")
     for column in ("id", "requested", "cause", "status", "model", "gates", "seconds", "reason / error"):

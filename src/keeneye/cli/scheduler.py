@@ -7,18 +7,18 @@ import os
 
 import typer
 
-from keeneye.cli._common import console, err_console, settings
+from keeneye.cli._common import PANEL_MONITOR, console, err_console, settings
 
 
 def scheduler(
-    once: bool = typer.Option(False, "--once", help="Run one round (rules + quality), then exit."),
+    once: bool = typer.Option(False, "--once/--no-once", help="Run one round (rules + quality), then exit."),
 ) -> None:
     """Evaluate the alert rules and online quality every alerting.interval_seconds until stopped.
 
     `keeneye up` starts it for you; run it by hand when you run the API and workers yourself.
     Notifications go to the channels of alerting.route. SIGTERM or Ctrl-C stops it cleanly.
     """
-    from keeneye.monitoring.scheduler import Scheduler
+    from keeneye.lifecycle.scheduler import Scheduler
 
     logging.getLogger("keeneye").setLevel(logging.INFO)
     s = settings()
@@ -42,7 +42,7 @@ def scheduler(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("scheduler")(scheduler)
+    app.command("scheduler", rich_help_panel=PANEL_MONITOR)(scheduler)
 
 
 __all__ = ["register"]

@@ -9,8 +9,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, err_console, print_json, settings
-from keeneye.domain import ConfigError, InvalidInput, KeeneyeError
+from keeneye.cli._common import PANEL_OPS, PANEL_SERVE, console, err_console, print_json, settings
+from keeneye.domain import ConfigError, InvalidInput, KeeneyeError, Role
 
 
 def serve(
@@ -28,7 +28,8 @@ def serve(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
     s = s.model_copy(update={"serving": serving})
-    from keeneye.serving.app import create_app, is_loopback
+    from keeneye.serving.app import create_app
+    from keeneye.serving.state import is_loopback
 
     if not is_loopback(serving.host) and serving.require_api_key is False:
         err_console.print("[yellow]warning:[/] serving on a public address without API keys")
@@ -46,11 +47,11 @@ def predict(
     files: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF/GeoTIFF).", exists=False),
     pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline to use (default: species-id)."),
     metadata: str = typer.Option(None, help="JSON object stored with each observation."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON results."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON results."),
 ) -> None:
     """Predict on local files through the same code path as the API (results are stored too)."""
-    from keeneye.serving.app import close_state, open_state
     from keeneye.serving.routes.predict import parse_metadata
+    from keeneye.serving.state import close_state, open_state
 
     s = settings()
     name = pipeline or s.serving.default_pipeline
@@ -105,26 +106,35 @@ def predict(
 
 
 keys_app = typer.Typer(
-    help="API keys: required when the server binds a non-loopback address.", no_args_is_help=True
+    help="API keys, each with a role (viewer, operator, admin): required when the server binds a "
+    "non-loopback address.",
+    no_args_is_help=True,
 )
 
 
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Argument(..., help="Who or what the key is for, e.g. 'field-app'."),
+    role: Role = typer.Option(
+        Role.operator,
+        "--role",
+        case_sensitive=False,
+        help="viewer: read pages and GET APIs; operator: also predict, review, ack/silence alerts, "
+        "shadow/canary/abort rollouts; admin: also API keys, promote and roll back.",
+    ),
 ) -> None:
-    """Create an API key; it is shown once, only its hash is stored."""
+    """Create an API key with a role; it is shown once, only its hash is stored."""
     from keeneye.store import open_results_db
 
     db = open_results_db(settings())
     db.ensure_schema()
-    key_id, secret = db.create_api_key(name)
-    console.print(f"API key {key_id} for {name!r} (store it now, it is not shown again):")
+    key_id, secret = db.create_api_key(name, role)
+    console.print(f"API key {key_id} for {name!r}, role {role.value} (store it now, it is not shown again):")
     console.print(secret, highlight=False, soft_wrap=True)
 
 
 @keys_app.command("list")
-def keys_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def keys_list(json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON.")) -> None:
     """List API keys (never the secrets)."""
     from keeneye.store import open_results_db
 
@@ -135,10 +145,17 @@ def keys_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")
         print_json(keys)
         return
     table = Table(title="API keys")
-    for col in ("id", "name", "prefix", "created", "revoked"):
+    for col in ("id", "name", "role", "prefix", "created", "revoked"):
         table.add_column(col)
     for k in keys:
-        table.add_row(str(k["id"]), k["name"], k["prefix"], str(k["created_at"]), str(k["revoked_at"] or ""))
+        table.add_row(
+            str(k["id"]),
+            k["name"],
+            str(k["role"]),
+            k["prefix"],
+            str(k["created_at"]),
+            str(k["revoked_at"] or ""),
+        )
     console.print(table)
 
 
@@ -155,9 +172,9 @@ def keys_revoke(key_id: int = typer.Argument(..., help="The key id from `keeneye
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.command("predict")(predict)
-    app.add_typer(keys_app, name="keys")
+    app.command("serve", rich_help_panel=PANEL_SERVE)(serve)
+    app.command("predict", rich_help_panel=PANEL_SERVE)(predict)
+    app.add_typer(keys_app, name="keys", rich_help_panel=PANEL_OPS)
 
 
 __all__ = ["register"]

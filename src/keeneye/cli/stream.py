@@ -17,7 +17,16 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import (
+    PANEL_DATA,
+    PANEL_OPS,
+    PANEL_SERVE,
+    console,
+    err_console,
+    print_json,
+    settings,
+    state,
+)
 from keeneye.domain import ConfigError, InvalidInput
 from keeneye.settings import Settings
 
@@ -64,7 +73,7 @@ def _metrics_endpoint(host: str, port: int) -> Iterator[None]:
     local process is shown), else a private one holding this process's values only. Either way the
     port is bound before the worker connects to anything, so a taken port fails fast.
     """
-    from keeneye.monitoring.metrics import enable_multiprocess, multiprocess_dir, serve_metrics
+    from keeneye.metrics import enable_multiprocess, multiprocess_dir, serve_metrics
 
     with contextlib.ExitStack() as stack:
         if multiprocess_dir() is None:
@@ -187,15 +196,17 @@ def ingest(
         ..., help="A folder (walked for images), an image file, or s3://bucket/prefix."
     ),
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline to queue the images for."),
-    watch: bool = typer.Option(False, "--watch", help="Keep polling for new files until Ctrl-C."),
+    watch: bool = typer.Option(False, "--watch/--no-watch", help="Keep polling for new files until Ctrl-C."),
     interval: float = typer.Option(2.0, "--interval", min=0.1, help="Seconds between polls with --watch."),
     metadata: str = typer.Option(None, help="JSON object stored with each observation."),
-    resend: bool = typer.Option(False, "--resend", help="Send files again even if sent before."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary (ids per file)."),
+    resend: bool = typer.Option(False, "--resend/--no-resend", help="Send files again even if sent before."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print one JSON summary (ids per file)."),
 ) -> None:
     """Queue images for asynchronous processing (the workers do the rest)."""
     from keeneye.serving.routes.predict import parse_metadata
     from keeneye.stream import Ingestor, IngestUnavailable
+    from keeneye.training.progress import PlainProgress
+    from keeneye.training.trainers import ProgressEvent
 
     s = settings()
     meta = parse_metadata(metadata)
@@ -208,9 +219,13 @@ def ingest(
     summary: dict[str, Any] = {"pipeline": pipeline, "source": source, "accepted": [], "refused": []}
 
     last_seen: dict[str, tuple[int, int]] = {}
+    sent_before: list[int] = []  # at the first look: files an earlier run had already sent
 
     def batch_of_new() -> list[str]:
-        new = [f for f in src.files() if f not in ledger.sent]
+        files = src.files()
+        new = [f for f in files if f not in ledger.sent]
+        if not sent_before:
+            sent_before.append(len(files) - len(new))
         if not watch:
             return new
         # Watching, a file may be caught while it is being written (empty or cut short): it would be
@@ -231,7 +246,10 @@ def ingest(
 
     def send(files: list[str], progress: Progress | None) -> None:
         task = progress.add_task("ingesting", total=len(files)) if progress else None
-        for name in files:
+        what = f"{len(files)} new file(s) from {source}"
+        if plain is not None:
+            plain(ProgressEvent("ingest", what, done=0, total=len(files)))
+        for k, name in enumerate(files, 1):
             try:
                 data = src.read(name)
                 accepted = ingestor.accept(pipeline, data, {**meta, "file": name}, source=src.kind)
@@ -246,10 +264,15 @@ def ingest(
                 summary["accepted"].append({"file": name, "id": accepted.id, "published": accepted.published})
             if progress is not None and task is not None:
                 progress.advance(task)
+            if plain is not None:
+                plain(ProgressEvent("ingest", what, done=k, total=len(files)))
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # Not a terminal (nohup, a log file): timestamped lines instead of a bar that draws nothing there.
+    show = not (json_out or state.quiet)
+    plain = PlainProgress(err_console) if show and not err_console.is_terminal else None
     try:
-        with Progress(*columns, console=err_console, disable=json_out, transient=False) as progress:
+        with Progress(*columns, console=err_console, disable=not show or plain is not None) as progress:
             send(batch_of_new(), progress)
             while watch:
                 time.sleep(interval)
@@ -266,6 +289,12 @@ def ingest(
     console.print(
         f"queued {len(summary['accepted'])} image(s) for {pipeline!r}; {len(summary['refused'])} refused"
     )
+    if sent_before[0] and not summary["accepted"]:
+        console.print(
+            f"nothing new: {sent_before[0]} file(s) in {source} were sent before "
+            f"(remembered in {ledger.path}); pass --resend to send them again",
+            highlight=False,
+        )
     for item in summary["refused"][:20]:
         err_console.print(f"  [red]refused[/] {item['file']}: {item['error']}", highlight=False)
 
@@ -273,7 +302,7 @@ def ingest(
 def reconcile(
     pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline (default: every pipeline)."),
     stale_after: float = typer.Option(None, "--stale-after", help="Seconds untouched before re-publishing."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON."),
 ) -> None:
     """Re-publish observations stuck in queued/processing (one pass)."""
     from keeneye.stream import Reconciler
@@ -293,9 +322,9 @@ def reconcile(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("worker")(worker)
-    app.command("ingest")(ingest)
-    app.command("reconcile")(reconcile)
+    app.command("worker", rich_help_panel=PANEL_SERVE)(worker)
+    app.command("ingest", rich_help_panel=PANEL_DATA)(ingest)
+    app.command("reconcile", rich_help_panel=PANEL_OPS)(reconcile)
 
 
 __all__ = ["register"]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from keeneye.cli._common import console, err_console, print_json
+from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, state
 
 synth_app = typer.Typer(
     help="Generate synthetic datasets (COCO folders, reproducible from --seed) for each application.",
@@ -19,6 +19,10 @@ OutDir = Annotated[
     Path, typer.Option("--out", help="Output folder (images/, annotations.json, dataset.json).")
 ]
 _DRIFT_HELP = "Drift to simulate: lighting, sensor or new-class (default: none)."
+# line-inspection defaults are for training (docs/training.md): enough frames and defects that every
+# split of the grouped split holds defective frames, few enough to train on a laptop CPU in minutes.
+LINE_DEFAULT_N = 300
+LINE_DEFAULT_DEFECT_RATE = 0.5
 
 
 def _run(name: str, n: int, out: Path, json_out: bool, **params: Any) -> None:
@@ -32,7 +36,7 @@ def _run(name: str, n: int, out: Path, json_out: bool, **params: Any) -> None:
         TimeRemainingColumn(),
         console=err_console,
         transient=json_out,
-        disable=json_out,
+        disable=json_out or state.quiet,
     ) as bar:
         task = bar.add_task(name, total=n)
         result = generate(name, out, n, progress=lambda done: bar.update(task, completed=done), **params)
@@ -57,8 +61,10 @@ def species_id(
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     drift: str | None = typer.Option(None, "--drift", help=_DRIFT_HELP),
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", help="Replace a dataset already in --out."
+    ),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print a JSON summary."),
 ) -> None:
     """Fish photos of five species for classification (JPEG + COCO)."""
     _run("species-id", n, out, json_out, seed=seed, drift=drift, size=size, overwrite=overwrite)
@@ -67,15 +73,27 @@ def species_id(
 @synth_app.command("line-inspection")
 def line_inspection(
     out: OutDir,
-    n: int = typer.Option(500, "--n", help="Number of frames."),
+    n: int = typer.Option(
+        LINE_DEFAULT_N, "--n", min=1, help="Number of frames (the default trains a first model in minutes)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     drift: str | None = typer.Option(None, "--drift", help=_DRIFT_HELP),
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
     defect_rate: float = typer.Option(
-        0.015, "--defect-rate", help="Share of defective frames (a real line ≈ 0.015; 0.5 for training)."
+        LINE_DEFAULT_DEFECT_RATE,
+        "--defect-rate",
+        help="Share of defective frames, spread over every batch (a training set: 0.5; a real line ≈ 0.015).",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        min=1,
+        help="Frames per production batch (grouped splits keep a batch together); default: n/20, 2 to 50.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", help="Replace a dataset already in --out."
+    ),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print a JSON summary."),
 ) -> None:
     """Product-surface frames with defect instance masks (PNG + COCO) and line metadata."""
     _run(
@@ -87,8 +105,18 @@ def line_inspection(
         drift=drift,
         size=size,
         defect_rate=defect_rate,
+        batch_size=batch_size or line_batch_size(n),
         overwrite=overwrite,
     )
+
+
+def line_batch_size(n: int) -> int:
+    """Batches so that a grouped split has about 20 groups to share out: ``n / 20``, kept in 2…50.
+
+    Fixed batches of 50 gave 60 frames two groups (50 + 10): the grouped 70/15/15 split then had an
+    empty test split. Twenty groups put about three in each of validation and test.
+    """
+    return max(2, min(50, n // 20))
 
 
 @synth_app.command("crop-health")
@@ -98,12 +126,14 @@ def crop_health(
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     drift: str | None = typer.Option(None, "--drift", help=_DRIFT_HELP),
     size: int = typer.Option(128, "--size", help="Tile side in pixels."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset already in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite/--no-overwrite", help="Replace a dataset already in --out."
+    ),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print a JSON summary."),
 ) -> None:
     """Multispectral GeoTIFF tiles (nir, red_edge, red, green) with disease-zone masks (COCO)."""
     _run("crop-health", n, out, json_out, seed=seed, drift=drift, size=size, overwrite=overwrite)
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(synth_app, name="synth")
+    app.add_typer(synth_app, name="synth", rich_help_panel=PANEL_DATA)

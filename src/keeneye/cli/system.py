@@ -7,7 +7,7 @@ from collections.abc import Callable
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import console, print_json, settings
+from keeneye.cli._common import PANEL_OPS, console, print_json, settings
 from keeneye.domain import BackendHealth, KeeneyeError
 from keeneye.settings import Settings, mask_url
 
@@ -67,7 +67,9 @@ def run_doctor(s: Settings) -> list[BackendHealth]:
     return results
 
 
-def doctor(json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+def doctor(
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
+) -> None:
     """Check every configured backend (database, bus, objects, cache, registry); exit 1 if one fails."""
     results = run_doctor(settings())
     if json_out:
@@ -108,5 +110,5 @@ def db_upgrade(revision: str = typer.Argument("head", help="Alembic revision to 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor)
-    app.add_typer(db_app, name="db")
+    app.command("doctor", rich_help_panel=PANEL_OPS)(doctor)
+    app.add_typer(db_app, name="db", rich_help_panel=PANEL_OPS)

@@ -1,15 +1,26 @@
-"""Training commands: ``train`` (data → gated, registered model) and ``evaluate`` (a version on data)."""
+"""Training commands: ``train`` (data → gated, registered model) and ``evaluate`` (a version on data).
+
+``train`` is recorded as a ``manual`` training run (``keeneye runs P`` lists it). Exit status of
+``train``: 0 when the gates passed, :data:`EXIT_GATES_REFUSED` (3) when they refused the model (it is
+registered without an alias; a line names each failed gate), 2 for a user error (bad data, export
+refused), like every command.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from keeneye.cli._common import console, err_console, print_json, settings
+from keeneye.cli._common import PANEL_TRAIN, console, err_console, print_json, settings, state
 
-JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON (progress goes to stderr).")
+if TYPE_CHECKING:
+    from keeneye.training.run import TrainResult
+
+EXIT_GATES_REFUSED = 3
+
+JSON_OPT = typer.Option(False, "--json/--no-json", help="Print the result as JSON (progress goes to stderr).")
 
 
 def _registry() -> Any:
@@ -20,8 +31,8 @@ def _registry() -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
-    app.command("evaluate")(evaluate)
+    app.command("train", rich_help_panel=PANEL_TRAIN)(train)
+    app.command("evaluate", rich_help_panel=PANEL_TRAIN)(evaluate)
 
 
 def train(
@@ -30,22 +41,34 @@ def train(
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the spec's epochs."),
     search: int = typer.Option(0, "--search", min=0, help="Optuna trials before the final fit (0 = none)."),
     skip_invalid: bool = typer.Option(
-        False, "--skip-invalid", help="Train without the invalid images instead of refusing the dataset."
+        False,
+        "--skip-invalid/--no-skip-invalid",
+        help="Train without the invalid images instead of refusing the dataset.",
     ),
     register_model: bool = typer.Option(
         True, "--register/--no-register", help="Register the model (challenger alias when the gates pass)."
     ),
     backbone: str | None = typer.Option(None, "--backbone", help="timm model / smp encoder name."),
     image_size: int | None = typer.Option(None, "--image-size", min=8, help="Model input side in pixels."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=2),
-    learning_rate: float | None = typer.Option(None, "--lr", min=0.0),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=2, help="Images per training step (default: the spec's, e.g. 16)."
+    ),
+    learning_rate: float | None = typer.Option(
+        None, "--lr", min=0.0, help="Learning rate of the optimiser (default: the spec's recipe)."
+    ),
     weights: Path | None = typer.Option(
         None, "--weights", exists=True, dir_okay=False, help="Local pretrained weights."
     ),
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Train, export, evaluate and gate a model; register it when asked (the default)."""
-    from keeneye.training.run import RichProgress, train_pipeline
+    """Train, export, evaluate and gate a model; register it when asked (the default).
+
+    Exits 3 when the gates refuse the model (see docs/training.md)."""
+    from keeneye.lifecycle.recorded import recorded_training
+    from keeneye.pipelines import PipelineCatalog
+    from keeneye.store import open_results_db
+    from keeneye.training.progress import console_progress
+    from keeneye.training.run import train_pipeline
 
     overrides = {
         "backbone": backbone,
@@ -54,9 +77,20 @@ def train(
         "learning_rate": learning_rate,
         "weights": weights,
     }
-    with RichProgress(err_console if json_out else console) as progress:
+    s = settings()
+    PipelineCatalog(s).get(pipeline)  # an unknown pipeline: NotFound naming the known ones, no run recorded
+    out = err_console if json_out else console
+    inputs = {
+        "requested_by": "keeneye train",
+        "data_dir": str(data.expanduser().absolute()),
+        "epochs": epochs,
+    }
+    with (
+        recorded_training(open_results_db(s), pipeline, reason="keeneye train", inputs=inputs) as run,
+        console_progress(out, quiet=state.quiet) as progress,
+    ):
         result = train_pipeline(
-            settings(),
+            s,
             pipeline,
             data,
             epochs=epochs,
@@ -68,9 +102,21 @@ def train(
             registry=_registry() if register_model else None,
             actor="cli",
         )
+        run.finish(result)
+    if run.note:
+        err_console.print(f"note: {run.note}", highlight=False)
     if json_out:
         print_json(result.to_dict())
-        return
+    else:
+        _print_result(result, run.run.id if run.run else None)
+    if not result.gates.passed:
+        err_console.print(
+            f"[red]the gates refused the model:[/] {'; '.join(result.gates.reasons)}", highlight=False
+        )
+        raise typer.Exit(EXIT_GATES_REFUSED)
+
+
+def _print_result(result: TrainResult, run_id: int | None) -> None:
     if result.validation.skipped:
         console.print(
             f"skipped {len(result.validation.skipped)} invalid image(s): "
@@ -92,8 +138,10 @@ def train(
         for reason in result.gates.reasons:
             console.print(f"  - {reason}", highlight=False)
     if result.version is not None:
-        alias = f" with alias {result.alias}" if result.alias else ""
+        alias = f" with alias {result.alias}" if result.alias else " without an alias"
         console.print(f"registered {result.model_name} v{result.version}{alias}", highlight=False)
+    if run_id is not None:
+        console.print(f"training run {run_id} (keeneye runs {result.pipeline})", highlight=False)
     console.print(f"report: {result.run_dir / 'evaluation' / 'report.md'}", highlight=False)
 
 
@@ -101,13 +149,16 @@ def evaluate(
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline whose model to evaluate."),
     model: str = typer.Option(..., "--model", help="Model version number or alias (e.g. champion)."),
     data: Path = typer.Option(..., "--data", help="Labelled dataset folder (every image is evaluated)."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Leave invalid images out."),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid/--no-skip-invalid", help="Leave invalid images out."
+    ),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a registered model version on a labelled dataset, through the serving code path."""
-    from keeneye.training.run import RichProgress, evaluate_version
+    from keeneye.training.progress import console_progress
+    from keeneye.training.run import evaluate_version
 
-    with RichProgress(err_console if json_out else console) as progress:
+    with console_progress(err_console if json_out else console, quiet=state.quiet) as progress:
         evaluation, paths = evaluate_version(
             settings(),
             pipeline,

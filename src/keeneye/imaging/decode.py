@@ -235,9 +235,22 @@ def sniff_format(data: bytes) -> FileFormat:
         return "tiff"
     raise InvalidInput(
         "unsupported_format",
-        f"not a JPEG, PNG or TIFF image (starts with {data[:8]!r})",
+        f"not a JPEG, PNG or TIFF image ({_describe_start(data)})",
         fix="send a JPEG, PNG or (Geo)TIFF file",
     )
+
+
+def _describe_start(data: bytes) -> str:
+    """How a file that is no image begins, for people: ``it looks like a text file`` or its first
+    bytes in hex (``first bytes 00 01 02 03``) — never a Python bytes repr."""
+    head = data[:64]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None  # may also be UTF-8 cut mid-character at byte 64: hex says enough then
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "it looks like a text file"
+    return "first bytes " + data[:8].hex(" ")
 
 
 @dataclass(frozen=True)

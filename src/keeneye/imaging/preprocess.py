@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keeneye.domain import InvalidInput
 from keeneye.imaging.decode import Image, PixelArray, canonical_band_name
 from keeneye.imaging.spectral import SPECTRAL_INDICES, normalized_difference
-from keeneye.models.manifest import InputSpec
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -33,6 +33,45 @@ _UNIT_SCALE: Final[dict[str, float]] = {"uint8": 1 / 255, "uint16": 1 / 65535, "
 # Same for uint8 models, which take 0..255 values.
 _BYTE_SCALE: Final[dict[str, float]] = {"uint8": 1.0, "uint16": 255 / 65535, "float32": 255.0}
 _GRAY_SUBSTITUTES: Final = frozenset({"red", "green", "blue"})
+
+
+class InputSpec(BaseModel):
+    """How an image becomes the model's input tensor (the ``input`` section of a model manifest).
+
+    Defined here, beside the code that applies it, so imaging needs nothing from ``keeneye.models``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="ONNX input name; the first input when omitted")
+    width: int = Field(..., gt=0)
+    height: int = Field(..., gt=0)
+    channels: list[str] = Field(
+        default_factory=lambda: ["red", "green", "blue"],
+        description="band names in model order; may include spectral indices (ndvi, ndre, gndvi)",
+    )
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    pad_value: float = Field(114.0, description="letterbox padding, in input units before scaling")
+    scale: float | None = Field(
+        None,
+        description="multiply raw values by this first; None = 1/255 for uint8, 1/65535 for uint16, 1 else",
+    )
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check_norm(self) -> InputSpec:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.channels):
+                raise ValueError(f"{name} has {len(values)} values for {len(self.channels)} channels")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        return self
+
+
 _BAND_FIX: Final = (
     "set the camera's band_map in the pipeline spec so the bands are named, or send those bands"
 )

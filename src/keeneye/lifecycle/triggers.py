@@ -42,9 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-from sqlalchemy import func, select
+from typing import Any, Final
 
 from keeneye.domain import InvalidInput, KeeneyeError
 from keeneye.lifecycle.runs import (
@@ -55,16 +53,13 @@ from keeneye.lifecycle.runs import (
     get_run,
     request_run,
 )
-from keeneye.store.db import Feedback, TrainingRun, utcnow
-
-if TYPE_CHECKING:
-    from keeneye.monitoring.drift import DriftReportRecord
-    from keeneye.monitoring.metrics import Metrics
-    from keeneye.monitoring.quality import QualityWindow
-    from keeneye.pipelines import PipelineCatalog, PipelineSpec, RetrainSection
-    from keeneye.registry import ModelRegistry, ModelVersionInfo
-    from keeneye.settings import Settings
-    from keeneye.store import ResultsDB
+from keeneye.metrics import Metrics
+from keeneye.monitoring.drift import latest_reports
+from keeneye.monitoring.quality import QualityWindow, pipeline_quality
+from keeneye.pipelines import PipelineCatalog, PipelineSpec, RetrainSection
+from keeneye.registry import CHAMPION, ModelRegistry, ModelVersionInfo
+from keeneye.settings import Settings
+from keeneye.store import DriftReportRecord, ResultsDB, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +137,7 @@ def schedule_trigger(
 
 def count_new_labels(db: ResultsDB, pipeline: str, since: datetime, *, cap: int) -> int:
     """Distinct observations labelled after ``since``, counted up to ``cap`` rows (index range + LIMIT)."""
-    rows = (
-        select(Feedback.observation_id)
-        .where(Feedback.pipeline == pipeline, Feedback.created_at > since)
-        .limit(cap)
-        .subquery()
-    )
-    with db.session() as s:
-        return int(s.execute(select(func.count(func.distinct(rows.c.observation_id)))).scalar_one())
+    return db.count_labelled_observations(pipeline, since, cap=cap)
 
 
 def new_labels_trigger(db: ResultsDB, spec: PipelineSpec, champion: ModelVersionInfo) -> Trigger | None:
@@ -202,7 +190,6 @@ def drift_exceeded(report: DriftReportRecord, retrain: RetrainSection) -> list[s
 
 def drift_trigger(db: ResultsDB, spec: PipelineSpec, champion: ModelVersionInfo) -> Trigger | None:
     """Due when the champion's latest drift report crosses the spec's thresholds (once per report)."""
-    from keeneye.monitoring.drift import latest_reports
 
     reports = latest_reports(db, spec.name, limit=1, model_version=champion.version)
     if not reports:
@@ -274,14 +261,7 @@ def quality_trigger(
 
 def last_requested_at(db: ResultsDB, pipeline: str) -> datetime | None:
     """When the pipeline's newest run was requested (the index, one row)."""
-    stmt = (
-        select(TrainingRun.requested_at)
-        .where(TrainingRun.pipeline == pipeline)
-        .order_by(TrainingRun.requested_at.desc())
-        .limit(1)
-    )
-    with db.session() as s:
-        return s.execute(stmt).scalar_one_or_none()
+    return db.last_run_requested_at(pipeline)
 
 
 def pipeline_triggers(
@@ -294,15 +274,12 @@ def pipeline_triggers(
     quality: Sequence[QualityWindow] | None = None,
 ) -> list[Trigger]:
     """Every cause that holds for one pipeline now, most urgent first (none without a champion)."""
-    from keeneye.registry import CHAMPION
 
     champion = registry.resolve(spec.model_name, CHAMPION)
     if champion is None:
         return []
     found: list[Trigger | None] = [drift_trigger(db, spec, champion)]
     if quality is None:
-        from keeneye.monitoring.quality import pipeline_quality
-
         quality = pipeline_quality(settings, db, registry, spec, now)
     monitoring = settings.monitoring
     found.append(

@@ -5,6 +5,7 @@ outputs, mapper)`` → ``decide_ok_defect``. Tiny ONNX builders for tests live i
 ``keeneye.models.testing`` (imported explicitly, not re-exported here).
 """
 
+from keeneye.imaging import InputSpec
 from keeneye.models.batcher import BatcherClosed, BatchHook, MicroBatcher, QueueFull, RunFn, run_batch
 from keeneye.models.bundle import ModelBundle
 from keeneye.models.manifest import (
@@ -12,7 +13,6 @@ from keeneye.models.manifest import (
     MODEL_FILE,
     TASK_OF_FORMAT,
     ClassInfo,
-    InputSpec,
     ModelManifest,
     OutputFormat,
     Thresholds,
@@ -20,7 +20,6 @@ from keeneye.models.manifest import (
 from keeneye.models.postprocess import (
     CoordinateMapper,
     batched_nms,
-    box_iou,
     classify_logits,
     decide_ok_defect,
     map_to_original,
@@ -53,7 +52,6 @@ __all__ = [
     "RunFn",
     "Thresholds",
     "batched_nms",
-    "box_iou",
     "classify_logits",
     "decide_ok_defect",
     "default_providers",

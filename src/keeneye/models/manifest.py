@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keeneye.domain import InvalidInput, Task
+from keeneye.imaging import InputSpec
 
 OutputFormat = Literal["logits", "seg-logits", "yolo-detect", "yolo-segment"]
 
@@ -30,38 +31,6 @@ TASK_OF_FORMAT: dict[str, Task] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class InputSpec(_Strict):
-    """How an image becomes the model's input tensor."""
-
-    name: str | None = Field(None, description="ONNX input name; the first input when omitted")
-    width: int = Field(..., gt=0)
-    height: int = Field(..., gt=0)
-    channels: list[str] = Field(
-        default_factory=lambda: ["red", "green", "blue"],
-        description="band names in model order; may include spectral indices (ndvi, ndre, gndvi)",
-    )
-    dtype: Literal["float32", "float16", "uint8"] = "float32"
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    resize: Literal["stretch", "letterbox"] = "stretch"
-    pad_value: float = Field(114.0, description="letterbox padding, in input units before scaling")
-    scale: float | None = Field(
-        None,
-        description="multiply raw values by this first; None = 1/255 for uint8, 1/65535 for uint16, 1 else",
-    )
-    mean: list[float] | None = None
-    std: list[float] | None = None
-
-    @model_validator(mode="after")
-    def _check_norm(self) -> InputSpec:
-        for name in ("mean", "std"):
-            values = getattr(self, name)
-            if values is not None and len(values) != len(self.channels):
-                raise ValueError(f"{name} has {len(values)} values for {len(self.channels)} channels")
-        if self.std is not None and any(s == 0 for s in self.std):
-            raise ValueError("std must not contain 0")
-        return self
 
 
 class ClassInfo(_Strict):

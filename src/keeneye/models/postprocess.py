@@ -60,21 +60,6 @@ def sigmoid(x: AnyArray) -> FloatArray:
     return out
 
 
-def box_iou(a: AnyArray, b: AnyArray) -> FloatArray:
-    """Pairwise IoU of ``a (N, 4)`` and ``b (M, 4)`` xyxy boxes → ``(N, M)``; empty boxes give 0."""
-    a = np.asarray(a, dtype=np.float32).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    iou: FloatArray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return iou
-
-
 def nms(boxes: AnyArray, scores: AnyArray, iou_threshold: float) -> IntArray:
     """Greedy non-maximum suppression; indices of kept boxes, highest score first.
 

@@ -28,19 +28,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, case, func, literal, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from keeneye.domain import KeeneyeError, ObservationStatus, Variant
 from keeneye.monitoring.stats import KS_ALARM, KS_P_ALARM, PSI_ALARM
-from keeneye.store.db import Alert, DriftReport, Observation, Prediction
-
-if TYPE_CHECKING:
-    from keeneye.pipelines import PipelineSpec
-    from keeneye.store import ResultsDB
+from keeneye.pipelines import PipelineSpec
+from keeneye.store import DriftReportRecord, ResultsDB
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +85,7 @@ class Buckets:
         return [first + step * i for i in range(self.count)] + [self.end]
 
     def index(self, at: datetime) -> int:
-        """The bucket holding ``at`` — the same boundaries as the SQL ``CASE`` in :func:`_bucket_of`."""
+        """The bucket holding ``at`` — the boundaries of the SQL ``CASE`` in ``keeneye.store``."""
         return min(max(bisect.bisect_right(self.edges, at) - 1, 0), self.count - 1)
 
 
@@ -119,11 +114,10 @@ def pipeline_summary(
         raise ValueError(f"naive datetime {now!r}: pass a timezone-aware 'now'")
     grid = Buckets(end=now.astimezone(UTC), seconds=float(window_seconds), count=buckets)
     notes: list[str] = []
-    with db.session() as s:
-        traffic = _traffic(s, pipeline, grid)
-        latency = _latency(s, pipeline, grid, traffic["series"]["predictions"], sample_limit)
-        drift = _drift(s, pipeline, drift_history)
-        alerts = _alerts(s, pipeline, grid.end)
+    traffic = _traffic(db, pipeline, grid)
+    latency = _latency(db, pipeline, grid, traffic["series"]["predictions"], sample_limit)
+    drift = _drift(db, pipeline, drift_history)
+    alerts = _alerts(db, pipeline, grid.end)
     if latency["sampled"]:
         notes.append(
             f"latency percentiles estimated from {latency['n_sampled']} of {latency['n']} predictions "
@@ -162,53 +156,15 @@ def pipeline_summary(
 # --------------------------------------------------------------------------------------------------
 
 
-def _bucket_of(column: InstrumentedAttribute[datetime], grid: Buckets) -> ColumnElement[int]:
-    """SQL for the bucket index of ``column`` (portable: a ``CASE`` over the bucket edges)."""
-    edges = grid.edges
-    if grid.count == 1:
-        return literal(0)
-    return case(*[(column < edges[i + 1], i) for i in range(grid.count - 1)], else_=grid.count - 1)
-
-
-def _bucket_counts(
-    s: Session,
-    column: InstrumentedAttribute[datetime],
-    where: Sequence[ColumnElement[bool]],
-    grid: Buckets,
-    by: InstrumentedAttribute[str] | None = None,
-) -> dict[str, list[int]]:
-    """Rows per bucket in ``[start, end)`` (per value of ``by`` when given; key ``""`` otherwise)."""
-    bucket = _bucket_of(column, grid).label("bucket")
-    group = by.label("key") if by is not None else None
-    columns = [bucket] if group is None else [bucket, group]
-    inner = select(*columns).where(*where, column >= grid.start, column < grid.end).subquery()
-    keys = [inner.c.bucket] if group is None else [inner.c.bucket, inner.c.key]
-    out: dict[str, list[int]] = {}
-    for row in s.execute(select(*keys, func.count()).group_by(*keys)):
-        key = "" if group is None else str(row[1])
-        out.setdefault(key, [0] * grid.count)[int(row[0])] += int(row[-1])
-    return out
-
-
-def _traffic(s: Session, pipeline: str, grid: Buckets) -> dict[str, Any]:
-    served = (Prediction.pipeline == pipeline, Prediction.variant.in_(SERVED_VARIANTS))
-    predictions = _bucket_counts(s, Prediction.created_at, served, grid).get("", [0] * grid.count)
-    errors = _bucket_counts(
-        s,
-        Observation.updated_at,
-        (Observation.pipeline == pipeline, Observation.status.in_(ERROR_STATUSES)),
-        grid,
-        by=Observation.status,
-    )
+def _traffic(db: ResultsDB, pipeline: str, grid: Buckets) -> dict[str, Any]:
+    predictions = db.prediction_counts(pipeline, SERVED_VARIANTS, grid.edges)
+    errors = db.observation_counts(pipeline, ERROR_STATUSES, grid.edges)
     rejected = errors.get(ObservationStatus.rejected.value, [0] * grid.count)
     failed = errors.get(ObservationStatus.failed.value, [0] * grid.count)
     rate_seconds = min(RATE_NOW_SECONDS, grid.seconds)
-    recent = s.execute(
-        select(func.count())
-        .select_from(Prediction)
-        .where(*served, Prediction.created_at >= grid.end - timedelta(seconds=rate_seconds))
-        .where(Prediction.created_at < grid.end)
-    ).scalar_one()
+    recent = db.count_predictions_between(
+        pipeline, SERVED_VARIANTS, grid.end - timedelta(seconds=rate_seconds), grid.end
+    )
     n, n_rejected, n_failed = sum(predictions), sum(rejected), sum(failed)
     attempts = n + n_rejected + n_failed
     return {
@@ -249,34 +205,26 @@ def _per_bucket_cap(sample_limit: int, buckets: int) -> int:
 
 
 def _latency(
-    s: Session, pipeline: str, grid: Buckets, counts: Sequence[int], sample_limit: int
+    db: ResultsDB, pipeline: str, grid: Buckets, counts: Sequence[int], sample_limit: int
 ) -> dict[str, Any]:
     total = sum(counts)
-    served = (Prediction.pipeline == pipeline, Prediction.variant.in_(SERVED_VARIANTS))
     per_bucket: list[list[float]] = [[] for _ in range(grid.count)]
     weights: list[float] = [1.0] * grid.count
     sampled = total > sample_limit
     if not sampled and total:
-        rows = s.execute(
-            select(Prediction.created_at, Prediction.latency_ms)
-            .where(*served, Prediction.created_at >= grid.start, Prediction.created_at < grid.end)
-            .limit(sample_limit)
-        )
+        rows = db.prediction_latencies(pipeline, SERVED_VARIANTS, grid.start, grid.end, limit=sample_limit)
         for created_at, latency_ms in rows:
-            per_bucket[grid.index(created_at)].append(float(latency_ms))
+            per_bucket[grid.index(created_at)].append(latency_ms)
     elif sampled:
         cap = _per_bucket_cap(sample_limit, grid.count)
         edges = grid.edges
         for i, count in enumerate(counts):
             if not count:
                 continue
-            stmt = (
-                select(Prediction.latency_ms)
-                .where(*served, Prediction.created_at >= edges[i], Prediction.created_at < edges[i + 1])
-                .order_by(Prediction.created_at.desc())
-                .limit(cap)
+            newest = db.prediction_latencies(
+                pipeline, SERVED_VARIANTS, edges[i], edges[i + 1], limit=cap, newest_first=True
             )
-            per_bucket[i] = [float(v) for v in s.scalars(stmt)]
+            per_bucket[i] = [latency_ms for _, latency_ms in newest]
             weights[i] = count / len(per_bucket[i]) if per_bucket[i] else 0.0
     values = [v for bucket in per_bucket for v in bucket]
     value_weights = [weights[i] for i, bucket in enumerate(per_bucket) for _ in bucket]
@@ -299,24 +247,12 @@ def _latency(
 # --------------------------------------------------------------------------------------------------
 
 
-def _drift(s: Session, pipeline: str, history: int) -> dict[str, Any]:
+def _drift(db: ResultsDB, pipeline: str, history: int) -> dict[str, Any]:
     # The thresholds that set each feature's ``alarm`` flag when the window closed (monitoring.stats).
     thresholds = {"psi": PSI_ALARM, "ks": KS_ALARM, "ks_p": KS_P_ALARM}
-    mine = DriftReport.pipeline == pipeline
-    newest_first = (DriftReport.window_end.desc(), DriftReport.id.desc())
-    latest = s.scalars(select(DriftReport).where(mine).order_by(*newest_first).limit(1)).first()
-    rows = s.execute(
-        select(
-            DriftReport.window_start,
-            DriftReport.window_end,
-            DriftReport.alarm,
-            DriftReport.n,
-            DriftReport.model_version,
-        )
-        .where(mine)
-        .order_by(*newest_first)
-        .limit(history)
-    ).all()
+    newest = db.latest_drift_reports(pipeline, 1)
+    latest = newest[0] if newest else None
+    rows = db.drift_windows(pipeline, history)
     windows = [
         {
             "window_start": r.window_start.isoformat(),
@@ -336,7 +272,7 @@ def _drift(s: Session, pipeline: str, history: int) -> dict[str, Any]:
     }
 
 
-def _drift_report(row: DriftReport) -> dict[str, Any]:
+def _drift_report(row: DriftReportRecord) -> dict[str, Any]:
     features = []
     for name, stats in (row.features or {}).items():
         stats = stats if isinstance(stats, Mapping) else {}
@@ -377,15 +313,9 @@ def _scalar(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def _alerts(s: Session, pipeline: str, now: datetime) -> list[dict[str, Any]]:
-    stmt = (
-        select(Alert)
-        .where(Alert.state != "resolved", Alert.labels["pipeline"].as_string() == pipeline)
-        .order_by(Alert.started_at, Alert.id)
-        .limit(ALERT_LIMIT)
-    )
+def _alerts(db: ResultsDB, pipeline: str, now: datetime) -> list[dict[str, Any]]:
     out = []
-    for a in s.scalars(stmt):
+    for a in db.open_alerts_of_pipeline(pipeline, ALERT_LIMIT):
         annotations = a.annotations or {}
         out.append(
             {

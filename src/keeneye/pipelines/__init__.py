@@ -1,16 +1,24 @@
-"""Pipeline specs (YAML → pydantic) and the catalog of built-in and user pipelines."""
+"""Pipelines: specs (YAML → pydantic) and their catalog, prepare / finish, the served models, routing."""
 
+from keeneye.pipelines.loaded import LoadedModel
+from keeneye.pipelines.routing import (
+    SHADOW_QUEUE,
+    ShadowRunner,
+    choose_variant,
+    in_shadow_sample,
+    prepare_for,
+    run_shadow_batch,
+)
 from keeneye.pipelines.runner import (
     Prepared,
+    answer_of,
     content_type_of,
     finish,
-    format_result,
-    mask_polygon,
     observation_key,
     prepare,
     quarantine_key,
 )
-from keeneye.pipelines.runtime import LoadedModel, ModelNotReady, ModelRuntime
+from keeneye.pipelines.runtime import ModelNotReady, ModelRuntime
 from keeneye.pipelines.spec import (
     DecisionSection,
     GatesSection,
@@ -23,6 +31,7 @@ from keeneye.pipelines.spec import (
     RetentionSection,
     RetrainSection,
     RolloutSection,
+    RuleOverride,
     SloSection,
     SplitsSection,
     ThresholdsSection,
@@ -34,6 +43,7 @@ from keeneye.pipelines.spec import (
 )
 
 __all__ = [
+    "SHADOW_QUEUE",
     "DecisionSection",
     "GatesSection",
     "InputSection",
@@ -49,19 +59,24 @@ __all__ = [
     "RetentionSection",
     "RetrainSection",
     "RolloutSection",
+    "RuleOverride",
+    "ShadowRunner",
     "SloSection",
     "SplitsSection",
     "ThresholdsSection",
     "TrainingSection",
+    "answer_of",
     "builtin_specs",
+    "choose_variant",
     "content_type_of",
     "finish",
-    "format_result",
+    "in_shadow_sample",
     "load_spec",
-    "mask_polygon",
     "observation_key",
     "parse_spec",
     "parse_spec_text",
     "prepare",
+    "prepare_for",
     "quarantine_key",
+    "run_shadow_batch",
 ]

@@ -1,19 +1,19 @@
 """What a pipeline does with one image, shared by the HTTP API and the stream workers.
 
 ``prepare``: bytes → decoded, validated image → model input tensor (raises InvalidInput).
-``finish``: raw model outputs → Instances → the JSON result (classification fields, instances,
-OK/DEFECT decision, image facts and quality features).
+``finish``: raw model outputs → Instances → the typed :class:`~keeneye.domain.Answer` (classes,
+instances with outlines, OK/DEFECT decision, image facts and quality features); it becomes JSON only
+at the edges (``Answer.to_json``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import cv2
 import numpy as np
 
-from keeneye.domain import Decision, InvalidInput, ModelRef, Prediction, Task
+from keeneye.domain import Answer, ClassLabel, ImageFacts, InvalidInput, ModelRef, Prediction, Task
+from keeneye.geometry import mask_outline
 from keeneye.imaging import Image, Transform, decode_image, prepare_input, quality_features
 from keeneye.models import decide_ok_defect, postprocess
 from keeneye.models.manifest import ModelManifest
@@ -71,73 +71,35 @@ def prepare(spec: PipelineSpec, manifest: ModelManifest, data: bytes, settings: 
 
 def finish(
     spec: PipelineSpec, manifest: ModelManifest, ref: ModelRef, prepared: Prepared, outputs: list[np.ndarray]
-) -> dict[str, Any]:
-    """Post-process one image's model outputs into the pipeline's JSON result."""
+) -> Answer:
+    """Post-process one image's model outputs into the pipeline's answer."""
     instances = postprocess(manifest, outputs, prepared.transform)
     prediction = Prediction(instances=instances, model=ref, task=manifest.task)
-    result = format_result(prediction, manifest, spec)
     image = prepared.image
-    result["image"] = {
-        "width": image.width,
-        "height": image.height,
-        "bands": list(image.bands),
-        "format": image.format,
-        "quality": quality_features(image),
-    }
-    return result
+    facts = ImageFacts(
+        width=image.width,
+        height=image.height,
+        bands=tuple(image.bands),
+        format=image.format,
+        quality=quality_features(image),
+    )
+    return answer_of(prediction, manifest, spec, image=facts)
 
 
-def format_result(prediction: Prediction, manifest: ModelManifest, spec: PipelineSpec) -> dict[str, Any]:
-    """Instances → the JSON the API answers with and the results DB stores."""
+def answer_of(
+    prediction: Prediction, manifest: ModelManifest, spec: PipelineSpec, *, image: ImageFacts | None = None
+) -> Answer:
+    """A prediction with what the pipeline adds: class names, outlines, the OK/DEFECT decision."""
     inst = prediction.instances
-    classes = manifest.classes
+    classes = tuple(ClassLabel(c.name, c.display) for c in manifest.classes)
     if prediction.task is Task.classify:
-        top = [
-            {
-                "class": classes[int(c)].name,
-                "label": classes[int(c)].display,
-                "probability": round(float(p), 6),
-            }
-            for c, p in zip(inst.class_ids, inst.scores, strict=True)
-        ]
-        best = top[0]
-        return {
-            "task": "classify",
-            "predicted_class": best["class"],
-            "predicted_label": best["label"],
-            "confidence": best["probability"],
-            "top_3_predictions": top[:3],
-        }
-    instances = []
-    for i in range(len(inst)):
-        c = classes[int(inst.class_ids[i])]
-        item: dict[str, Any] = {
-            "class": c.name,
-            "label": c.display,
-            "score": round(float(inst.scores[i]), 6),
-            "box": [round(float(v), 2) for v in inst.boxes[i]],
-            "area_px": float(inst.areas[i]),
-        }
-        if inst.masks is not None:
-            item["polygon"] = mask_polygon(inst.masks[i])
-        instances.append(item)
-    out: dict[str, Any] = {
-        "task": prediction.task.value,
-        "instances": instances,
-        "count": len(instances),
-        "confidence": round(float(inst.scores.max()), 6) if len(inst) else None,
-    }
-    if spec.decision.kind == "ok-defect":
-        decision = decide_ok_defect(inst, manifest)
-        out["decision"] = decision.value if isinstance(decision, Decision) else str(decision)
-    return out
-
-
-def mask_polygon(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
-    """The outline of the largest region of a mask, simplified, as [[x, y], …] in pixels."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return []
-    largest = max(contours, key=cv2.contourArea)
-    approx = cv2.approxPolyDP(largest, tolerance, True)
-    return [[float(x), float(y)] for x, y in approx.reshape(-1, 2)]
+        return Answer(prediction=prediction, classes=classes, image=image)
+    decision = decide_ok_defect(inst, manifest) if spec.decision.kind == "ok-defect" else None
+    return Answer(
+        prediction=prediction,
+        classes=classes,
+        areas_px=inst.areas,
+        outlines=None if inst.masks is None else [mask_outline(m) for m in inst.masks],
+        decision=decision,
+        image=image,
+    )

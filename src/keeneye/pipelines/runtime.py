@@ -4,10 +4,10 @@ A new version is downloaded, loaded and warmed in a thread while the old one kee
 then does the pipeline switch, so an alias move never fails a request. The old batcher drains its
 queue before it closes.
 
-While a pipeline's rollout (``keeneye.lifecycle.rollout``, the ``rollouts`` row read at every alias
+While a pipeline's rollout (``keeneye.store.rollouts``, the ``rollouts`` row read at every alias
 poll) is in shadow or canary, its challenger version is loaded and warmed beside the champion the same
 way, and unloaded when the rollout ends. :meth:`ModelRuntime.get_variant` routes a key to the model
-that answers it (the canary share by hash), :meth:`ModelRuntime.shadow` /
+that answers it (the canary share by hash, ``keeneye.pipelines.routing``), :meth:`ModelRuntime.shadow` /
 :meth:`ModelRuntime.shadow_batch` run the challenger on the side after the answer is given. A promoted
 challenger becomes the champion without a second load: its warm model is kept.
 """
@@ -18,45 +18,31 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 from keeneye.domain import KeeneyeError, ModelRef, Variant
-from keeneye.lifecycle.rollout import (
+from keeneye.metrics import Metrics
+from keeneye.models import MicroBatcher, OnnxModel
+from keeneye.pipelines.loaded import LoadedModel
+from keeneye.pipelines.routing import (
     SHADOW_QUEUE,
-    RolloutRecord,
     ShadowRunner,
     choose_variant,
     in_shadow_sample,
-    read_rollout,
     run_shadow_batch,
 )
-from keeneye.models import MicroBatcher, OnnxModel
-from keeneye.models.bundle import ModelBundle
-from keeneye.monitoring.metrics import Metrics
+from keeneye.pipelines.runner import Prepared
 from keeneye.pipelines.spec import PipelineCatalog, PipelineSpec
 from keeneye.registry import CHALLENGER, ModelRegistry
 from keeneye.settings import Settings
-
-if TYPE_CHECKING:
-    from keeneye.pipelines.runner import Prepared
-    from keeneye.store import ResultsDB
+from keeneye.store import ResultsDB, open_results_db
+from keeneye.store.rollouts import RolloutRecord, read_rollout
 
 log = logging.getLogger(__name__)
 
 
 class ModelNotReady(KeeneyeError):
     """The pipeline has no served model yet (nothing registered, or still loading)."""
-
-
-@dataclass
-class LoadedModel:
-    ref: ModelRef
-    bundle: ModelBundle
-    model: OnnxModel
-    batcher: MicroBatcher
-    pipeline: str
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class ModelRuntime:
@@ -94,8 +80,6 @@ class ModelRuntime:
     @property
     def db(self) -> ResultsDB:
         if self._db is None:
-            from keeneye.store import open_results_db
-
             self._db = open_results_db(self.settings)
         return self._db
 

@@ -20,8 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from keeneye.domain import ConfigError, InvalidInput, NotFound, Task
-from keeneye.monitoring.alerts.rules import RuleOverride
+from keeneye.domain import ConfigError, InvalidInput, NotFound, Task, parse_duration
 from keeneye.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,24 @@ INDEX_BANDS: dict[str, tuple[str, ...]] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class RuleOverride(BaseModel):
+    """A pipeline spec's change to one alert rule (``keeneye.monitoring.alerts``), for that pipeline's
+    series only. Part of the spec's schema, so it lives with the other sections."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    enabled: bool = True
+    threshold: float | None = None
+    for_: str | None = Field(None, alias="for")
+
+    @field_validator("for_")
+    @classmethod
+    def _check_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
 
 class ModelSection(_Strict):

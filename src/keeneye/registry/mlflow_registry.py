@@ -9,8 +9,8 @@ champion before the last promotion so a rollback knows where to go.
 Invariant (ARCHITECTURE.md #4): a version whose gates failed never gets a serving alias, unless an
 operator forces it with a reason — which is recorded on the version and in the audit events.
 
-MLflow is imported lazily (it costs ~0.7 s) and one client is kept per URI for the whole process,
-because the first use of a SQLite store runs MLflow's migrations (~1 s).
+The MLflow client and its error mapping live in ``registry/client.py``; the version type and tag
+names in ``registry/versions.py``.
 """
 
 from __future__ import annotations
@@ -18,247 +18,45 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
-import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
-from keeneye.domain import BackendHealth, BackendUnavailable, InvalidInput, KeeneyeError, ModelRef, NotFound
+from keeneye.domain import BackendUnavailable, InvalidInput, KeeneyeError, NotFound
 from keeneye.models.bundle import ModelBundle
 from keeneye.models.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
-from keeneye.settings import Settings, mask_url, split_url
+from keeneye.registry.client import SETTING, check_uri, mlflow_client, mlflow_errors, probe_http, sqlite_path
+from keeneye.registry.versions import (
+    ARTIFACT_PATH,
+    CHALLENGER,
+    CHAMPION,
+    FORCED_TAG_PREFIX,
+    HISTORY_LIMIT,
+    PREVIOUS,
+    SERVING_ALIASES,
+    TAG_CHAMPION_HISTORY,
+    TAG_DATA_VERSION,
+    TAG_GATES,
+    TAG_METRICS,
+    TAG_OUTPUT_FORMAT,
+    TAG_SHA256,
+    TAG_TASK,
+    EventSink,
+    GateStatus,
+    ModelVersionInfo,
+)
+from keeneye.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
-
-SETTING = "KEENEYE_REGISTRY_URI"
-SCHEMES = {
-    "sqlite": "local MLflow store",
-    "http": "MLflow tracking server",
-    "https": "MLflow tracking server",
-}
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS = "previous"
-SERVING_ALIASES = frozenset({CHAMPION, CHALLENGER})
-ARTIFACT_PATH = "model"  # where a bundle lives inside its run's artifacts
-
-# Tags on a model version.
-TAG_SHA256 = "sha256"
-TAG_TASK = "task"
-TAG_OUTPUT_FORMAT = "output_format"
-TAG_GATES = "gates"
-TAG_METRICS = "metrics"
-TAG_DATA_VERSION = "data_version"
-FORCED_TAG_PREFIX = "forced_"
-# Tag on the registered model: earlier champions, oldest first, so rollback can go back more than once.
-TAG_CHAMPION_HISTORY = "keeneye.champion_history"
-HISTORY_LIMIT = 20
-
-GateStatus = Literal["passed", "failed", "unknown"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
 _METRIC_KEY_RE = re.compile(r"^[\w\-./ ]{1,250}$")
-_HEALTH_TIMEOUT_S = 3.0
-
-
-class EventSink(Protocol):
-    """Where alias moves and registrations are audited (the results DB's ``model_events`` table)."""
-
-    def record_model_event(
-        self,
-        pipeline: str,
-        event: str,
-        *,
-        model_version: str | None = None,
-        from_version: str | None = None,
-        alias: str | None = None,
-        actor: str,
-        reason: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> int: ...
-
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    """One registered model version as keeneye sees it."""
-
-    name: str
-    version: str
-    aliases: tuple[str, ...]
-    created: datetime
-    tags: dict[str, str] = field(default_factory=dict)
-    run_id: str | None = None
-    source: str = ""
-
-    @property
-    def ref(self) -> ModelRef:
-        return ModelRef(self.name, self.version, CHAMPION if CHAMPION in self.aliases else None)
-
-    @property
-    def sha256(self) -> str:
-        return self.tags.get(TAG_SHA256, "")
-
-    @property
-    def task(self) -> str:
-        return self.tags.get(TAG_TASK, "")
-
-    @property
-    def output_format(self) -> str:
-        return self.tags.get(TAG_OUTPUT_FORMAT, "")
-
-    @property
-    def gates(self) -> GateStatus:
-        value = self.tags.get(TAG_GATES, "unknown")
-        return value if value in ("passed", "failed") else "unknown"  # type: ignore[return-value]
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The manifest's scalar metrics, as stored at registration."""
-        try:
-            data = json.loads(self.tags.get(TAG_METRICS, "{}"))
-        except ValueError:
-            return {}
-        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (``keeneye models … --json``, ``GET /v1/models``)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "aliases": list(self.aliases),
-            "created": self.created.isoformat(),
-            "task": self.task,
-            "output_format": self.output_format,
-            "gates": self.gates,
-            "sha256": self.sha256,
-            "metrics": self.metrics,
-            "run_id": self.run_id,
-            "source": self.source,
-            "tags": dict(self.tags),
-        }
-
-
-# --------------------------------------------------------------------------------------------------
-# MLflow client: lazy, one per URI per process
-# --------------------------------------------------------------------------------------------------
-
-_clients: dict[str, Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _quiet_mlflow() -> None:
-    """Keep MLflow's progress bars, INFO lines and emoji run links out of keeneye's output."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # A dead tracking server would otherwise be retried for minutes with MLflow's defaults.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    import mlflow  # noqa: F401  (importing mlflow configures its loggers; adjust them afterwards)
-
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def _client(uri: str) -> Any:
-    with _clients_lock:
-        client = _clients.get(uri)
-        if client is None:
-            _quiet_mlflow()
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            _clients[uri] = client
-        return client
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for in-memory)."""
-    rest = uri.split(":///", 1)[1] if ":///" in uri else ""
-    rest = rest.split("?", 1)[0]
-    if not rest or rest == ":memory:":
-        return None
-    return Path(rest)
-
-
-def _check_uri(uri: str) -> str:
-    scheme, _ = split_url(SETTING, uri, SCHEMES)
-    return str(scheme)
-
-
-def _probe_http(uri: str) -> tuple[bool, str]:
-    """GET ``<uri>/health`` with a short timeout: (reachable, detail)."""
-    import httpx
-
-    url = uri.rstrip("/") + "/health"
-    try:
-        response = httpx.get(url, timeout=_HEALTH_TIMEOUT_S, follow_redirects=True)
-    except httpx.HTTPError as exc:
-        return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if response.status_code >= 400:
-        return False, f"GET /health answered HTTP {response.status_code}"
-    return True, "GET /health OK"
-
-
-@contextlib.contextmanager
-def _mlflow_errors(uri: str, what: str) -> Iterator[None]:
-    """Turn MLflow's exceptions into keeneye's one-line errors."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except MlflowException as exc:
-        code = getattr(exc, "error_code", "")
-        first = str(exc.message).splitlines()[0] if exc.message else type(exc).__name__
-        if code == "RESOURCE_DOES_NOT_EXIST":
-            raise NotFound(f"{what}: {first}") from exc
-        if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"):
-            raise KeeneyeError(f"{what}: {first}") from exc
-        raise BackendUnavailable(
-            SETTING, mask_url(uri), f"{what}: {first}", fix=f"check that {SETTING} points at a working MLflow"
-        ) from exc
-    except OSError as exc:
-        raise BackendUnavailable(
-            SETTING, mask_url(uri), f"{what}: {exc}", fix=f"check that {SETTING} is reachable and writable"
-        ) from exc
-
-
-def registry_health(settings: Settings) -> BackendHealth:
-    """Whether the registry answers; never raises for an unreachable one and never hangs."""
-    uri = settings.registry_uri
-    shown = mask_url(uri)
-    fix = f"set {SETTING} to a reachable MLflow (sqlite:///path/mlflow.db or http://host:5000)"
-    try:
-        scheme = _check_uri(uri)
-    except KeeneyeError as exc:
-        return BackendHealth(SETTING, shown, False, detail=exc.message, fix=exc.fix or fix)
-    import mlflow
-
-    version = str(mlflow.__version__)
-    if scheme in ("http", "https"):
-        ok, detail = _probe_http(uri)
-        return BackendHealth(SETTING, shown, ok, version=version, detail=detail, fix="" if ok else fix)
-    path = _sqlite_path(uri)
-    try:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(path.parent, os.W_OK):
-                raise OSError(f"{path.parent} is not writable")
-        with _mlflow_errors(uri, "list registered models"):
-            _client(uri).search_registered_models(max_results=1)
-    except (KeeneyeError, OSError) as exc:
-        detail = exc.message if isinstance(exc, KeeneyeError) else str(exc)
-        return BackendHealth(SETTING, shown, False, version=version, detail=detail, fix=fix)
-    return BackendHealth(SETTING, shown, True, version=version, detail="MLflow SQLite store")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,7 +72,7 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings, *, events: EventSink | None = None) -> None:
         self.uri = settings.registry_uri
-        self._scheme = _check_uri(self.uri)
+        self._scheme = check_uri(self.uri)
         self._home = settings.home
         self._events = events
         self._probed = False
@@ -285,20 +83,20 @@ class ModelRegistry:
     def _mlflow(self) -> Any:
         if self._scheme in ("http", "https") and not self._probed:
             # Fail fast with a one-line error instead of MLflow's retries against a dead server.
-            ok, detail = _probe_http(self.uri)
+            ok, detail = probe_http(self.uri)
             if not ok:
                 raise BackendUnavailable(
                     SETTING, mask_url(self.uri), detail, fix=f"start the MLflow server or correct {SETTING}"
                 )
             self._probed = True
         elif self._scheme == "sqlite":
-            path = _sqlite_path(self.uri)
+            path = sqlite_path(self.uri)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-        return _client(self.uri)
+        return mlflow_client(self.uri)
 
     def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return _mlflow_errors(self.uri, what)
+        return mlflow_errors(self.uri, what)
 
     def _artifact_location(self, pipeline: str) -> str | None:
         # MLflow's SQLite default would put artifacts in ./mlruns of whatever folder we run in.

@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from keeneye.monitoring.metrics import (
+from keeneye.metrics import (
     MULTIPROC_ENV,
     Metrics,
     mark_process_dead,

@@ -2,94 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keeneye.domain import InvalidInput, KeeneyeError, NotFound
-from keeneye.monitoring.metrics import Metrics
-from keeneye.pipelines import ModelNotReady, ModelRuntime, PipelineCatalog
-from keeneye.registry import ModelRegistry
-from keeneye.serving.limits import InflightLimiter, RateLimiter
-from keeneye.serving.service import PredictionService
+from keeneye.pipelines import ModelNotReady
+from keeneye.serving.routes import (
+    alerts,
+    browse,
+    drift,
+    feedback,
+    images,
+    login,
+    model_aliases,
+    monitoring,
+    observation_list,
+    observations,
+    overview,
+    pipelines,
+    predict,
+    review,
+    rollout,
+    runs,
+    shell,
+    system,
+    system_view,
+    web,
+)
+from keeneye.serving.routes.login import login_redirect
+from keeneye.serving.routes.shell import not_found, wants_html
+from keeneye.serving.state import close_state, open_state
 from keeneye.settings import Settings
-from keeneye.store import open_cache, open_object_store, open_results_db
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str) -> bool:
-    if host in {"localhost", ""}:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class AppState:
-    """Everything a request handler needs, built once in the lifespan."""
-
-    settings: Settings
-    catalog: PipelineCatalog
-    registry: ModelRegistry
-    runtime: ModelRuntime
-    service: PredictionService
-    metrics: Metrics
-    rate: dict[str, RateLimiter]  # per pipeline: the spec's limits, else the global settings
-    inflight: dict[str, InflightLimiter]
-    require_api_key: bool
-
-
-async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppState:
-    """Open every backend and load the served models; the API and ``keeneye predict`` share this."""
-    db = open_results_db(settings)
-    db.ensure_schema()
-    objects = open_object_store(settings)
-    cache = open_cache(settings)
-    metrics = Metrics()
-    catalog = PipelineCatalog(settings)
-    registry = ModelRegistry(settings, events=db)
-    runtime = ModelRuntime(settings, catalog, registry, metrics)
-    await runtime.start(poll=poll_aliases)
-    serving = settings.serving
-    require_key = serving.require_api_key
-    if require_key is None:
-        require_key = not is_loopback(serving.host)
-    return AppState(
-        settings=settings,
-        catalog=catalog,
-        registry=registry,
-        runtime=runtime,
-        service=PredictionService(settings, catalog, runtime, db, objects, cache, metrics),
-        metrics=metrics,
-        rate={
-            n: RateLimiter(
-                catalog.get(n).limits.rate_per_second or serving.rate_limit_per_second,
-                catalog.get(n).limits.burst or serving.rate_limit_burst,
-            )
-            for n in catalog.names()
-        },
-        inflight={
-            n: InflightLimiter(catalog.get(n).limits.max_inflight or serving.max_inflight)
-            for n in catalog.names()
-        },
-        require_api_key=require_key,
-    )
-
-
-async def close_state(state: AppState) -> None:
-    await asyncio.to_thread(state.service.drift.flush_all)  # a partial drift window still counts
-    await state.runtime.stop()
-    state.service.cache.close()
 
 
 def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
@@ -109,6 +61,8 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
         version=_version(),
         description="Turn image and video streams into decisions. Predictions, observations, models.",
         lifespan=lifespan,
+        docs_url=None,  # served by routes/shell.py from the vendored assets: no CDN
+        redoc_url=None,
     )
 
     @app.exception_handler(InvalidInput)
@@ -118,10 +72,16 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
         )
 
     @app.exception_handler(NotFound)
-    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(
-            status_code=404, content={"reason": "not_found", "detail": exc.message, "fix": exc.fix}
-        )
+    async def _not_found(request: Request, exc: NotFound) -> Response:
+        return not_found(request, exc.message, exc.fix)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and wants_html(request):  # a browser on an unknown page
+            return not_found(request, f"There is no page at {request.url.path}.")
+        if exc.status_code == 401 and wants_html(request) and request.method in ("GET", "HEAD"):
+            return login_redirect(request)  # a browser without a valid key: log in, then come back
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
@@ -137,35 +97,26 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
             status_code=500, content={"reason": "error", "detail": exc.message, "fix": exc.fix}
         )
 
-    from keeneye.serving.routes import (
-        alerts,
-        drift,
-        feedback,
-        monitoring,
-        observations,
-        pipelines,
-        predict,
-        review,
-        rollout,
-        runs,
-        system,
-        system_view,
-        web,
-    )
-
+    app.include_router(shell.router)
+    app.include_router(login.router)
     app.include_router(system.router)
     app.include_router(system_view.router)
     app.include_router(predict.router)
     app.include_router(observations.router)
     app.include_router(pipelines.router)
     app.include_router(web.router)
+    app.include_router(overview.router)
+    app.include_router(browse.router)
     app.include_router(drift.router)
     app.include_router(feedback.router)
     app.include_router(alerts.router)
     app.include_router(monitoring.router)
     app.include_router(review.router)
+    app.include_router(images.router)
     app.include_router(runs.router)
     app.include_router(rollout.router)
+    app.include_router(model_aliases.router)
+    app.include_router(observation_list.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,3 +80,111 @@ class ObservationResponse(BaseModel):
     metadata: dict[str, Any]
     result: dict[str, Any] | None = None
     model_version: str | None = None
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(None, min_length=1, max_length=256, description="who (default: the caller)")
+
+
+class SilenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str | None = Field(None, description="silence this rule; omit to match by labels only")
+    labels: dict[str, str] = Field(default_factory=dict, description="label → exact value, all must match")
+    duration: str = Field(..., description="how long, e.g. 30m, 2h, 1d", examples=["2h"])
+    reason: str = Field(..., min_length=1, max_length=2000)
+    by: str | None = Field(None, min_length=1, max_length=256, description="who (default: the caller)")
+
+
+class FeedbackCreated(BaseModel):
+    id: int
+    observation_id: str
+    pipeline: str
+    model_version: str
+    source: str
+    author: str | None
+    label: dict[str, Any]
+
+
+class FeedbackWithdrawn(BaseModel):
+    """A withdrawn feedback (a reviewer's undo): what it said, and whether the item is back in review."""
+
+    id: int
+    observation_id: str
+    source: str
+    author: str | None
+    label: dict[str, Any]
+    queued_again: bool = Field(description="no other feedback is left: its review items are open again")
+
+
+class ObservationLinks(BaseModel):
+    self: str
+
+
+class ObservationAccepted(BaseModel):
+    id: str
+    status: str
+    links: ObservationLinks
+
+
+class ReviewClass(BaseModel):
+    name: str
+    label: str
+
+
+class ReviewItemResponse(BaseModel):
+    observation_id: str
+    priority: float
+    reasons: list[str]
+    details: dict[str, Any]
+    queued_at: str | None
+    observed_at: str
+    resolved_at: str | None
+    image_url: str | None = Field(description="the stored image; null when it was not stored")
+    content_type: str
+    model_version: str | None
+    prediction: dict[str, Any] | None = Field(description="the champion's answer, as predict returned it")
+
+
+class ReviewListResponse(BaseModel):
+    pipeline: str
+    task: str
+    decision: bool = Field(description="the pipeline decides OK / DEFECT")
+    model_version: str | None = Field(description="the model whose classes are listed")
+    classes: list[ReviewClass] = Field(
+        description="the classes a label may use; empty while no model is served"
+    )
+    items: list[ReviewItemResponse]
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["shadow", "canary", "promote", "abort"]
+    share: float | None = Field(
+        None, gt=0, le=1, description="canary: the share of inputs the challenger answers, 0.1 = 10 %"
+    )
+    sample: float | None = Field(None, ge=0, le=1, description="shadow: the share of inputs it also runs on")
+    version: str | None = Field(
+        None, pattern=r"^[1-9][0-9]*$", description="shadow/canary: make this version the challenger first"
+    )
+    reason: str = Field("", max_length=2000, description="recorded in the audit log")
+    force: bool = Field(
+        False,
+        description="canary without shadow, promote from shadow, or a challenger whose gates failed "
+        "(needs a reason)",
+    )
+
+
+class AliasMoveRequest(BaseModel):
+    """Why the champion moves, and who moves it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(..., min_length=1, max_length=2000, description="recorded in the audit log")
+    by: str | None = Field(
+        None, min_length=1, max_length=200, description="who (recorded with the key's name)"
+    )
+    force: bool = Field(False, description="promote a version whose gates failed (audited, with the reason)")

@@ -1,7 +1,9 @@
 """The synchronous prediction path, shared by the HTTP API and ``keeneye predict``.
 
 bytes → content hash → cache? → decode + validate → model input → micro-batched inference →
-post-processing (+ one drift observation) → result → object + observation + prediction stored → cache.
+post-processing (+ one drift observation) → answer → object + observation + prediction stored → cache.
+What follows the model's answer (cache, drift, storage record, review queue, per-variant counts) is
+:mod:`keeneye.answering`, shared with the stream workers.
 Bad input raises :class:`~keeneye.domain.InvalidInput` before anything is written except the
 quarantined bytes and a ``rejected`` observation (one complete record, never half of one).
 """
@@ -9,17 +11,17 @@ quarantined bytes and a ``rejected`` observation (one complete record, never hal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from keeneye.domain import InvalidInput, ObservationStatus, Variant
+from keeneye.answering import Answering, StoredAnswer
+from keeneye.domain import Answer, AnswerJson, InvalidInput, ObservationStatus, Variant
 from keeneye.imaging import content_hash
-from keeneye.lifecycle.labels import queue_answers
+from keeneye.metrics import Metrics
+from keeneye.models import BatcherClosed
 from keeneye.monitoring.drift import DriftMonitors
-from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import (
     LoadedModel,
     ModelRuntime,
@@ -32,10 +34,24 @@ from keeneye.pipelines import (
     quarantine_key,
 )
 from keeneye.settings import Settings
-from keeneye.store import Cache, ObjectStore, ResultsDB
+from keeneye.store import Cache, NewObservation, ObjectStore, ResultsDB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How often one request follows a model swap (alias moves come seconds apart, so one is the rule).
+SWAP_RETRIES = 3
+
+
+class PredictionJson(AnswerJson, total=False):
+    """The API's answer to one image: the answer's JSON and where it came from."""
+
+    pipeline: str
+    model_name: str
+    model_version: str
+    observation_id: str
+    cached: bool
+    processing_time_ms: float
+    timings_ms: dict[str, float]
 
 
 class PredictionService:
@@ -58,6 +74,7 @@ class PredictionService:
         self.cache = cache
         self.metrics = metrics
         self.drift = drift if drift is not None else DriftMonitors(db, settings, metrics)
+        self.answering = Answering(db, cache, metrics, self.drift)
 
     async def _timed(self, pipeline: str, stage: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -68,7 +85,7 @@ class PredictionService:
 
     async def predict(
         self, pipeline: str, data: bytes, metadata: dict[str, Any] | None = None, *, source: str = "http"
-    ) -> dict[str, Any]:
+    ) -> PredictionJson:
         """Answer one image; raises InvalidInput (with an HTTP status) for anything refused."""
         started = time.perf_counter()
         spec = self.catalog.get(pipeline)
@@ -83,17 +100,16 @@ class PredictionService:
         digest = content_hash(data)
         # The content hash routes: a canary answers its share of inputs, a retry keeps its variant.
         loaded, variant = self.runtime.get_variant(pipeline, digest)
-        cache_key = f"pred:{pipeline}:{loaded.ref.name}:{loaded.ref.version}:{digest}"
-        cached = self.cache.get(cache_key)
+        cached = self.answering.cached(pipeline, loaded.ref, digest)
         timings: dict[str, float] = {}
+        answer: Answer
         if cached is not None:
-            self.metrics.cache.labels(pipeline, "hit").inc()
-            result: dict[str, Any] = json.loads(cached)
-            fmt = result.pop("_format", None)
+            answer, fmt = cached.answer, cached.format
         else:
-            self.metrics.cache.labels(pipeline, "miss").inc()
             try:
-                result, fmt, timings = await self._infer(spec, loaded, data)
+                answer, fmt, timings, loaded, variant = await self._infer_current(
+                    spec, digest, loaded, variant, data
+                )
             except InvalidInput as exc:
                 self.metrics.rejections.labels(pipeline, exc.reason).inc()
                 await asyncio.to_thread(self._quarantine, spec, data, digest, metadata, source, exc)
@@ -105,9 +121,8 @@ class PredictionService:
                 # canary's missing answers roll it back (docs/rollout.md).
                 log.warning("canary %s v%s failed; the champion answers", pipeline, loaded.ref.version)
                 loaded, variant = self.runtime.get(pipeline), Variant.champion
-                cache_key = f"pred:{pipeline}:{loaded.ref.name}:{loaded.ref.version}:{digest}"
-                result, fmt, timings = await self._infer(spec, loaded, data)
-            self.cache.set(cache_key, json.dumps({**result, "_format": fmt}).encode())
+                answer, fmt, timings = await self._infer(spec, loaded, data)
+            self.answering.remember(pipeline, loaded.ref, digest, answer)
         t_store = time.perf_counter()
         observation_id = await asyncio.to_thread(
             self._store,
@@ -119,18 +134,17 @@ class PredictionService:
             fmt,
             metadata,
             source,
-            result,
+            answer,
             (time.perf_counter() - started) * 1000,
             timings,
         )
-        self.metrics.variant_predictions.labels(pipeline, variant.value).inc()
         self.runtime.shadow(spec, digest, observation_id, data)  # in the background, when sampled
         timings["store"] = (time.perf_counter() - t_store) * 1000
         self.metrics.observe_stage(pipeline, "store", timings["store"] / 1000)
         total_ms = (time.perf_counter() - started) * 1000
         self.metrics.request_seconds.labels(pipeline).observe(total_ms / 1000)
-        return {
-            **result,
+        response: PredictionJson = {
+            **answer.to_json(),
             "pipeline": pipeline,
             "model_name": loaded.ref.name,
             "model_version": loaded.ref.version,
@@ -139,10 +153,29 @@ class PredictionService:
             "processing_time_ms": round(total_ms, 2),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
         }
+        return response
+
+    async def _infer_current(
+        self, spec: PipelineSpec, digest: str, loaded: LoadedModel, variant: Variant, data: bytes
+    ) -> tuple[Answer, str, dict[str, float], LoadedModel, Variant]:
+        """:meth:`_infer` on the model that serves now: when an alias move or a rollout swapped
+        ``loaded`` out while this request was on its way to it (its batcher closed), the runtime
+        already serves the successor, which answers instead, so a switch fails no request."""
+        for _ in range(SWAP_RETRIES):
+            try:
+                answer, fmt, timings = await self._infer(spec, loaded, data)
+                return answer, fmt, timings, loaded, variant
+            except BatcherClosed:
+                successor, successor_variant = self.runtime.get_variant(spec.name, digest)
+                if successor is loaded:
+                    raise  # closing for good (shutdown), not swapped
+                loaded, variant = successor, successor_variant
+        answer, fmt, timings = await self._infer(spec, loaded, data)
+        return answer, fmt, timings, loaded, variant
 
     async def _infer(
         self, spec: PipelineSpec, loaded: LoadedModel, data: bytes
-    ) -> tuple[dict[str, Any], str, dict[str, float]]:
+    ) -> tuple[Answer, str, dict[str, float]]:
         manifest = loaded.bundle.manifest
         timings: dict[str, float] = {}
 
@@ -158,18 +191,19 @@ class PredictionService:
         timings["infer"] = infer_ms  # includes the wait for batch company (queue)
         self.metrics.observe_stage(spec.name, "infer", infer_ms / 1000)
 
-        def post() -> dict[str, Any]:
-            result = finish(spec, manifest, loaded.ref, prepared, outputs)
+        def post() -> Answer:
+            answer = finish(spec, manifest, loaded.ref, prepared, outputs)
             # O(features) per call; never raises. A closing drift window (once per window) runs here too.
-            # Drift follows the champion only: one monitor per pipeline, and a canary would replace it.
-            if loaded is not self.runtime.challenger(spec.name):
-                self.drift.observe(spec.name, loaded, result, outputs, prepared.image)
-            return result
+            champion = loaded is not self.runtime.challenger(spec.name)
+            self.answering.observe_drift(
+                spec.name, loaded, answer, outputs, prepared.image, champion=champion
+            )
+            return answer
 
         t2 = time.perf_counter()
-        result = await self._timed(spec.name, "post", post)
+        answer = await self._timed(spec.name, "post", post)
         timings["post"] = (time.perf_counter() - t2) * 1000
-        return result, prepared.image.format, timings
+        return answer, prepared.image.format, timings
 
     # --- persistence (runs in a worker thread) ------------------------------------------------------
 
@@ -183,7 +217,7 @@ class PredictionService:
         fmt: str | None,
         metadata: dict[str, Any],
         source: str,
-        result: dict[str, Any],
+        answer: Answer,
         latency_ms: float,
         timings: dict[str, float],
     ) -> str:
@@ -191,24 +225,18 @@ class PredictionService:
         if not self.objects.exists(key):
             self.objects.put(key, data, content_type=content_type_of(fmt))
         observation_id = self.db.record_prediction(
-            pipeline=spec.name,
-            content_hash=digest,
-            object_key=key,
-            content_type=content_type_of(fmt),
-            size_bytes=len(data),
-            metadata=metadata,
-            source=source,
-            model_name=loaded.ref.name,
-            model_version=loaded.ref.version,
-            variant=variant,
-            task=loaded.bundle.manifest.task.value,
-            result=result,
-            decision=result.get("decision"),
-            confidence=result.get("confidence"),
-            latency_ms=latency_ms,
-            timings=timings,
+            NewObservation(
+                pipeline=spec.name,
+                content_hash=digest,
+                object_key=key,
+                content_type=content_type_of(fmt),
+                size_bytes=len(data),
+                metadata=metadata,
+                source=source,
+            ),
+            self.answering.prediction_record(loaded, variant, answer, latency_ms, timings),
         )
-        queue_answers(self.db, spec, [(observation_id, result)])  # uncertain answers → review queue
+        self.answering.stored(spec, [StoredAnswer(observation_id, answer, variant)])
         return observation_id
 
     def _quarantine(

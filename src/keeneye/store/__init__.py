@@ -1,15 +1,71 @@
-"""Storage adapters chosen by URL: results DB, object store, cache."""
+"""Storage adapters chosen by URL: results DB, object store, cache.
+
+``keeneye.store`` is the only code that writes SQL: :class:`ResultsDB` gathers one repository per
+aggregate (``observations``, ``predictions``, ``feedback``, ``reviews``, ``runs``, ``rollouts``,
+``alerts``, ``drift_reports``, ``model_events``, ``keys``) and hands out the frozen records below.
+"""
 
 from keeneye.store.cache import Cache, open_cache
 from keeneye.store.db import ResultsDB, open_results_db
+from keeneye.store.engine import insert_ignoring_conflicts, utcnow
 from keeneye.store.objects import ObjectInfo, ObjectStore, open_object_store
+from keeneye.store.observations import ObservationFilter, ObservationPage
+from keeneye.store.records import (
+    ALERT_STATES,
+    OPEN_ALERT_STATES,
+    TRAINING_RUN_ACTIVE,
+    AlertRecord,
+    ApiKeyRecord,
+    Completion,
+    DriftReportRecord,
+    DriftWindow,
+    FeedbackRecord,
+    ModelEventRecord,
+    NewObservation,
+    NewPrediction,
+    NewReviewItem,
+    NotificationRecord,
+    ObservationRecord,
+    PredictionRecord,
+    ReviewItemRecord,
+    SilenceRecord,
+    TrainingRunRecord,
+)
+from keeneye.store.rollouts import RolloutRecord, RolloutState
+from keeneye.store.runs import RunRequest
 
 __all__ = [
+    "ALERT_STATES",
+    "OPEN_ALERT_STATES",
+    "TRAINING_RUN_ACTIVE",
+    "AlertRecord",
+    "ApiKeyRecord",
     "Cache",
+    "Completion",
+    "DriftReportRecord",
+    "DriftWindow",
+    "FeedbackRecord",
+    "ModelEventRecord",
+    "NewObservation",
+    "NewPrediction",
+    "NewReviewItem",
+    "NotificationRecord",
     "ObjectInfo",
     "ObjectStore",
+    "ObservationFilter",
+    "ObservationPage",
+    "ObservationRecord",
+    "PredictionRecord",
     "ResultsDB",
+    "ReviewItemRecord",
+    "RolloutRecord",
+    "RolloutState",
+    "RunRequest",
+    "SilenceRecord",
+    "TrainingRunRecord",
+    "insert_ignoring_conflicts",
     "open_cache",
     "open_object_store",
     "open_results_db",
+    "utcnow",
 ]

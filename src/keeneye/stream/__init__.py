@@ -11,7 +11,7 @@ from keeneye.stream.messages import (
     parse_observation,
 )
 from keeneye.stream.reconciler import Reconciler, ReconcileReport
-from keeneye.stream.worker import DEFAULT_GROUP, PipelineWorker, UtilizationWindow, WorkerBase, status_dir
+from keeneye.stream.worker import DEFAULT_GROUP, PipelineWorker, status_dir
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -26,8 +26,6 @@ __all__ = [
     "PipelineWorker",
     "ReconcileReport",
     "Reconciler",
-    "UtilizationWindow",
-    "WorkerBase",
     "dlq_topic",
     "input_topic",
     "open_bus",

@@ -23,8 +23,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
-
 from keeneye.domain import InvalidInput, KeeneyeError, MessageTooLarge, ObservationStatus
 from keeneye.imaging import content_hash, sniff_format
 from keeneye.pipelines import PipelineCatalog, content_type_of, observation_key
@@ -266,19 +264,7 @@ def _short_wait(db: ResultsDB, seconds: float) -> ResultsDB:
     """
     if getattr(db, "backend", None) != "sqlite" or not isinstance(db, ResultsDB):
         return db
-    rows = ResultsDB(db.url)
-    millis = max(1, int(seconds * 1000))
-
-    def short_busy_timeout(dbapi_connection: Any, _record: object) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout={millis}")
-        finally:
-            cursor.close()
-
-    # Registered after the engine's own connect hook (30 s), so it wins.
-    event.listen(rows.engine, "connect", short_busy_timeout)
-    return rows
+    return db.with_lock_timeout(seconds)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from keeneye.domain import NotFound, ObservationStatus
 from keeneye.settings import Settings
-from keeneye.store import ObjectStore, ResultsDB, open_object_store, open_results_db
-from keeneye.store.db import ObservationRecord
+from keeneye.store import ObjectStore, ObservationRecord, ResultsDB, open_object_store, open_results_db
 from keeneye.stream.bus import Bus, open_bus
 from keeneye.stream.messages import ObservationMessage, fits_inline, publish_observation
 

@@ -1,9 +1,10 @@
-"""Stream workers: one base for long-running loops, and the pipeline worker that consumes ``.in``.
+"""Stream workers: the pipeline worker that consumes ``.in``.
 
-:class:`WorkerBase` — ``setup`` / ``run_loop`` / ``teardown``, a stop event set by SIGTERM/SIGINT
-(drain: the batch in hand is finished, then the loop exits), a busy-fraction gauge over a sliding
-window, and a status file ``<home>/run/workers/<name>-<pid>.json`` rewritten every few seconds so the
-supervisor and ``GET /v1/system`` can read it without importing the worker.
+:class:`~keeneye.workers.WorkerBase` (shared by every long-running loop) gives the worker
+``setup`` / ``run_loop`` / ``teardown``, a stop event set by SIGTERM/SIGINT (drain: the batch in hand
+is finished, then the loop exits), a busy-fraction gauge and a status file
+``<home>/run/workers/<name>-<pid>.json`` (:func:`status_dir`) that the supervisor and
+``GET /v1/system`` read without importing the worker.
 
 :class:`PipelineWorker` — per batch of messages from ``keeneye.<pipeline>.in``: parse (malformed →
 DLQ) → claim the observation (``queued|processing → processing``; already finished → skip) → load the
@@ -28,45 +29,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 
+from keeneye.answering import Answering, StoredAnswer
 from keeneye.domain import InvalidInput, KeeneyeError, NotFound, ObservationStatus, Variant
 from keeneye.imaging import content_hash, sniff_format
-from keeneye.lifecycle.labels import queue_answers
-from keeneye.lifecycle.rollout import prepare_for
+from keeneye.metrics import Metrics
 from keeneye.models.manifest import ModelManifest
 from keeneye.monitoring.drift import DriftMonitors
-from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import (
     LoadedModel,
     ModelNotReady,
     ModelRuntime,
     PipelineCatalog,
-    Prepared,
     content_type_of,
     finish,
     observation_key,
     prepare,
+    prepare_for,
     quarantine_key,
 )
 from keeneye.registry import ModelRegistry
-from keeneye.settings import InferenceSettings, Settings
-from keeneye.store import Cache, ObjectStore, ResultsDB, open_cache, open_object_store, open_results_db
-from keeneye.store.db import Completion, ObservationRecord
+from keeneye.settings import Settings
+from keeneye.store import (
+    Cache,
+    Completion,
+    ObjectStore,
+    ObservationRecord,
+    ResultsDB,
+    open_cache,
+    open_object_store,
+    open_results_db,
+)
+from keeneye.stream.batches import Batch, BatchItem
 from keeneye.stream.bus import Bus, Consumer, Message, Outgoing, open_bus
 from keeneye.stream.messages import (
     MalformedMessage,
@@ -78,6 +81,8 @@ from keeneye.stream.messages import (
     result_payload,
 )
 from keeneye.stream.reconciler import Reconciler
+from keeneye.stream.threads import MODEL_RUNS, model_threads
+from keeneye.workers import WorkerBase
 
 log = logging.getLogger(__name__)
 
@@ -86,176 +91,11 @@ CLAIMABLE = (ObservationStatus.queued, ObservationStatus.processing)
 _BACKOFF_BASE_SECONDS = 0.1
 # Where a worker's time goes (``PipelineWorker.stage_seconds``); ``wait``: waiting for the model.
 WORKER_STAGES = ("claim", "decode", "infer", "wait", "post", "store", "publish", "ack")
-MODEL_RUNS = 2  # batches at the model at once
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: a container's cpuset or taskset)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
-def model_threads(settings: InferenceSettings, runs: int) -> InferenceSettings:
-    """The ONNX Runtime threads of a worker running ``runs`` batches at once: with
-    ``intra_op_threads`` 0 (automatic) each run gets an equal share of the cores; a number set
-    explicitly is kept."""
-    if settings.intra_op_threads:
-        return settings
-    return settings.model_copy(update={"intra_op_threads": max(1, usable_cores() // runs)})
 
 
 def status_dir(settings: Settings) -> Path:
     """Where workers write their status files (the supervisor reads them)."""
     return settings.home / "run" / "workers"
-
-
-# --------------------------------------------------------------------------------------------------
-# Utilisation: busy fraction over a sliding window
-# --------------------------------------------------------------------------------------------------
-
-
-class UtilizationWindow:
-    """Fraction of the last ``window_seconds`` spent inside :meth:`busy` spans (0..1)."""
-
-    def __init__(self, window_seconds: float = 30.0) -> None:
-        self.window = window_seconds
-        self._spans: deque[tuple[float, float]] = deque()
-        self._busy_since: float | None = None
-        self._created = time.monotonic()
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        start = time.monotonic()
-        with self._lock:
-            self._busy_since = start
-        try:
-            yield
-        finally:
-            end = time.monotonic()
-            with self._lock:
-                self._busy_since = None
-                self._spans.append((start, end))
-                while self._spans and self._spans[0][1] < end - self.window:
-                    self._spans.popleft()
-
-    def fraction(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        lo = max(now - self.window, self._created)
-        total = now - lo
-        if total <= 0:
-            return 0.0
-        with self._lock:
-            busy = sum(max(0.0, min(end, now) - max(start, lo)) for start, end in self._spans)
-            if self._busy_since is not None:
-                busy += now - max(self._busy_since, lo)
-        return min(1.0, busy / total)
-
-
-# --------------------------------------------------------------------------------------------------
-# The base of every long-running loop
-# --------------------------------------------------------------------------------------------------
-
-
-class WorkerBase:
-    """``setup`` → ``run_loop`` (calls :meth:`step` until stopped) → ``teardown``.
-
-    Subclasses implement :meth:`step` (one short iteration: it must return within about a second so
-    a stop request is honoured) and wrap real work in ``with self.busy():``.
-    """
-
-    def __init__(self, name: str, *, status_path: Path | None = None, status_interval: float = 2.0) -> None:
-        self.name = name
-        self.stop_event = threading.Event()
-        self.utilization = UtilizationWindow()
-        self.processed = 0
-        self.started_at = time.time()
-        self.status_path = status_path
-        self.status_interval = status_interval
-        self._next_status = 0.0
-
-    @property
-    def busy_fraction(self) -> float:
-        return self.utilization.fraction()
-
-    def busy(self) -> contextlib.AbstractContextManager[None]:
-        return self.utilization.busy()
-
-    # -- the lifecycle ----------------------------------------------------------------------------
-
-    def setup(self) -> None:
-        """Open backends and load models; raising here ends the worker before any message is taken."""
-
-    def step(self) -> None:
-        raise NotImplementedError
-
-    def teardown(self) -> None:
-        """Release backends; runs whether ``run_loop`` ended normally or by an exception."""
-
-    def run_loop(self) -> None:
-        while not self.stop_event.is_set():
-            self.step()
-            self.write_status()
-
-    def run(self, *, handle_signals: bool = True) -> None:
-        """The whole life: signals (main thread only), setup, loop, teardown."""
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            self.install_signal_handlers()
-        self.setup()
-        try:
-            self.write_status(force=True)
-            self.run_loop()
-        finally:
-            try:
-                self.teardown()
-            finally:
-                self.remove_status()
-        log.info("worker stopped", extra={"worker": self.name, "processed": self.processed})
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            if self.stop_event.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now, unacked messages come back
-            log.info("stop requested; finishing the batch in hand", extra={"signal": signum})
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-    # -- the status file --------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "name": self.name,
-            "busy_fraction": round(self.busy_fraction, 4),
-            "processed": self.processed,
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-        }
-
-    def write_status(self, *, force: bool = False) -> None:
-        if self.status_path is None:
-            return
-        now = time.monotonic()
-        if not force and now < self._next_status:
-            return
-        self._next_status = now + self.status_interval
-        try:
-            self.status_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.status_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status()))
-            os.replace(tmp, self.status_path)  # readers never see half a file
-        except OSError:
-            log.warning("cannot write the worker status file", extra={"path": str(self.status_path)})
-
-    def remove_status(self) -> None:
-        if self.status_path is not None:
-            with contextlib.suppress(OSError):
-                self.status_path.unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,40 +112,6 @@ class _OnePipeline(PipelineCatalog):
 
     def names(self) -> list[str]:
         return [self._only]
-
-
-@dataclass(eq=False)
-class _Item:
-    message: Message
-    obs: ObservationMessage
-    record: ObservationRecord | None = None
-    data: bytes = b""
-    prepared: Prepared | None = None
-    outputs: list[np.ndarray] | None = None
-    result: dict[str, Any] | None = None
-    error: BaseException | None = None  # a transient failure: retry or fail
-    ack: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    model: LoadedModel | None = None  # who answers: None = the batch's champion; else a canary's challenger
-    variant: Variant = Variant.champion
-
-
-@dataclass(eq=False)
-class _Batch:
-    """One polled batch on its way through the worker: taken in, run by the model, settled."""
-
-    messages: list[Message]
-    loaded: LoadedModel
-    items: list[_Item] = field(default_factory=list)
-    decided: list[tuple[Message, bool]] = field(default_factory=list)  # settled before the model: ack?
-    todo: list[_Item] = field(default_factory=list)  # decoded, not cached: the model's share
-    model_run: Future[float] | None = None  # the model's work on ``todo`` (seconds), on a model thread
-
-    def claimed_ids(self) -> set[str]:
-        return {i.obs.observation_id for i in self.items if i.record is not None}
-
-    def model_done(self) -> bool:
-        return self.model_run is None or self.model_run.done()
 
 
 class PipelineWorker(WorkerBase):
@@ -338,7 +144,7 @@ class PipelineWorker(WorkerBase):
         # benchmarks and profiling: a large ``wait`` means the model is the limit.
         self.stage_seconds = dict.fromkeys(WORKER_STAGES, 0.0)
         self.model_runs = max(1, model_runs)
-        self._in_flight: deque[_Batch] = deque()  # handed to the model, not settled yet; in poll order
+        self._in_flight: deque[Batch] = deque()  # handed to the model, not settled yet; in poll order
         self._failures = 0  # consecutive failing batches, for the backoff
         self._next_refresh = 0.0
         self._next_reconcile = 0.0
@@ -356,6 +162,7 @@ class PipelineWorker(WorkerBase):
         self.bus: Bus = open_bus(s)
         self.metrics = Metrics()
         self.drift = DriftMonitors(self.db, s, self.metrics)  # the champion's input drift, per window
+        self.answering = Answering(self.db, self.cache, self.metrics, self.drift)
         registry = ModelRegistry(s, events=self.db)
         model_settings = s.model_copy(update={"inference": model_threads(s.inference, self.model_runs)})
         self.runtime = ModelRuntime(model_settings, _OnePipeline(s, self.pipeline), registry, self.metrics)
@@ -482,13 +289,13 @@ class PipelineWorker(WorkerBase):
 
     # -- one batch --------------------------------------------------------------------------------
 
-    def _take(self, messages: list[Message], loaded: LoadedModel, *, at_model: deque[_Batch]) -> _Batch:
+    def _take(self, messages: list[Message], loaded: LoadedModel, *, at_model: deque[Batch]) -> Batch:
         """Parse (malformed → DLQ), claim, read and decode a polled batch; look up the cache.
 
         ``at_model``: the batches still with the model. A second message for one of their observations
         is a duplicate, acked as skipped, exactly as a duplicate within one batch is.
         """
-        batch = _Batch(messages, loaded)
+        batch = Batch(messages, loaded)
         for message in messages:
             try:
                 obs = self._parse(message)
@@ -496,7 +303,7 @@ class PipelineWorker(WorkerBase):
                 sent = self._dead_letter(message, exc.reason, f"{exc.reason}: {exc.message}")
                 batch.decided.append((message, sent))
                 continue
-            batch.items.append(_Item(message, obs))
+            batch.items.append(BatchItem(message, obs))
         t0 = time.perf_counter()
         self._claim_batch(batch.items, taken={i for b in at_model for i in b.claimed_ids()})
         self._clock("claim", t0)
@@ -508,12 +315,12 @@ class PipelineWorker(WorkerBase):
         batch.todo = self._from_cache(decoded, loaded)
         return batch
 
-    def _settle(self, batch: _Batch) -> bool:
+    def _settle(self, batch: Batch) -> bool:
         """Post-process, store, announce and ack a batch the model has; False when something must be
         retried (then the loop backs off)."""
         self._wait_for_model(batch)
         self._post_process(batch.todo, batch.loaded)
-        ready = [i for i in batch.items if i.result is not None and i.error is None]
+        ready = [i for i in batch.items if i.answer is not None and i.error is None]
         self._complete(ready, batch.loaded)
 
         ok = all(ack for _, ack in batch.decided)
@@ -549,14 +356,14 @@ class PipelineWorker(WorkerBase):
             )
         return obs
 
-    def _claim_batch(self, items: list[_Item], *, taken: set[str]) -> None:
+    def _claim_batch(self, items: list[BatchItem], *, taken: set[str]) -> None:
         """Claim every observation of the batch in one transaction; settles those needing no work.
 
         Claimed items get ``record``; a second message for an observation already in this batch or in
         ``taken`` (claimed by the batch at the model) is a duplicate (redelivery or reconciler) and is
         acked as skipped — the first one does the work.
         """
-        primary: dict[str, _Item] = {}
+        primary: dict[str, BatchItem] = {}
         for item in items:
             obs_id = item.obs.observation_id
             if obs_id in primary or obs_id in taken:
@@ -595,7 +402,7 @@ class PipelineWorker(WorkerBase):
             except Exception as exc:
                 item.error = exc
 
-    def _adopt_and_claim(self, item: _Item) -> ObservationRecord | None:
+    def _adopt_and_claim(self, item: BatchItem) -> ObservationRecord | None:
         """Record an unknown observation, then claim it; ``None`` (item settled) when not claimable."""
         obs_id = item.obs.observation_id
         self._adopt(item)
@@ -607,7 +414,7 @@ class PipelineWorker(WorkerBase):
             item.ack = True
         return record
 
-    def _load(self, item: _Item, manifest: ModelManifest) -> None:
+    def _load(self, item: BatchItem, manifest: ModelManifest) -> None:
         """Read the bytes of a claimed item and prepare the input of the model that will run it;
         settles invalid items."""
         obs = item.obs
@@ -642,7 +449,7 @@ class PipelineWorker(WorkerBase):
             item.error = exc
         item.timings["decode"] = self._clock("decode", t0)
 
-    def _adopt(self, item: _Item) -> None:
+    def _adopt(self, item: BatchItem) -> None:
         obs = item.obs
         if obs.data is None:
             data = self.objects.get(obs.object_key or "")  # NotFound: nothing to adopt
@@ -668,7 +475,7 @@ class PipelineWorker(WorkerBase):
             id=obs.observation_id,
         )
 
-    def _route(self, items: list[_Item], champion: LoadedModel) -> None:
+    def _route(self, items: list[BatchItem], champion: LoadedModel) -> None:
         """During a canary its share (by observation id) goes to the challenger, the same decoded image
         prepared for that model's input."""
         for item in items:
@@ -682,25 +489,25 @@ class PipelineWorker(WorkerBase):
                 continue
             item.model, item.variant = model, variant
 
-    def _from_cache(self, items: list[_Item], loaded: LoadedModel) -> list[_Item]:
-        """Give cached items their result (same model version, same bytes); returns the others."""
-        todo: list[_Item] = []
+    def _from_cache(self, items: list[BatchItem], loaded: LoadedModel) -> list[BatchItem]:
+        """Give cached items their answer (same model version, same bytes); returns the others."""
+        todo: list[BatchItem] = []
         for item in items:
             assert item.record is not None
-            ref = (item.model or loaded).ref
-            cached = self._cache_get(self._cache_key(ref.name, ref.version, item.record.content_hash))
+            cached = self.answering.cached(
+                self.pipeline, (item.model or loaded).ref, item.record.content_hash
+            )
             if cached is not None:
-                cached.pop("_format", None)
-                item.result = cached
+                item.answer = cached.answer
             else:
                 todo.append(item)
         return todo
 
-    def _start_model(self, batch: _Batch) -> None:
+    def _start_model(self, batch: Batch) -> None:
         if batch.todo:
             batch.model_run = self._model_threads.submit(self._run_model, batch.todo, batch.loaded)
 
-    def _wait_for_model(self, batch: _Batch) -> None:
+    def _wait_for_model(self, batch: Batch) -> None:
         if batch.model_run is None:
             return
         t0 = time.perf_counter()
@@ -714,12 +521,12 @@ class PipelineWorker(WorkerBase):
         batch.model_run = None
         self._clock("wait", t0)
 
-    def _run_model(self, items: list[_Item], loaded: LoadedModel) -> float:
+    def _run_model(self, items: list[BatchItem], loaded: LoadedModel) -> float:
         """On a model thread: one model run per group of same-shaped inputs (normally the batch);
         returns the seconds the runs took."""
         seconds = 0.0
         # One group per model (champion, or the challenger for the canary share) and input shape.
-        groups: dict[tuple[int, tuple[int, ...], str], list[_Item]] = {}
+        groups: dict[tuple[int, tuple[int, ...], str], list[BatchItem]] = {}
         for item in items:
             assert item.prepared is not None
             tensor = item.prepared.tensor
@@ -746,45 +553,45 @@ class PipelineWorker(WorkerBase):
                 item.timings["infer"] = run_seconds * 1000
         return seconds
 
-    def _post_process(self, items: list[_Item], loaded: LoadedModel) -> None:
-        """Model outputs → each item's JSON result (``finish``: instances, decision, quality features)."""
+    def _post_process(self, items: list[BatchItem], loaded: LoadedModel) -> None:
+        """Model outputs → each item's answer (``finish``: instances, decision, quality features)."""
         for item in items:
             if item.outputs is None or item.prepared is None or item.error is not None:
                 continue
             t0 = time.perf_counter()
             model = item.model or loaded
             try:
-                item.result = finish(self.spec, model.bundle.manifest, model.ref, item.prepared, item.outputs)
+                item.answer = finish(self.spec, model.bundle.manifest, model.ref, item.prepared, item.outputs)
             except Exception as exc:
                 item.error = exc
             else:
-                if model is loaded:  # the champion's drift; a canary must not replace its window
-                    self.drift.observe(self.pipeline, loaded, item.result, item.outputs, item.prepared.image)
+                self.answering.observe_drift(
+                    self.pipeline,
+                    model,
+                    item.answer,
+                    item.outputs,
+                    item.prepared.image,
+                    champion=model is loaded,
+                )
             item.timings["post"] = self._clock("post", t0)
 
-    def _complete(self, items: list[_Item], loaded: LoadedModel) -> None:
+    def _complete(self, items: list[BatchItem], loaded: LoadedModel) -> None:
         """Predictions + ``done`` for the whole batch (one transaction), cache, ``.out`` (one flush)."""
         if not items:
             return
         completions: list[Completion] = []
         now = time.time()
         for item in items:
-            assert item.record is not None and item.result is not None
-            result = item.result
-            model = item.model or loaded
+            assert item.record is not None and item.answer is not None
             completions.append(
-                Completion(
+                self.answering.completion(
                     item.record.id,
-                    pipeline=self.pipeline,
-                    model_name=model.ref.name,
-                    model_version=model.ref.version,
-                    variant=item.variant,
-                    task=model.bundle.manifest.task.value,
-                    result=result,
-                    decision=result.get("decision"),
-                    confidence=result.get("confidence"),
-                    latency_ms=(now - item.record.created_at.timestamp()) * 1000,
-                    timings=item.timings,
+                    self.pipeline,
+                    item.model or loaded,
+                    item.variant,
+                    item.answer,
+                    (now - item.record.created_at.timestamp()) * 1000,
+                    item.timings,
                 )
             )
         t0 = time.perf_counter()
@@ -797,9 +604,9 @@ class PipelineWorker(WorkerBase):
         store_ms = self._clock("store", t0)
         stored_at = time.time()
         t0 = time.perf_counter()
-        done: list[_Item] = []
+        done: list[BatchItem] = []
         for item in items:
-            assert item.record is not None and item.result is not None
+            assert item.record is not None and item.answer is not None
             if item.record.id not in stored:
                 item.error = NotFound(f"observation {item.record.id} does not exist")
                 continue
@@ -808,24 +615,24 @@ class PipelineWorker(WorkerBase):
             self.metrics.observation_seconds.labels(self.pipeline).observe(
                 stored_at - item.record.created_at.timestamp()
             )
-            fmt = (item.result.get("image") or {}).get("format")
-            ref = (item.model or loaded).ref
-            key = self._cache_key(ref.name, ref.version, item.record.content_hash)
-            with contextlib.suppress(Exception):  # the cache is an optimisation, never a failure
-                self.cache.set(key, json.dumps({**item.result, "_format": fmt}).encode())
+            self.answering.remember(
+                self.pipeline, (item.model or loaded).ref, item.record.content_hash, item.answer
+            )
         self.counts["done"] += len(done)
         self.metrics.observations.labels(self.pipeline, "done").inc(len(done))
-        # Uncertain answers → the review queue (never raises: labelling help, not a failure).
-        queue_answers(self.db, self.spec, [(i.record.id, i.result) for i in done if i.record is not None])
-        for item in done:
-            self.metrics.variant_predictions.labels(self.pipeline, item.variant.value).inc()
+        # Uncertain answers → the review queue (never raises), per-variant counts.
+        self.answering.stored(
+            self.spec,
+            [StoredAnswer(i.record.id, i.answer, i.variant) for i in done if i.record and i.answer],
+        )
         if not done:
             return
         out = []
         for i in done:
             assert i.record is not None
             ref = (i.model or loaded).ref
-            payload = result_payload(i.record.id, self.pipeline, ref.name, ref.version, i.result or {})
+            assert i.answer is not None
+            payload = result_payload(i.record.id, self.pipeline, ref.name, ref.version, i.answer.to_json())
             out.append(Outgoing(payload, key=i.record.id))
         try:
             self.bus.publish_many(output_topic(self.pipeline), out)
@@ -841,7 +648,7 @@ class PipelineWorker(WorkerBase):
 
     # -- settling ---------------------------------------------------------------------------------
 
-    def _reject(self, item: _Item, exc: InvalidInput) -> bool:
+    def _reject(self, item: BatchItem, exc: InvalidInput) -> bool:
         assert item.record is not None
         reason = f"{exc.reason}: {exc.message}"
         try:
@@ -858,7 +665,7 @@ class PipelineWorker(WorkerBase):
         log.info("observation rejected", extra={"observation_id": item.record.id, "reason": reason})
         return True
 
-    def _fail(self, item: _Item, code: str, reason: str) -> bool:
+    def _fail(self, item: BatchItem, code: str, reason: str) -> bool:
         """Dead-letter the message and mark the observation ``failed``; returns whether to ack."""
         if not self._dead_letter(item.message, code, reason):
             return False
@@ -872,7 +679,7 @@ class PipelineWorker(WorkerBase):
         log.error("observation failed", extra={"observation_id": item.obs.observation_id, "reason": reason})
         return True
 
-    def _retry_or_fail(self, item: _Item) -> bool:
+    def _retry_or_fail(self, item: BatchItem) -> bool:
         """A transient failure: publish the message again (re-queued) or, at the limit, fail it."""
         error = item.error
         assert error is not None
@@ -936,18 +743,6 @@ class PipelineWorker(WorkerBase):
                 key=record.id,
             )
             self.bus.flush()
-
-    # -- cache ------------------------------------------------------------------------------------
-
-    def _cache_key(self, model: str, version: str, digest: str) -> str:
-        return f"pred:{self.pipeline}:{model}:{version}:{digest}"  # the same scheme as serving
-
-    def _cache_get(self, key: str) -> dict[str, Any] | None:
-        try:
-            raw = self.cache.get(key)
-            return None if raw is None else dict(json.loads(raw))
-        except Exception:
-            return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,6 +1,9 @@
 """Training data and models: datasets (COCO, ImageFolder), validation, versions, splits, synthetic data."""
 
+from keeneye.training.coco import CocoLayout, CocoWriter
 from keeneye.training.datasets import (
+    ANNOTATIONS_FILE,
+    DATASET_INFO_FILE,
     Annotation,
     Category,
     Dataset,
@@ -18,10 +21,14 @@ from keeneye.training.splits import Split, SplitItem, split
 from keeneye.training.synth import DRIFT_KINDS, GENERATORS, Drift, SynthResult, generate
 
 __all__ = [
+    "ANNOTATIONS_FILE",
+    "DATASET_INFO_FILE",
     "DRIFT_KINDS",
     "GENERATORS",
     "Annotation",
     "Category",
+    "CocoLayout",
+    "CocoWriter",
     "Dataset",
     "DatasetImage",
     "Drift",
@@ -64,8 +71,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "export_onnx": "keeneye.training.export",
     "reference_profile": "keeneye.training.export",
     "Evaluation": "keeneye.training.evaluate",
-    "binary_metrics": "keeneye.training.evaluate",
-    "classification_metrics": "keeneye.training.evaluate",
+    "binary_metrics": "keeneye.scores",
+    "classification_metrics": "keeneye.scores",
     "coco_map": "keeneye.training.evaluate",
     "evaluate_bundle": "keeneye.training.evaluate",
     "zone_metrics": "keeneye.training.evaluate",

@@ -39,6 +39,7 @@ from keeneye.domain import Decision, Instances, Task
 from keeneye.imaging import prepare_input
 from keeneye.models import ModelBundle, OnnxModel, decide_ok_defect, ok_class_names, postprocess
 from keeneye.pipelines import PipelineSpec
+from keeneye.scores import binary_metrics, classification_metrics, confusion_matrix, pr_curve
 from keeneye.training.datasets import DatasetImage
 from keeneye.training.torchdata import class_map, load_image
 
@@ -51,88 +52,8 @@ MAX_GROUPS = 50
 
 
 # --------------------------------------------------------------------------------------------------
-# Pure metric functions
+# Pure metric functions (confusion matrix and P/R/F1: keeneye.scores)
 # --------------------------------------------------------------------------------------------------
-
-
-def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]:
-    """``cm[t, p]`` = how many items of true class ``t`` were predicted ``p``."""
-    t = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(y_pred, dtype=np.int64)
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
-
-
-def _div(num: float, den: float) -> float:
-    return float(num) / float(den) if den else 0.0
-
-
-def classification_metrics(cm: AnyArray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Per-class and macro precision / recall / F1 and accuracy from a confusion matrix.
-
-    Macro averages run over the classes that occur in the truth or the predictions (scikit-learn's
-    ``labels`` default); a zero denominator counts as 0.
-    """
-    cm = np.asarray(cm, dtype=np.int64)
-    tp = np.diag(cm).astype(np.float64)
-    pred_count = cm.sum(axis=0)
-    true_count = cm.sum(axis=1)
-    per_class: dict[str, dict[str, float]] = {}
-    present: list[str] = []
-    for i, name in enumerate(class_names):
-        p = _div(tp[i], pred_count[i])
-        r = _div(tp[i], true_count[i])
-        per_class[name] = {
-            "precision": p,
-            "recall": r,
-            "f1": _div(2 * p * r, p + r),
-            "support": int(true_count[i]),
-        }
-        if pred_count[i] or true_count[i]:
-            present.append(name)
-
-    def macro(key: str) -> float:
-        return float(np.mean([per_class[n][key] for n in present])) if present else 0.0
-
-    return {
-        "accuracy": _div(tp.sum(), cm.sum()),
-        "macro_precision": macro("precision"),
-        "macro_recall": macro("recall"),
-        "macro_f1": macro("f1"),
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-        "labels": list(class_names),
-    }
-
-
-def binary_metrics(truth: Sequence[bool], predicted: Sequence[bool]) -> dict[str, Any]:
-    """Counts and precision / recall / F1 of a binary decision (positive = True).
-
-    ``precision`` is None when nothing was predicted positive, ``recall`` None when nothing is
-    positive: undefined, not zero — so a subgroup without defects neither passes nor fails a gate.
-    """
-    t = np.asarray(truth, dtype=bool)
-    p = np.asarray(predicted, dtype=bool)
-    tp, fp = int((t & p).sum()), int((~t & p).sum())
-    fn, tn = int((t & ~p).sum()), int((~t & ~p).sum())
-    precision = tp / (tp + fp) if tp + fp else None
-    recall = tp / (tp + fn) if tp + fn else None
-    f1 = (
-        2 * precision * recall / (precision + recall)
-        if precision is not None and recall is not None and precision + recall
-        else (0.0 if precision is not None and recall is not None else None)
-    )
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "accuracy": _div(tp + tn, len(t)),
-    }
 
 
 def instances_to_class_map(
@@ -289,18 +210,6 @@ def coco_map(
         "map": float(stats[0]) if stats[0] >= 0 else None,
         "map50": float(stats[1]) if stats[1] >= 0 else None,
     }
-
-
-def pr_curve(scores: Sequence[float], labels: Sequence[bool]) -> tuple[AnyArray, AnyArray]:
-    """Precision and recall at every score threshold (descending scores); empty when no positives."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    if not y.any():
-        return np.zeros(0), np.zeros(0)
-    order = np.argsort(-s, kind="stable")
-    tp = np.cumsum(y[order])
-    fp = np.cumsum(~y[order])
-    return tp / (tp + fp), tp / y.sum()
 
 
 def latency_stats(ms: Sequence[float]) -> dict[str, float]:

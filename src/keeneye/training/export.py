@@ -3,8 +3,11 @@
 * :func:`export_onnx` writes ONNX (opset 17, dynamic batch axis) with two outputs: the head
   (``logits``: class logits or per-pixel seg-logits) and ``embedding`` (pooled features, for drift).
 * :func:`check_parity` runs the ONNX model in ONNX Runtime on real inputs and compares it with the
-  torch model; a maximum absolute difference above ``1e-3`` refuses the export (a model that serves
-  something other than what was evaluated must never reach the registry).
+  torch model on what serving uses: the probabilities after softmax / sigmoid (``1e-3`` absolute),
+  the decisions they lead to (the winning class of every image or pixel, equal wherever torch's own
+  margin is not within float noise) and the raw outputs relative to their scale (``1e-3`` of the
+  largest magnitude). Any of these out of bounds refuses the export (a model that serves something
+  other than what was evaluated must never reach the registry).
 * :func:`reference_profile` describes the training images for drift monitoring: quantiles and a
   sample of every :func:`keeneye.imaging.quality_features` value, a sample of the model's embeddings
   and of its outputs (confidence, instance count).
@@ -17,7 +20,7 @@ import io
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,15 @@ OPSET = 17
 INPUT_NAME = "input"
 HEAD_OUTPUT = "logits"
 EMBEDDING_OUTPUT = "embedding"
-PARITY_TOLERANCE = 1e-3
+# Tolerances, per output kind. Served scores are probabilities, compared with thresholds and shown to
+# three decimals: 1e-3 absolute on them cannot move a reported score or flip a decision except for a
+# value already within 1e-3 of its threshold. Raw outputs (logits, embeddings) are compared relative
+# to their scale: float32 kernels that ONNX Runtime fuses differently from torch err in proportion to
+# the magnitudes they sum (a trained segmentation head with logits near ±10 differs by ~2e-3 from
+# rounding alone), while a wrong weight or operator errs by a share of the values themselves, far above
+# 1e-3 of them. Logits are also checked raw because softmax ignores a constant shift of every class.
+PARITY_TOLERANCE = 1e-3  # absolute, on probabilities
+PARITY_RELATIVE_TOLERANCE = 1e-3  # of the largest magnitude of a raw output (at least 1.0)
 PROFILE_MAX_EMBEDDINGS = 200
 PROFILE_MAX_SAMPLE = 500
 PROFILE_QUANTILES = tuple(np.linspace(0.0, 1.0, 21).tolist())  # every 5 %
@@ -56,16 +67,40 @@ FloatArray = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class ParityReport:
-    """How far ONNX Runtime's outputs are from torch's on the same inputs."""
+    """How far ONNX Runtime's outputs are from torch's on the same inputs, and whether that is allowed.
+
+    ``per_output`` holds the largest absolute difference of each raw output and ``limits`` the bound
+    it was held to; ``max_probability_diff`` compares the head's probabilities (bound ``tolerance``);
+    ``decision_mismatches`` counts images (classification) or pixels (segmentation) whose winning class
+    differs although torch's margin between its top two probabilities exceeded ``2 × tolerance``.
+    """
 
     max_abs_diff: float
     per_output: dict[str, float]
     n_inputs: int
     tolerance: float
+    limits: dict[str, float] = field(default_factory=dict)
+    max_probability_diff: float = 0.0
+    decision_mismatches: int = 0
+    decisions: int = 0
+
+    @property
+    def failures(self) -> list[str]:
+        """What is out of bounds, one phrase each (empty when the export may pass)."""
+        out = [
+            f"{name} differs by {diff:.3g} > {self.limits[name]:.3g}"
+            for name, diff in self.per_output.items()
+            if name in self.limits and diff > self.limits[name]
+        ]
+        if self.max_probability_diff > self.tolerance:
+            out.append(f"probabilities differ by {self.max_probability_diff:.3g} > {self.tolerance:g}")
+        if self.decision_mismatches:
+            out.append(f"{self.decision_mismatches} of {self.decisions} decisions differ")
+        return out
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,7 +108,32 @@ class ParityReport:
             "per_output": self.per_output,
             "n_inputs": self.n_inputs,
             "tolerance": self.tolerance,
+            "limits": self.limits,
+            "max_probability_diff": self.max_probability_diff,
+            "decision_mismatches": self.decision_mismatches,
+            "decisions": self.decisions,
         }
+
+
+def head_probabilities(logits: FloatArray) -> FloatArray:
+    """Class probabilities of a head output ``(N, C, …)``: softmax over ``C``, sigmoid when ``C == 1``
+    (as :mod:`keeneye.models.postprocess` turns logits into scores when it serves)."""
+    x = logits.astype(np.float64)
+    if x.shape[1] == 1:
+        positive = 1.0 / (1.0 + np.exp(-x))
+        probs: FloatArray = np.concatenate([1.0 - positive, positive], axis=1).astype(np.float32)
+        return probs
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs
+
+
+def _decision_mismatches(expected: FloatArray, got: FloatArray, margin: float) -> tuple[int, int]:
+    """(mismatches, decisions): winning classes that differ where torch's top-2 margin > ``margin``."""
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > margin
+    differ = expected.argmax(axis=1) != got.argmax(axis=1)
+    return int(np.count_nonzero(differ & decided)), int(decided.size)
 
 
 def export_onnx(model: nn.Module, task: Task, sample: torch.Tensor, *, opset: int = OPSET) -> bytes:
@@ -128,22 +188,41 @@ def check_parity(
     inputs: torch.Tensor,
     *,
     tolerance: float = PARITY_TOLERANCE,
+    relative_tolerance: float = PARITY_RELATIVE_TOLERANCE,
 ) -> ParityReport:
-    """Compare ONNX Runtime with torch on ``inputs``; raise :class:`KeeneyeError` above ``tolerance``."""
+    """Compare ONNX Runtime with torch on ``inputs`` (see the module docstring for what is compared);
+    raise :class:`KeeneyeError` naming every bound that is exceeded."""
     wrapper = WithEmbedding(model, task).eval()
     with torch.no_grad():
         expected = [t.float().numpy() for t in wrapper(inputs.float())]
     got = onnx_outputs(onnx_bytes, inputs.float().numpy())
-    per_output = {
-        name: float(np.max(np.abs(e - g))) if e.size else 0.0
-        for name, e, g in zip((HEAD_OUTPUT, EMBEDDING_OUTPUT), expected, got, strict=True)
-    }
-    report = ParityReport(max(per_output.values()), per_output, int(inputs.shape[0]), tolerance)
-    log.info("ONNX parity: max abs diff %.3g over %d inputs", report.max_abs_diff, report.n_inputs)
+    names = (HEAD_OUTPUT, EMBEDDING_OUTPUT)
+    per_output: dict[str, float] = {}
+    limits: dict[str, float] = {}
+    for name, e, g in zip(names, expected, got, strict=True):
+        per_output[name] = float(np.max(np.abs(e - g))) if e.size else 0.0
+        scale = float(np.max(np.abs(e))) if e.size else 0.0
+        limits[name] = relative_tolerance * max(1.0, scale)
+    p_expected, p_got = head_probabilities(expected[0]), head_probabilities(got[0])
+    mismatches, decisions = _decision_mismatches(p_expected, p_got, 2 * tolerance)
+    report = ParityReport(
+        max_abs_diff=max(per_output.values()),
+        per_output=per_output,
+        n_inputs=int(inputs.shape[0]),
+        tolerance=tolerance,
+        limits=limits,
+        max_probability_diff=float(np.max(np.abs(p_expected - p_got))) if p_expected.size else 0.0,
+        decision_mismatches=mismatches,
+        decisions=decisions,
+    )
+    log.info(
+        "ONNX parity: max abs diff %.3g, probabilities %.3g, %d/%d decisions differ over %d inputs",
+        report.max_abs_diff, report.max_probability_diff, mismatches, decisions, report.n_inputs,
+    )  # fmt: skip
     if not report.ok:
         raise KeeneyeError(
             f"ONNX export refused: outputs differ from torch by up to {report.max_abs_diff:.3g} "
-            f"(tolerance {tolerance:g}; per output {per_output})",
+            f"({'; '.join(report.failures)}; per output {per_output})",
             fix="an operator is exported incorrectly; try another backbone or opset, or report the model",
         )
     return report

@@ -19,14 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from keeneye.domain import InvalidInput, KeeneyeError, Task
 from keeneye.models import ModelBundle, Thresholds
 from keeneye.pipelines import PipelineCatalog, PipelineSpec, SplitsSection
+from keeneye.registry import CHALLENGER, CHAMPION, ModelRegistry
 from keeneye.settings import Settings
 from keeneye.training.datasets import (
     ANNOTATIONS_FILE,
@@ -65,11 +67,6 @@ from keeneye.training.trainers import (
     fit,
     search,
 )
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from keeneye.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +297,6 @@ def train_pipeline(
     Raises :class:`InvalidInput` for invalid data (unless ``skip_invalid``) and
     :class:`KeeneyeError` when the export fails its parity check.
     """
-    from keeneye.registry import CHALLENGER, CHAMPION, ModelRegistry
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -377,30 +373,35 @@ def train_pipeline(
             rng.choice(len(train_raw.images), min(PROFILE_IMAGES, len(train_raw.images)), replace=False)
         )
         profile_images = [load_image(train_raw.images[int(i)], spec, max_pixels) for i in profile_idx]
-        exported = export_bundle(
-            fitted.model,
-            run_dir / "bundle",
-            name=spec.model_name,
-            task=task,
-            input_spec=input_spec,
-            classes=classes,
-            parity_inputs=parity_x,
-            profile_inputs=x_train[torch.as_tensor(profile_idx)],
-            profile_images=profile_images,
-            thresholds=Thresholds(**spec.thresholds.manifest_overrides()),
-            data_version=version,
-            extra={
-                "training": {
-                    **config.to_params(),
-                    "best_epoch": fitted.best_epoch,
-                    "epochs_run": len(fitted.history),
-                    "device": fitted.device,
-                    "split_sizes": [len(train_imgs), len(val_imgs), len(test_imgs)],
+        _save_checkpoint(fitted.model, config, run_dir)  # first: a refused export keeps the weights
+        try:
+            exported = export_bundle(
+                fitted.model,
+                run_dir / "bundle",
+                name=spec.model_name,
+                task=task,
+                input_spec=input_spec,
+                classes=classes,
+                parity_inputs=parity_x,
+                profile_inputs=x_train[torch.as_tensor(profile_idx)],
+                profile_images=profile_images,
+                thresholds=Thresholds(**spec.thresholds.manifest_overrides()),
+                data_version=version,
+                extra={
+                    "training": {
+                        **config.to_params(),
+                        "best_epoch": fitted.best_epoch,
+                        "epochs_run": len(fitted.history),
+                        "device": fitted.device,
+                        "split_sizes": [len(train_imgs), len(val_imgs), len(test_imgs)],
+                    },
                 },
-            },
-            seed=config.seed,
-        )
-        _save_checkpoint(fitted.model, config, run_dir)
+                seed=config.seed,
+            )
+        except KeeneyeError as exc:
+            raise KeeneyeError(
+                f"{exc.message}; the trained weights are kept in {run_dir / CHECKPOINT_FILE}", fix=exc.fix
+            ) from exc
 
     categories = {c.id: c.name for c in dataset.categories}
     with _stage(timings, "evaluate"):
@@ -517,7 +518,6 @@ def _champion_metrics(
     progress: ProgressCallback | None,
 ) -> tuple[dict[str, float] | None, str | None]:
     """The current champion's metrics on the same test images (None, None when there is none)."""
-    from keeneye.registry import CHAMPION
 
     champion = registry.resolve(spec.model_name, CHAMPION)
     if champion is None:
@@ -681,7 +681,6 @@ def evaluate_version(
     progress: ProgressCallback | None = None,
 ) -> tuple[Evaluation, list[Path]]:
     """Evaluate a registered version (number or alias) on every image of a labelled dataset."""
-    from keeneye.registry import ModelRegistry
 
     spec = PipelineCatalog(settings).get(pipeline)
     reg = registry or ModelRegistry(settings)

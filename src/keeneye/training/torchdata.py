@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from keeneye.domain import InvalidInput, Task
-from keeneye.imaging import Image, Transform, decode_image, prepare_input
-from keeneye.models.manifest import ClassInfo, InputSpec
+from keeneye.imaging import Image, InputSpec, Transform, decode_image, prepare_input
+from keeneye.models.manifest import ClassInfo
 from keeneye.pipelines import PipelineSpec
 from keeneye.training.datasets import Dataset, DatasetImage
 

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from keeneye.domain import KeeneyeError, Task
+from keeneye.training.torchdata import augment_batch
 
 log = logging.getLogger(__name__)
 
@@ -420,8 +421,6 @@ def fit(
 def _augment(
     xb: torch.Tensor, yb: torch.Tensor, config: TrainConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from keeneye.training.torchdata import augment_batch
-
     return augment_batch(
         xb,
         yb,

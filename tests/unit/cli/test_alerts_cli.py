@@ -19,8 +19,7 @@ from keeneye.cli import main
 from keeneye.cli._common import console, err_console
 from keeneye.monitoring.alerts.store import AlertStore
 from keeneye.settings import Settings, get_settings
-from keeneye.store import open_results_db
-from keeneye.store.db import AlertRecord
+from keeneye.store import AlertRecord, open_results_db
 from tests.services import free_port
 
 KEENEYE = [sys.executable, "-m", "keeneye"]
@@ -213,7 +212,7 @@ def test_check_warns_about_overrides_of_unknown_rules(cli: Cli, home: Path, tmp_
 def _write_multiprocess_metrics(folder: Path, code: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
-    script = "from keeneye.monitoring.metrics import Metrics\nm = Metrics()\n" + code
+    script = "from keeneye.metrics import Metrics\nm = Metrics()\n" + code
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
 
 

@@ -78,7 +78,7 @@ def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         out = run(["db", "upgrade"], tmp_path)
         assert out.returncode == 0, out.stderr
-        assert "is at revision 0003" in out.stdout
+        assert "is at revision 0004" in out.stdout
 
 
 def test_predict_cli_uses_the_api_code_path(settings_home: Path, tmp_path: Path) -> None:
@@ -108,6 +108,20 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert run(["keys", "revoke", "1"], tmp_path).returncode == 0
     again = run(["keys", "revoke", "1"], tmp_path)
     assert again.returncode == 2 and "no active API key with id 1" in again.stderr
+
+
+def test_keys_have_a_role(tmp_path: Path) -> None:
+    viewer = run(["keys", "create", "wall-screen", "--role", "viewer"], tmp_path)
+    assert viewer.returncode == 0 and "role viewer" in viewer.stdout
+    assert run(["keys", "create", "field-app"], tmp_path).returncode == 0
+    listed = json.loads(run(["keys", "list", "--json"], tmp_path).stdout)
+    assert [(k["name"], k["role"]) for k in listed] == [("wall-screen", "viewer"), ("field-app", "operator")]
+    table = run(["keys", "list"], tmp_path).stdout
+    assert any("wall-screen" in ln and "viewer" in ln for ln in table.splitlines())
+    bad = run(["keys", "create", "x", "--role", "root"], tmp_path)
+    assert bad.returncode == 2 and "'root' is not one of 'viewer', 'operator', 'admin'" in bad.stderr
+    help_text = run(["keys", "create", "--help"], tmp_path).stdout
+    assert "--role" in help_text and "promote" in help_text
 
 
 @pytest.fixture

@@ -32,3 +32,16 @@ def test_demo_trains_promotes_serves_and_answers(tmp_path: Path) -> None:
     )
     versions = json.loads(listed.stdout)
     assert [(v["version"], "champion" in v["aliases"]) for v in versions] == [("1", True)]
+    # The demo's training is a training run; the closing panel fits --no-serve and this KEENEYE_HOME.
+    runs = subprocess.run(
+        [sys.executable, "-m", "keeneye", "runs", "species-id", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    listed_runs = json.loads(runs.stdout)["runs"]
+    assert [(r["cause"], r["status"], r["outcome"]["version"]) for r in listed_runs] == [
+        ("manual", "succeeded", "1")
+    ]
+    assert "is serving" not in out.stdout and "--no-serve" in out.stdout
+    assert str(tmp_path / "home") in out.stdout.replace("\n", "")

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from keeneye.domain import InvalidInput
-from keeneye.imaging import Image, Transform, batch, prepare_input
-from keeneye.models.manifest import InputSpec
+from keeneye.imaging import Image, InputSpec, Transform, batch, prepare_input
 
 RNG = np.random.default_rng(11)
 

@@ -13,14 +13,13 @@ import yaml
 
 from keeneye.domain import Variant
 from keeneye.lifecycle.rollout import RolloutController, RolloutPolicy
+from keeneye.metrics import Metrics
 from keeneye.models.bundle import ModelBundle
 from keeneye.models.testing import tiny_classifier
-from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import PipelineCatalog
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
-from keeneye.store import ResultsDB, open_results_db
-from keeneye.store.db import utcnow
+from keeneye.store import NewObservation, NewPrediction, ResultsDB, open_results_db, utcnow
 from tests.serving_support import SPECIES, register_species_model, species_manifest
 
 PIPELINE = "species-id"
@@ -108,21 +107,25 @@ def answer(
 ) -> str:
     """A new observation answered by ``version`` as ``variant`` (champion or canary); its id."""
     return db.record_prediction(
-        pipeline=PIPELINE,
-        content_hash=uuid.uuid4().hex * 2,
-        object_key=None,
-        content_type="image/jpeg",
-        size_bytes=100,
-        metadata={},
-        source="test",
-        model_name=PIPELINE,
-        model_version=version,
-        variant=variant,
-        task="classify",
-        result={"task": "classify", "predicted_class": predicted, "confidence": 0.9},
-        decision=None,
-        confidence=0.9,
-        latency_ms=latency_ms,
+        NewObservation(
+            pipeline=PIPELINE,
+            content_hash=uuid.uuid4().hex * 2,
+            object_key=None,
+            content_type="image/jpeg",
+            size_bytes=100,
+            metadata={},
+            source="test",
+        ),
+        NewPrediction(
+            model_name=PIPELINE,
+            model_version=version,
+            variant=variant,
+            task="classify",
+            result={"task": "classify", "predicted_class": predicted, "confidence": 0.9},
+            decision=None,
+            confidence=0.9,
+            latency_ms=latency_ms,
+        ),
     )
 
 

@@ -1,6 +1,6 @@
 """Observations with real stored answers for the labelling-loop tests.
 
-Answers are made the way the serving path makes them: ``Instances`` (masks) → ``format_result`` →
+Answers are made the way the serving path makes them: ``Instances`` (masks) → ``answer_of`` →
 stored with ``ResultsDB.record_prediction``; the image bytes go to the object store under the key the
 API uses. Nothing is faked: a SQLite file database and a directory object store.
 """
@@ -14,10 +14,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from keeneye.domain import Decision, Instances, ModelRef, Prediction, Task, Variant
+from keeneye.domain import Answer, Decision, Instances, ModelRef, Prediction, Task, Variant
 from keeneye.models import ModelManifest
-from keeneye.pipelines import PipelineSpec, format_result, observation_key
-from keeneye.store import ObjectStore, ResultsDB
+from keeneye.pipelines import PipelineSpec, answer_of, observation_key
+from keeneye.store import NewObservation, NewPrediction, ObjectStore, ResultsDB
 from tests.serving_support import SPECIES, jpeg, species_manifest
 
 LINE_CLASSES = ["background", "scratch", "dent"]
@@ -52,7 +52,7 @@ def crop_manifest() -> ModelManifest:
 
 
 def species_result(probabilities: list[float], *, width: int = 48, height: int = 48) -> dict[str, Any]:
-    """A classify answer as ``format_result`` writes it: classes by descending probability."""
+    """A classify answer as ``Answer.to_json`` writes it: classes by descending probability."""
     order = np.argsort(-np.asarray(probabilities), kind="stable")[:3]
     top = [
         {"class": SPECIES[i][0], "label": SPECIES[i][1], "probability": round(float(probabilities[i]), 6)}
@@ -89,9 +89,14 @@ def segment_result(
         masks=np.stack(masks) if masks else np.zeros((0, SIZE, SIZE), bool),
     )
     prediction = Prediction(instances, ModelRef(manifest.name, "1"), Task.segment)
-    result = format_result(prediction, manifest, spec)
+    result: dict[str, Any] = dict(answer_of(prediction, manifest, spec).to_json())
     result["image"] = {"width": SIZE, "height": SIZE, "format": "png"}
     return result
+
+
+def as_answer(result: dict[str, Any]) -> Answer:
+    """A stored answer read back, as the review queue, agreement and quality take it."""
+    return Answer.from_stored(result)
 
 
 def png_bytes(seed: int) -> bytes:
@@ -122,25 +127,29 @@ def store_answer(
     """An observation (``done``), its image in the object store and the champion's answer."""
     content_hash = hashlib.sha256(data).hexdigest()
     key = observation_key(pipeline, content_hash, fmt)
-    content_type = {"png": "image/png", "jpeg": "image/jpeg"}[fmt]
+    content_type = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}[fmt]
     objects.put(key, data, content_type=content_type)
     decision = result.get("decision")
     obs_id = db.record_prediction(
-        pipeline=pipeline,
-        content_hash=content_hash,
-        object_key=key,
-        content_type=content_type,
-        size_bytes=len(data),
-        metadata={},
-        source="test",
-        model_name=model_name or pipeline,
-        model_version=version,
-        variant=Variant.champion,
-        task=result["task"],
-        result=result,
-        decision=Decision(decision) if decision else None,
-        confidence=result.get("confidence"),
-        latency_ms=1.0,
+        NewObservation(
+            pipeline=pipeline,
+            content_hash=content_hash,
+            object_key=key,
+            content_type=content_type,
+            size_bytes=len(data),
+            metadata={},
+            source="test",
+        ),
+        NewPrediction(
+            model_name=model_name or pipeline,
+            model_version=version,
+            variant=Variant.champion,
+            task=result["task"],
+            result=result,
+            decision=Decision(decision) if decision else None,
+            confidence=result.get("confidence"),
+            latency_ms=1.0,
+        ),
     )
     return Stored(obs_id, content_hash, result)
 

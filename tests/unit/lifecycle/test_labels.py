@@ -31,6 +31,7 @@ from keeneye.training import load_coco, validate
 from tests.unit.lifecycle.support import (
     SPECIES,
     Stored,
+    as_answer,
     crop_manifest,
     line_manifest,
     png_bytes,
@@ -82,7 +83,12 @@ def line_answers(db: ResultsDB, objects: ObjectStore, spec: PipelineSpec) -> lis
     stored = []
     for seed, regions in enumerate(answers):
         s = store_answer(db, objects, spec.name, segment_result(spec, m, regions), png_bytes(seed))
-        enqueue(db, s.observation_id, spec.name, review_reasons(spec, s.result, rng_key=s.observation_id))
+        enqueue(
+            db,
+            s.observation_id,
+            spec.name,
+            review_reasons(spec, as_answer(s.result), rng_key=s.observation_id),
+        )
         stored.append(s)
     return stored
 
@@ -152,25 +158,27 @@ def _seg(scores: list[float], decision: str | None = None) -> dict[str, Any]:
 def test_review_reasons(
     catalog: PipelineCatalog, pipeline: str, result: dict[str, Any] | None, expected: list[tuple[str, float]]
 ) -> None:
-    reasons = review_reasons(catalog.get(pipeline), result, audit_share=0.0, rng_key="obs-1")
+    reasons = review_reasons(
+        catalog.get(pipeline), result and as_answer(result), audit_share=0.0, rng_key="obs-1"
+    )
     assert [(r, p) for r, p, _ in reasons] == [(r, pytest.approx(p)) for r, p in expected]
 
 
 def test_review_reason_details_name_the_cause(catalog: PipelineCatalog) -> None:
     spec = catalog.get("species-id")
     (_, _, details), *_ = review_reasons(
-        spec, species_result([0.5, 0.45, 0.05, 0.0, 0.0]), audit_share=0, rng_key="x"
+        spec, as_answer(species_result([0.5, 0.45, 0.05, 0.0, 0.0])), audit_share=0, rng_key="x"
     )
     assert details == {"confidence": 0.5, "threshold": 0.6, "margin": 0.05, "min_margin": 0.1}
     (_, _, details), *_ = review_reasons(
-        catalog.get("line-inspection"), _seg([0.55], "DEFECT"), audit_share=0, rng_key="x"
+        catalog.get("line-inspection"), as_answer(_seg([0.55], "DEFECT")), audit_share=0, rng_key="x"
     )
     assert details == {"score": 0.55, "threshold": 0.5, "band": 0.1, "decision": "DEFECT"}
 
 
 def test_audit_sample_is_a_deterministic_share(catalog: PipelineCatalog) -> None:
     spec = catalog.get("species-id")
-    sure = species_result([0.9, 0.05, 0.05, 0.0, 0.0])
+    sure = as_answer(species_result([0.9, 0.05, 0.05, 0.0, 0.0]))
     keys = [f"observation-{i}" for i in range(20_000)]
     picked = [k for k in keys if review_reasons(spec, sure, audit_share=0.02, rng_key=k)]
     assert 300 <= len(picked) <= 500  # 2 % of 20 000 = 400; a hash, not a coin: always the same set
@@ -231,7 +239,12 @@ def test_queue_orders_by_priority_with_the_answer_and_image(
         )
     ]
     for s in stored:
-        enqueue(db, s.observation_id, spec.name, review_reasons(spec, s.result, audit_share=0, rng_key="k"))
+        enqueue(
+            db,
+            s.observation_id,
+            spec.name,
+            review_reasons(spec, as_answer(s.result), audit_share=0, rng_key="k"),
+        )
     enqueue(db, stored[2].observation_id, spec.name, [("audit", 0.0, {"share": 0.02})])
     queue = review_queue(db, spec.name)
     # priorities: 1 − 0.3 = 0.7 (and margin 0.05 → 0.95), 0.55 → 0.45 / margin .15, 0.45 → 0.55, audit 0
@@ -340,7 +353,9 @@ def test_export_classification_and_label_studio(
     s = store_answer(
         db, objects, spec.name, species_result([0.5, 0.3, 0.1, 0.05, 0.05]), species_jpeg(3), fmt="jpeg"
     )
-    enqueue(db, s.observation_id, spec.name, review_reasons(spec, s.result, rng_key=s.observation_id))
+    enqueue(
+        db, s.observation_id, spec.name, review_reasons(spec, as_answer(s.result), rng_key=s.observation_id)
+    )
     schema = LabelSchema.from_manifest(spec, species_manifest(), model_version="1")
 
     export_labels(db, objects, spec.name, tmp_path / "coco", schema=schema, fmt="coco")
@@ -398,7 +413,12 @@ def test_export_skips_what_cannot_be_labelled(
         db, objects, spec.name, species_result([0.3, 0.3, 0.2, 0.1, 0.1]), species_jpeg(5), fmt="jpeg"
     )
     for s in (gone, twin, first):
-        enqueue(db, s.observation_id, spec.name, review_reasons(spec, s.result, audit_share=0, rng_key="k"))
+        enqueue(
+            db,
+            s.observation_id,
+            spec.name,
+            review_reasons(spec, as_answer(s.result), audit_share=0, rng_key="k"),
+        )
     gone_key = review_queue(db, spec.name)[-1].object_key or ""
     objects.delete(gone_key)  # retention removed one image
     schema = LabelSchema.from_manifest(spec, species_manifest())
@@ -686,7 +706,7 @@ def test_rle_masks_import_as_polygons(
     """CVAT exports drawn masks as RLE; feedback stores polygons that cover the same pixels."""
     import numpy as np
 
-    from keeneye.training.datasets import encode_rle, polygons_to_mask
+    from keeneye.geometry import encode_rle, polygons_to_mask
 
     spec = catalog.get("line-inspection")
     stored = line_answers(db, objects, spec)[:1]  # two instances
@@ -742,7 +762,10 @@ def test_queue_answers_batches_fresh_answers(
     sure = store_answer(
         db, objects, spec.name, species_result([0.9, 0.05, 0.05, 0, 0]), species_jpeg(2), fmt="jpeg"
     )
-    answers = [(unsure.observation_id, unsure.result), (sure.observation_id, sure.result)]
+    answers = [
+        (unsure.observation_id, as_answer(unsure.result)),
+        (sure.observation_id, as_answer(sure.result)),
+    ]
     assert queue_answers(db, spec, answers, audit_share=0.0) == 1
     assert queue_answers(db, spec, answers, audit_share=0.0) == 0  # a redelivery queues nothing twice
     assert queue_answers(db, spec, answers, audit_share=1.0) == 2  # both fall in a 100 % audit
@@ -750,5 +773,5 @@ def test_queue_answers_batches_fresh_answers(
         (unsure.observation_id, ("low_confidence", "audit")),
         (sure.observation_id, ("audit",)),
     ]
-    assert queue_answers(db, spec, [("0" * 32, unsure.result)], audit_share=0.0) == 0
+    assert queue_answers(db, spec, [("0" * 32, as_answer(unsure.result))], audit_share=0.0) == 0
     assert "could not queue 1 answer(s) of species-id for review" in caplog.text

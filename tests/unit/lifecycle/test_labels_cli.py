@@ -17,7 +17,7 @@ from keeneye.pipelines import PipelineCatalog
 from keeneye.settings import Settings
 from keeneye.store import open_object_store, open_results_db
 from tests.serving_support import register_species_model
-from tests.unit.lifecycle.support import SPECIES, species_jpeg, species_result, store_answer
+from tests.unit.lifecycle.support import SPECIES, as_answer, species_jpeg, species_result, store_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
@@ -36,7 +36,12 @@ def home(settings: Settings, tmp_path: Path) -> Path:
         s = store_answer(
             db, objects, spec.name, species_result(probabilities), species_jpeg(seed), fmt="jpeg"
         )
-        enqueue(db, s.observation_id, spec.name, review_reasons(spec, s.result, audit_share=0, rng_key="k"))
+        enqueue(
+            db,
+            s.observation_id,
+            spec.name,
+            review_reasons(spec, as_answer(s.result), audit_share=0, rng_key="k"),
+        )
     return settings.home
 
 

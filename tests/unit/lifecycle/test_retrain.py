@@ -33,7 +33,7 @@ from keeneye.lifecycle.retrain import (
 )
 from keeneye.lifecycle.runs import TrainingRunRecord, get_run, list_runs, request_run
 from keeneye.lifecycle.triggers import request_manual
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 from keeneye.pipelines import PipelineCatalog
 from keeneye.registry import ModelRegistry, ModelVersionInfo
 from keeneye.settings import Settings

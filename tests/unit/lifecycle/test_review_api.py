@@ -12,9 +12,16 @@ from keeneye.lifecycle import enqueue, review_reasons
 from keeneye.pipelines import PipelineCatalog
 from keeneye.serving.routes import review
 from keeneye.settings import Settings
-from keeneye.store import open_object_store, open_results_db
+from keeneye.store import NewObservation, NewPrediction, open_object_store, open_results_db
 from tests.serving_support import LiveServer, register_species_model
-from tests.unit.lifecycle.support import SPECIES, Stored, species_jpeg, species_result, store_answer
+from tests.unit.lifecycle.support import (
+    SPECIES,
+    Stored,
+    as_answer,
+    species_jpeg,
+    species_result,
+    store_answer,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 
@@ -36,7 +43,12 @@ def stored(settings: Settings, tmp_path: Path) -> list[Stored]:
         s = store_answer(
             db, objects, spec.name, species_result(probabilities), species_jpeg(seed), fmt="jpeg"
         )
-        enqueue(db, s.observation_id, spec.name, review_reasons(spec, s.result, audit_share=0, rng_key="k"))
+        enqueue(
+            db,
+            s.observation_id,
+            spec.name,
+            review_reasons(spec, as_answer(s.result), audit_share=0, rng_key="k"),
+        )
         out.append(s)
     return out
 
@@ -87,10 +99,26 @@ def test_observation_image_bytes_and_404s(
 
     db = open_results_db(settings)
     bare = db.record_prediction(
-        pipeline="species-id", content_hash="a" * 64, object_key=None, content_type="image/jpeg",
-        size_bytes=1, metadata={}, source="test", model_name="species-id", model_version="1",
-        variant="champion", task="classify", result={}, decision=None, confidence=None, latency_ms=1.0,
-    )  # fmt: skip
+        NewObservation(
+            pipeline="species-id",
+            content_hash="a" * 64,
+            object_key=None,
+            content_type="image/jpeg",
+            size_bytes=1,
+            metadata={},
+            source="test",
+        ),
+        NewPrediction(
+            model_name="species-id",
+            model_version="1",
+            variant="champion",
+            task="classify",
+            result={},
+            decision=None,
+            confidence=None,
+            latency_ms=1.0,
+        ),
+    )
     not_stored = httpx.get(f"{server.url}/v1/observations/{bare}/image")
     assert (not_stored.status_code, not_stored.json()["detail"]) == (
         404,

@@ -18,17 +18,13 @@ from keeneye.domain import InvalidInput, NotFound, ObservationStatus, Variant
 from keeneye.imaging import content_hash
 from keeneye.lifecycle.rollout import (
     RolloutPolicy,
-    RolloutRecord,
-    RolloutState,
     answers_agree,
-    choose_variant,
-    in_shadow_sample,
     mean_instance_iou,
-    read_rollout,
 )
-from keeneye.pipelines import ModelRuntime, finish, prepare
+from keeneye.pipelines import ModelRuntime, choose_variant, finish, in_shadow_sample, prepare
 from keeneye.settings import Settings
-from keeneye.store.db import utcnow
+from keeneye.store import utcnow
+from keeneye.store.rollouts import RolloutRecord, RolloutState, read_rollout
 from tests.serving_support import jpeg
 from tests.unit.lifecycle.rollout_support import (
     PIPELINE,
@@ -38,7 +34,7 @@ from tests.unit.lifecycle.rollout_support import (
     register_version,
     shadow_answer,
 )
-from tests.unit.lifecycle.support import line_manifest, segment_result
+from tests.unit.lifecycle.support import as_answer, line_manifest, segment_result
 
 # MLflow's SQL store uses an SQLAlchemy loader that SQLAlchemy 2.1 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
@@ -120,8 +116,8 @@ def _boxes(*items: tuple[str, list[float], float]) -> dict[str, Any]:
 def test_mean_instance_iou_pairs_same_class_instances(
     a: dict[str, Any], b: dict[str, Any], iou: float
 ) -> None:
-    assert mean_instance_iou(a, b) == pytest.approx(iou, abs=1e-6)
-    assert mean_instance_iou(b, a) == pytest.approx(iou, abs=1e-6)
+    assert mean_instance_iou(as_answer(a), as_answer(b)) == pytest.approx(iou, abs=1e-6)
+    assert mean_instance_iou(as_answer(b), as_answer(a)) == pytest.approx(iou, abs=1e-6)
 
 
 def test_segment_answers_agree_on_masks() -> None:
@@ -129,16 +125,18 @@ def test_segment_answers_agree_on_masks() -> None:
 
     spec = PipelineCatalog(Settings()).get("line-inspection")
     manifest = line_manifest()
-    one = segment_result(spec, manifest, [(1, (10, 10, 40, 40), 0.9)])
-    same = segment_result(spec, manifest, [(1, (11, 10, 41, 40), 0.8)])
-    moved = segment_result(spec, manifest, [(1, (30, 30, 60, 60), 0.8)])
+    one = as_answer(segment_result(spec, manifest, [(1, (10, 10, 40, 40), 0.9)]))
+    same = as_answer(segment_result(spec, manifest, [(1, (11, 10, 41, 40), 0.8)]))
+    moved = as_answer(segment_result(spec, manifest, [(1, (30, 30, 60, 60), 0.8)]))
     assert mean_instance_iou(one, same) > 0.85
     assert answers_agree("instances", one, same)
     assert not answers_agree("instances", one, moved)
-    assert answers_agree("ok-defect", {"decision": "DEFECT"}, {"decision": "DEFECT"})
-    assert not answers_agree("ok-defect", {"decision": "OK"}, {"decision": "DEFECT"})
-    assert answers_agree("classify", {"predicted_class": "a"}, {"predicted_class": "a"})
-    assert not answers_agree("classify", {"predicted_class": "a"}, {"predicted_class": "b"})
+    assert answers_agree("ok-defect", as_answer({"decision": "DEFECT"}), as_answer({"decision": "DEFECT"}))
+    assert not answers_agree("ok-defect", as_answer({"decision": "OK"}), as_answer({"decision": "DEFECT"}))
+    assert answers_agree("classify", as_answer({"predicted_class": "a"}), as_answer({"predicted_class": "a"}))
+    assert not answers_agree(
+        "classify", as_answer({"predicted_class": "a"}), as_answer({"predicted_class": "b"})
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -523,7 +521,9 @@ def test_shadow_runs_store_a_shadow_prediction_and_a_full_queue_skips(world: Wor
                     prepared,
                     await champion.batcher.submit(prepared.tensor),
                 )
-                obs = answer(world.db, variant, champion.ref.version, predicted=result["predicted_class"])
+                obs = answer(
+                    world.db, variant, champion.ref.version, predicted=result.to_json()["predicted_class"]
+                )
                 observations.append(obs)
             scheduled = [
                 runtime.shadow(spec, content_hash(d), o, d) for d, o in zip(images, observations, strict=True)
@@ -590,4 +590,4 @@ def test_a_forced_bad_challenger_in_canary_is_rolled_back_automatically(world: W
 async def _classify(spec: Any, model: Any, data: bytes, settings: Settings) -> str:
     prepared = prepare(spec, model.bundle.manifest, data, settings)
     outputs = await model.batcher.submit(prepared.tensor)
-    return str(finish(spec, model.bundle.manifest, model.ref, prepared, outputs)["predicted_class"])
+    return str(finish(spec, model.bundle.manifest, model.ref, prepared, outputs).to_json()["predicted_class"])

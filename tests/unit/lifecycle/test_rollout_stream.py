@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from keeneye.domain import Variant
-from keeneye.lifecycle.rollout import RolloutController, choose_variant
-from keeneye.monitoring.metrics import Metrics
-from keeneye.pipelines import PipelineCatalog
+from keeneye.lifecycle.rollout import RolloutController
+from keeneye.metrics import Metrics
+from keeneye.pipelines import PipelineCatalog, choose_variant
 from keeneye.registry import ModelRegistry
 from keeneye.store import open_results_db
 from keeneye.stream import Ingestor, PipelineWorker, open_bus

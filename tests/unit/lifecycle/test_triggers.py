@@ -39,13 +39,13 @@ from keeneye.lifecycle.triggers import (
     schedule_trigger,
     tick,
 )
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 from keeneye.monitoring.quality import QualityWindow
 from keeneye.pipelines import PipelineCatalog
 from keeneye.registry import ModelRegistry, ModelVersionInfo
 from keeneye.settings import Settings
-from keeneye.store import ResultsDB, open_object_store, open_results_db
-from keeneye.store.db import DriftReport, Feedback, TrainingRun, utcnow
+from keeneye.store import ResultsDB, open_object_store, open_results_db, utcnow
+from keeneye.store.schema import DriftReportRow, FeedbackRow, TrainingRunRow
 from tests.serving_support import register_species_model
 from tests.unit.lifecycle.support import species_jpeg, species_result, store_answer
 
@@ -98,7 +98,7 @@ def _drift_report(
     w: World, *, psi: float = 0.05, ks: float = 0.02, ks_p: float = 0.5, version: str | None = None
 ) -> int:
     now = utcnow()
-    row = DriftReport(
+    row = DriftReportRow(
         pipeline=PIPELINE,
         model_version=version or w.champion.version,
         window_start=now - timedelta(minutes=5),
@@ -202,8 +202,8 @@ def test_labels_from_before_the_champion_and_repeated_labels_do_not_count(world:
     old = _label(world, 1)
     with world.db.session() as s:
         s.execute(
-            update(Feedback)
-            .where(Feedback.observation_id == old)
+            update(FeedbackRow)
+            .where(FeedbackRow.observation_id == old)
             .values(created_at=world.champion.created - timedelta(days=1))
         )
     twice = _label(world, 2)
@@ -454,8 +454,8 @@ def test_abandoned_runs_stop_blocking_their_pipeline(world: World) -> None:
     dead = subprocessed_pid()
     with world.db.session() as s:  # as if another process had started it and died
         s.execute(
-            update(TrainingRun)
-            .where(TrainingRun.id == fresh.id)
+            update(TrainingRunRow)
+            .where(TrainingRunRow.id == fresh.id)
             .values(outcome={"process": {"host": __import__("socket").gethostname(), "pid": dead}})
         )
     assert active_run(world.db, PIPELINE) is not None

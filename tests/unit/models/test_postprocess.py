@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from keeneye.domain import Decision, Instances, InvalidInput, Task
+from keeneye.geometry import box_iou
 from keeneye.models import (
     ModelManifest,
     Thresholds,
     batched_nms,
-    box_iou,
     classify_logits,
     decide_ok_defect,
     nms,

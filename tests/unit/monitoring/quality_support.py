@@ -11,7 +11,7 @@ from keeneye.models.manifest import ModelManifest
 from keeneye.models.testing import tiny_classifier
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
-from keeneye.store import ResultsDB, open_results_db
+from keeneye.store import NewObservation, NewPrediction, ResultsDB, open_results_db
 from tests.serving_support import SPECIES, fast_registry_store, species_manifest
 
 LINE_CLASSES = ["background", "scratch", "dent"]
@@ -30,21 +30,25 @@ def answered(
     """A ``done`` observation with one prediction (what ``POST /predict`` stores); returns its id."""
     decision = result.get("decision")
     return db.record_prediction(
-        pipeline=pipeline,
-        content_hash=f"h-{pipeline}-{version}-{len(result)}",
-        object_key=None,
-        content_type="image/png",
-        size_bytes=10,
-        metadata={},
-        source="test",
-        model_name=model_name or pipeline,
-        model_version=version,
-        variant=variant,
-        task=str(result.get("task", "classify")),
-        result=result,
-        decision=None if decision is None else Decision(decision),
-        confidence=None,
-        latency_ms=1.0,
+        NewObservation(
+            pipeline=pipeline,
+            content_hash=f"h-{pipeline}-{version}-{len(result)}",
+            object_key=None,
+            content_type="image/png",
+            size_bytes=10,
+            metadata={},
+            source="test",
+        ),
+        NewPrediction(
+            model_name=model_name or pipeline,
+            model_version=version,
+            variant=variant,
+            task=str(result.get("task", "classify")),
+            result=result,
+            decision=None if decision is None else Decision(decision),
+            confidence=None,
+            latency_ms=1.0,
+        ),
     )
 
 

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from keeneye.domain import InvalidInput
+from keeneye.metrics import Metrics
 from keeneye.monitoring.alerts.channels import Notification
 from keeneye.monitoring.alerts.engine import (
     AlertState,
@@ -40,10 +41,10 @@ from keeneye.monitoring.alerts.source import (
     default_source,
 )
 from keeneye.monitoring.alerts.store import AlertStore
-from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import PipelineCatalog
 from keeneye.settings import AlertingSettings, ChannelSettings, Settings
-from keeneye.store.db import Alert, AlertNotification, ResultsDB
+from keeneye.store import ResultsDB
+from keeneye.store.schema import AlertNotificationRow, AlertRow
 from tests.services import free_port
 from tests.unit.monitoring.alert_support import smtp_receiver, webhook_receiver
 
@@ -150,13 +151,13 @@ class Rig:
         assert len(hits) == 1, self.engine.last_results[rule]
         return hits[0].value
 
-    def rows(self, rule: str) -> list[Alert]:
+    def rows(self, rule: str) -> list[AlertRow]:
         with self.db.session() as s:
-            return list(s.scalars(select(Alert).where(Alert.rule == rule).order_by(Alert.id)))
+            return list(s.scalars(select(AlertRow).where(AlertRow.rule == rule).order_by(AlertRow.id)))
 
-    def notifications(self) -> list[AlertNotification]:
+    def notifications(self) -> list[AlertNotificationRow]:
         with self.db.session() as s:
-            return list(s.scalars(select(AlertNotification).order_by(AlertNotification.id)))
+            return list(s.scalars(select(AlertNotificationRow).order_by(AlertNotificationRow.id)))
 
 
 def rules(*names: str) -> list[AlertRule]:
@@ -703,7 +704,7 @@ def test_multiprocess_source_reads_what_other_processes_wrote(tmp_path: Path) ->
     folder = tmp_path / "prom"
     folder.mkdir()
     child = (
-        "from keeneye.monitoring.metrics import Metrics\n"
+        "from keeneye.metrics import Metrics\n"
         "m = Metrics()\n"
         "m.dead_letters.labels('alpha', 'corrupt').inc(4)\n"
         "m.drift_alarm.labels('alpha').set(1)\n"
@@ -738,7 +739,7 @@ def test_every_notification_attempt_is_one_row(settings: Settings, db: ResultsDB
         rig.metrics.drift_alarm.labels(p).set(1)
     rig.tick()
     with db.session() as s:
-        assert s.execute(select(func.count()).select_from(AlertNotification)).scalar_one() == 2
+        assert s.execute(select(func.count()).select_from(AlertNotificationRow)).scalar_one() == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -790,7 +791,7 @@ def test_the_defaults_table_in_the_docs_matches_default_yaml() -> None:
 
 
 def test_a_scheduler_round_runs_rules_and_survives_a_failing_quality_job(settings: Settings) -> None:
-    from keeneye.monitoring.scheduler import Scheduler
+    from keeneye.lifecycle.scheduler import Scheduler
 
     metrics = Metrics()
     metrics.drift_alarm.labels("alpha").set(1)

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from keeneye.cli import app as cli_app
 from keeneye.cli import main as cli_main
-from keeneye.domain import ModelRef
+from keeneye.domain import Answer, ModelRef
 from keeneye.imaging import Image, decode_image, embedding_projection, quality_features
+from keeneye.metrics import Metrics
 from keeneye.models import MicroBatcher, OnnxModel
 from keeneye.models.bundle import ModelBundle
 from keeneye.models.testing import tiny_classifier
@@ -37,7 +38,6 @@ from keeneye.monitoring.drift import (
     latest_reports,
     reduce_embedding,
 )
-from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines.runtime import LoadedModel
 from keeneye.registry import ModelRegistry
 from keeneye.serving import create_app
@@ -124,7 +124,7 @@ def monitor(
 
 
 def feed(m: DriftMonitor, items: list[tuple[dict[str, Any], np.ndarray]]) -> list[Any]:
-    return [m.add(drift_sample(result, embedding=emb)) for result, emb in items]
+    return [m.add(drift_sample(Answer.from_stored(result), embedding=emb)) for result, emb in items]
 
 
 def gauge(m: Metrics, name: str, **labels: str) -> float | None:
@@ -326,15 +326,22 @@ def test_without_a_reference_profile_nothing_is_collected(
 def test_drift_sample_of_classification_and_detection_results() -> None:
     quality = {"brightness": 0.4, "contrast": 0.1}
     cls = drift_sample(
-        {"task": "classify", "predicted_class": "pike", "confidence": 0.9, "image": {"quality": quality}}
+        Answer.from_stored(
+            {"task": "classify", "predicted_class": "pike", "confidence": 0.9, "image": {"quality": quality}}
+        )
     )
     assert cls.features == {"brightness": 0.4, "contrast": 0.1, "instance_count": 1.0, "confidence": 0.9}
     assert cls.classes == ("pike",) and cls.embedding is None
-    instances = [{"class": "scratch", "area_px": 10.0}, {"class": "dent", "area_px": 30.0}]
-    det = drift_sample({"task": "detect", "instances": instances, "confidence": 0.7, "count": 2})
+    instances = [
+        {"class": "scratch", "area_px": 10.0, "box": [0, 0, 2, 5], "score": 0.7},
+        {"class": "dent", "area_px": 30.0, "box": [0, 0, 5, 6], "score": 0.6},
+    ]
+    det = drift_sample(
+        Answer.from_stored({"task": "detect", "instances": instances, "confidence": 0.7, "count": 2})
+    )
     assert det.features == {"instance_count": 2.0, "instance_area": 20.0, "confidence": 0.7}
     assert det.classes == ("scratch", "dent")
-    empty = drift_sample({"task": "segment", "instances": [], "confidence": None})
+    empty = drift_sample(Answer.from_stored({"task": "segment", "instances": [], "confidence": None}))
     assert empty.features == {"instance_count": 0.0, "confidence": 0.0} and empty.classes == ()
 
 
@@ -405,11 +412,11 @@ def test_monitors_follow_the_model_version_and_never_raise(
     v1, v2 = _loaded(_bundle(tmp_path, pooled, seed=1), "1"), _loaded(_bundle(tmp_path, pooled, seed=2), "2")
     outputs = [np.zeros(5, np.float32), np.zeros(3, np.float32)]
     for result, _ in results(60, seed=10):
-        monitors.observe("p-version", v1, result, outputs)
+        monitors.observe("p-version", v1, Answer.from_stored(result), outputs)
     assert monitors.get("p-version").pending() == 60  # type: ignore[union-attr]
     assert latest_reports(db, "p-version") == []
 
-    result = results(1, seed=11)[0][0]
+    result = Answer.from_stored(results(1, seed=11)[0][0])
     assert monitors.observe("p-version", v2, result, outputs) is None
     flushed = latest_reports(db, "p-version")  # v1's partial window, closed by the switch
     assert [(r.model_version, r.n) for r in flushed] == [("1", 60)]
@@ -419,7 +426,8 @@ def test_monitors_follow_the_model_version_and_never_raise(
     monitors.observe("p-version", v1, result, outputs)  # a late request of the replaced version
     assert monitors.get("p-version") is current and current.pending() == 1
 
-    assert monitors.observe("p-version", v2, {"image": {"quality": {"brightness": "dark"}}}, outputs) is None
+    dark = Answer.from_stored({"image": {"quality": {"brightness": "dark"}}})
+    assert monitors.observe("p-version", v2, dark, outputs) is None
     assert monitors.errors == 1 and current.pending() == 1
     assert monitors.flush_all() == []  # 1 < drift_min_samples
 

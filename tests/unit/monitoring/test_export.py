@@ -12,22 +12,19 @@ import pytest
 import yaml
 
 from keeneye.domain import InvalidInput
-from keeneye.monitoring.alerts.export import (
-    ALERTMANAGER_FILE,
-    RULE_TESTS_FILE,
-    RULES_FILE,
+from keeneye.metrics import Metrics
+from keeneye.monitoring.alerts.export import ALERTMANAGER_FILE, RULE_TESTS_FILE, RULES_FILE, export_prometheus
+from keeneye.monitoring.alerts.promql import (
     Scope,
-    export_prometheus,
     exposition_names,
-    go_number,
     metric_names,
     prometheus_rules,
     render_expr,
     rule_file,
-    rule_tests,
 )
-from keeneye.monitoring.alerts.rules import AlertRule, RuleOverride, load_rules
-from keeneye.monitoring.metrics import Metrics
+from keeneye.monitoring.alerts.promtool import go_number, rule_tests
+from keeneye.monitoring.alerts.rules import AlertRule, load_rules
+from keeneye.pipelines import RuleOverride
 from keeneye.pipelines.spec import PipelineSpec, builtin_specs
 from tests.unit.monitoring.promtool_support import require_tool, run_promtool
 

@@ -10,20 +10,19 @@ from typing import Any
 import pytest
 import yaml
 
-from keeneye.monitoring.alerts.export import (
+from keeneye.metrics import Metrics
+from keeneye.monitoring.alerts.grafana import (
     PIPELINE_VARIABLE_QUERY,
     dashboard_json,
-    exposition_names,
     grafana_dashboards,
     main,
-    metric_names,
 )
-from keeneye.monitoring.metrics import Metrics
+from keeneye.monitoring.alerts.promql import exposition_names, metric_names
 from keeneye.pipelines.spec import PipelineSpec, builtin_specs
 from tests.unit.monitoring.promtool_support import run_promtool
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "grafana"
-REGENERATE = "python -m keeneye.monitoring.alerts.export deploy/grafana"
+REGENERATE = "python -m keeneye.monitoring.alerts.grafana deploy/grafana"
 NAMES = ["keeneye-overview.json", "keeneye-latency.json", "keeneye-drift.json", "keeneye-scaling.json"]
 
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from keeneye.cli import app
 from keeneye.cli.ops import _fixed_children
 from keeneye.domain import ConfigError
-from keeneye.monitoring.metrics import (
+from keeneye.metrics import (
     MULTIPROC_ENV,
     REGENERATE,
     Metrics,
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # One process of a multi-process deployment: counts, sets gauges, exits (its files stay behind).
 WRITER = """
 import sys
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 n, drift, version = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 m = Metrics()
 m.requests.labels("p", "200").inc(n)                     # counter: summed
@@ -203,7 +203,7 @@ def test_docs_metrics_md_is_generated_from_the_code() -> None:
 
 def test_module_prints_the_catalogue() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "keeneye.monitoring.metrics"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "keeneye.metrics"], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == catalogue_markdown()
@@ -280,7 +280,7 @@ def test_a_standalone_worker_serves_its_metrics(tmp_path: Path) -> None:
 # the metrics directory it was given; crashes on its first run and stays up on the next.
 SCHEDULER = """
 import os, sys, time, pathlib
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 home = pathlib.Path(sys.argv[1])
 m = Metrics()
 m.alert_notifications.labels("log", "true").inc()

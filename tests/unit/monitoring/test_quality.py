@@ -16,22 +16,19 @@ from typer.testing import CliRunner
 
 from keeneye.cli import app, main
 from keeneye.domain import InvalidInput, Variant
-from keeneye.monitoring import quality
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 from keeneye.monitoring.quality import (
     QualityWindow,
-    Shape,
     evaluate_quality,
-    match_instances,
     online_quality,
-    shape_iou,
     update_quality_metrics,
 )
+from keeneye.monitoring.quality import windows as quality
 from keeneye.pipelines import PipelineCatalog, PipelineSpec, builtin_specs
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
-from keeneye.store import ResultsDB, open_results_db
-from keeneye.store.db import Feedback, utcnow
+from keeneye.store import ResultsDB, open_results_db, utcnow
+from keeneye.store.schema import FeedbackRow
 from tests.unit.monitoring.quality_support import (
     also_answered,
     answered,
@@ -167,52 +164,7 @@ def test_instance_precision_recall_at_iou_half(db: ResultsDB) -> None:
     assert w.reference == {"precision": 0.8}
 
 
-def _box(cls: str, x1: float, x2: float, score: float = 1.0) -> Shape:
-    return Shape(cls, (x1, 0.0, x2, 10.0), score=score)
-
-
-@pytest.mark.parametrize(
-    ("truth", "predicted", "expected"),
-    [
-        pytest.param([_box("a", 0, 10)], [_box("a", 0, 20)], (1, 0, 0), id="iou-exactly-0.5-matches"),
-        pytest.param([_box("a", 0, 10)], [_box("a", 0, 20.5)], (0, 1, 1), id="iou-0.49-does-not"),
-        pytest.param([_box("a", 0, 10)], [_box("b", 0, 10)], (0, 1, 1), id="class-must-agree"),
-        pytest.param([], [_box("a", 0, 10)], (0, 1, 0), id="nothing-there"),
-        pytest.param([_box("a", 0, 10)], [], (0, 0, 1), id="nothing-found"),
-        pytest.param(
-            [_box("a", 0, 10)],
-            [_box("a", 0, 10, 0.5), _box("a", 1, 10, 0.9)],
-            (1, 1, 0),
-            id="one-truth-matched-once",
-        ),
-        # The higher score takes the truth it overlaps most (T2, IoU .82) although T1 (.54) would have
-        # let the second prediction match too: COCO's greedy rule, not an optimal assignment.
-        pytest.param(
-            [_box("a", 0, 10), _box("a", 4, 14)],
-            [_box("a", 3, 13, 0.9), _box("a", 5, 15, 0.4)],
-            (1, 1, 1),
-            id="greedy-by-score",
-        ),
-        # Boxes agree exactly, masks do not (a strip of the square): masks decide.
-        pytest.param(
-            [Shape("a", (0, 0, 40, 40), ((0, 0, 40, 0, 40, 40, 0, 40),))],
-            [Shape("a", (0, 0, 40, 40), ((0.5, 0.5, 14.5, 0.5, 14.5, 39.5, 0.5, 39.5),))],
-            (0, 1, 1),
-            id="mask-iou-beats-box-iou",
-        ),
-    ],
-)
-def test_match_instances(truth: list[Shape], predicted: list[Shape], expected: tuple[int, int, int]) -> None:
-    counts = match_instances(truth, predicted)
-    assert (counts.tp, counts.fp, counts.fn) == expected
-
-
-def test_mask_iou_of_two_polygons() -> None:
-    big = Shape("a", (0, 0, 40, 40), ((0, 0, 40, 0, 40, 40, 0, 40),))
-    half = Shape("a", (0, 0, 20, 40), ((0, 0, 20, 0, 20, 40, 0, 40),))
-    assert shape_iou(big, half) == pytest.approx(0.5, abs=0.02)
-    far = Shape("a", (0, 0, 40, 40), ((1000, 1000, 1040, 1000, 1040, 1040, 1000, 1040),))
-    assert shape_iou(big, far) == 0.0
+# Instance matching itself is table-tested with the geometry (tests/unit/test_geometry.py).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +180,9 @@ def test_latest_feedback_per_observation_wins_and_old_feedback_leaves(db: Result
     old_id = db.add_feedback(old, {"class": PERCH}, "api")
     with db.session() as s:
         s.execute(
-            update(Feedback).where(Feedback.id == old_id).values(created_at=utcnow() - timedelta(days=2))
+            update(FeedbackRow)
+            .where(FeedbackRow.id == old_id)
+            .values(created_at=utcnow() - timedelta(days=2))
         )
     [w] = window(db, "species-id")
     assert w.n == 1

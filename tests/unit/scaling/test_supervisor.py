@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from keeneye.domain import ConfigError
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 from keeneye.scaling import (
     Child,
     ChildSpec,

@@ -11,8 +11,7 @@ import pytest
 
 from keeneye.monitoring.alerts.store import AlertStore
 from keeneye.settings import Settings
-from keeneye.store import open_results_db
-from keeneye.store.db import AlertRecord
+from keeneye.store import AlertRecord, open_results_db
 from tests.serving_support import LiveServer, fast_registry_store, live_server
 
 _fingerprints = count()
@@ -85,7 +84,7 @@ def test_ack_without_a_body_names_the_caller(served: LiveServer, store: AlertSto
     alert = seed(store, pipeline="crop-health")
     r = httpx.post(f"{served.url}/v1/alerts/{alert.id}/ack")
     assert r.status_code == 200
-    assert r.json()["acked_by"] == "api:addr:127.0.0.1"
+    assert r.json()["acked_by"] == "local"
 
 
 def test_ack_of_an_unknown_or_resolved_alert(served: LiveServer, store: AlertStore) -> None:

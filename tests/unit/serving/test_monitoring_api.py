@@ -15,7 +15,7 @@ from keeneye.monitoring.summary import QualityInputs, nearest_rank, pipeline_sum
 from keeneye.pipelines import PipelineCatalog, PipelineSpec
 from keeneye.settings import Settings
 from keeneye.store import ResultsDB, open_results_db
-from keeneye.store.db import DriftReport, Feedback, Observation, Prediction
+from keeneye.store.schema import DriftReportRow, FeedbackRow, ObservationRow, PredictionRow
 from tests.serving_support import LiveServer, fast_registry_store, live_server
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def seed_predictions(
             s.add(_observation(obs_id, pipeline, "done", at))
             s.flush()
             s.add(
-                Prediction(
+                PredictionRow(
                     observation_id=obs_id,
                     pipeline=pipeline,
                     model_name=pipeline,
@@ -68,8 +68,8 @@ def seed_observations(db: ResultsDB, at: datetime, status: str, n: int, *, pipel
             s.add(_observation(uuid.uuid4().hex, pipeline, status, at))
 
 
-def _observation(obs_id: str, pipeline: str, status: str, at: datetime) -> Observation:
-    return Observation(
+def _observation(obs_id: str, pipeline: str, status: str, at: datetime) -> ObservationRow:
+    return ObservationRow(
         id=obs_id,
         pipeline=pipeline,
         status=status,
@@ -111,7 +111,7 @@ def seed_drift(
 ) -> None:
     with db.session() as s:
         s.add(
-            DriftReport(
+            DriftReportRow(
                 pipeline=pipeline,
                 model_version="1",
                 window_start=end - timedelta(minutes=30),
@@ -284,7 +284,7 @@ def test_online_quality_is_summarised_against_the_versions_test_metrics(
     with db.session() as s:
         for obs_id, label in zip(ids, truth, strict=True):
             s.add(
-                Feedback(
+                FeedbackRow(
                     observation_id=obs_id,
                     label={"class": label},
                     source="api",

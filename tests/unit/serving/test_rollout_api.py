@@ -89,9 +89,7 @@ def test_rollout_moves_are_checked_and_reported(server: LiveServer) -> None:
     assert (moved.json()["state"], moved.json()["challenger_version"]) == ("shadow", "2")
     report = _wait_for(server, lambda r: r["serving"]["challenger"] == "2", "loading the challenger")
     assert report["next"]["action"] == "wait" and report["evaluation"]["agreement"]["n"] == 0
-    assert report["events"][0]["event"] == "rollout_shadow" and report["events"][0]["actor"].startswith(
-        "api:"
-    )
+    assert report["events"][0]["event"] == "rollout_shadow" and report["events"][0]["actor"] == "local"
 
     aborted = httpx.post(server.url + ROLLOUT, json={"action": "abort", "reason": "changed my mind"})
     assert aborted.json()["state"] == "stable"

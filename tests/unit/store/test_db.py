@@ -17,9 +17,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import StatementError
 
-from keeneye.domain import ConfigError, Decision, NotFound, ObservationStatus, Variant
+from keeneye.domain import ConfigError, Decision, NotFound, ObservationStatus, Role, Variant
 from keeneye.settings import Settings
-from keeneye.store.db import Base, Observation, ResultsDB, open_results_db
+from keeneye.store import NewObservation, NewPrediction, ResultsDB, insert_ignoring_conflicts, open_results_db
+from keeneye.store.schema import Base, ObservationRow, ReviewItemRow
 
 TABLES = {
     "observations",
@@ -89,8 +90,8 @@ def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
     """Set updated_at back as if nobody had touched the row for ``seconds``."""
     with db.session() as s:
         s.execute(
-            sa.update(Observation)
-            .where(Observation.id == observation_id)
+            sa.update(ObservationRow)
+            .where(ObservationRow.id == observation_id)
             .values(updated_at=datetime.now(UTC) - timedelta(seconds=seconds))
         )
 
@@ -102,9 +103,9 @@ def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
 
 def test_upgrade_creates_every_table_at_head(db: ResultsDB) -> None:
     assert set(sa.inspect(db.engine).get_table_names()) == TABLES | {"alembic_version"}
-    assert db.current_revision() == db.head_revision() == "0003"
+    assert db.current_revision() == db.head_revision() == "0004"
     db.ensure_schema()  # already at head: a no-op
-    assert db.current_revision() == "0003"
+    assert db.current_revision() == "0004"
 
 
 def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
@@ -123,7 +124,7 @@ def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
 def test_concurrent_first_starts_migrate_once(url: str) -> None:
     fresh = ResultsDB(url)
     assert fresh.current_revision() is None
-    assert fresh.check().detail == "schema at revision none, code expects 0003; run `keeneye db upgrade`"
+    assert fresh.check().detail == "schema at revision none, code expects 0004; run `keeneye db upgrade`"
     # Several processes starting together all call ensure_schema; the migration lock serialises them.
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
@@ -144,7 +145,7 @@ def test_concurrent_first_starts_migrate_once(url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert fresh.current_revision() == "0003"
+    assert fresh.current_revision() == "0004"
     assert set(sa.inspect(fresh.engine).get_table_names()) == TABLES | {"alembic_version"}
     fresh.close()
 
@@ -188,7 +189,7 @@ def test_creating_an_existing_id_again_records_nothing_twice(db: ResultsDB) -> N
     rec = db.get_observation(obs_id)
     assert rec is not None and rec.metadata == {"first": 1}
     with db.session() as s:
-        assert s.scalar(sa.select(sa.func.count()).select_from(Observation)) == 1
+        assert s.scalar(sa.select(sa.func.count()).select_from(ObservationRow)) == 1
 
 
 def test_set_status_moves_and_reports_whether_it_changed(db: ResultsDB) -> None:
@@ -406,7 +407,7 @@ def test_check_reports_version_and_revision(db: ResultsDB) -> None:
     health = db.check()
     assert health.reachable is True and health.setting == "KEENEYE_DATABASE_URL"
     assert health.version.startswith("SQLite 3." if db.backend == "sqlite" else "PostgreSQL ")
-    assert health.detail == "schema at revision 0003"
+    assert health.detail == "schema at revision 0004"
 
 
 def test_check_on_a_closed_port_is_quick_and_one_line() -> None:
@@ -455,7 +456,7 @@ def test_open_results_db_creates_the_folder_and_maps_plain_postgresql(settings: 
 WRITER = """
 import sys, time
 from pathlib import Path
-from keeneye.store.db import ResultsDB
+from keeneye.store import ResultsDB
 url, name, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 db = ResultsDB(url)
 print("ready", flush=True)
@@ -487,11 +488,11 @@ def test_processes_write_one_sqlite_file_concurrently(tmp_path: Path) -> None:
 
     db = ResultsDB(url)
     with db.session() as s:
-        rows = s.execute(sa.select(Observation.metadata_)).scalars().all()
+        rows = s.execute(sa.select(ObservationRow.metadata_)).scalars().all()
     assert sorted((m["writer"], m["i"]) for m in rows) == sorted(
         (w, i) for w in ("w1", "w2", "w3") for i in range(n)
     )
-    assert db.current_revision() == "0003"
+    assert db.current_revision() == "0004"
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -529,7 +530,8 @@ def _record(db: ResultsDB, **overrides: Any) -> str:
         timings={"infer": 4.0},
     )
     kwargs.update(overrides)
-    return db.record_prediction(**kwargs)
+    observation = {k: kwargs.pop(k) for k in list(kwargs) if k in NewObservation.__dataclass_fields__}
+    return db.record_prediction(NewObservation(**observation), NewPrediction(**kwargs))
 
 
 def test_record_prediction_writes_a_done_observation_and_its_prediction(db: ResultsDB) -> None:
@@ -586,6 +588,34 @@ def test_api_keys_are_hashed_verified_and_revoked(db: ResultsDB) -> None:
     assert db.verify_api_key(secret) is None
 
 
+def test_api_keys_carry_a_role(db: ResultsDB) -> None:
+    viewer_id, viewer = db.create_api_key("wall-screen", Role.viewer)
+    _, operator = db.create_api_key("field-app")
+    found = db.find_api_key(viewer)
+    assert found is not None and (found.id, found.name, found.role) == (viewer_id, "wall-screen", Role.viewer)
+    assert [(k.name, k.role) for k in db.list_api_keys()] == [
+        ("wall-screen", Role.viewer),
+        ("field-app", Role.operator),  # the default: may act, may not manage keys or promote
+    ]
+    assert db.find_api_key(operator + "x") is None
+    db.revoke_api_key(viewer_id)
+    assert db.find_api_key(viewer) is None
+
+
+def test_keys_made_before_roles_become_admin(url: str) -> None:
+    fresh = ResultsDB(url)
+    fresh.upgrade("0003")
+    with fresh.session() as s:
+        s.execute(
+            sa.text(
+                "INSERT INTO api_keys (name, prefix, key_hash, created_at) VALUES ('old', 'ke_old', :h, :t)"
+            ),
+            {"h": "0" * 64, "t": datetime.now(UTC)},
+        )
+    fresh.upgrade("head")
+    assert [(k.name, k.role) for k in fresh.list_api_keys()] == [("old", Role.admin)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Batches: claim_many, complete_many, get_observations (the stream worker's one-transaction steps)
 # --------------------------------------------------------------------------------------------------
@@ -629,7 +659,7 @@ def test_two_batch_claimers_exactly_one_wins_each_observation(db: ResultsDB) -> 
 
 
 def test_complete_many_stores_every_prediction_and_done_in_one_go(db: ResultsDB) -> None:
-    from keeneye.store.db import Completion
+    from keeneye.store import Completion
 
     ids = [new_observation(db) for _ in range(3)]
     db.claim_many(ids)
@@ -652,7 +682,7 @@ def test_complete_many_stores_every_prediction_and_done_in_one_go(db: ResultsDB)
 
 
 def test_complete_many_is_all_or_nothing(db: ResultsDB) -> None:
-    from keeneye.store.db import Completion
+    from keeneye.store import Completion
 
     good, bad = new_observation(db), new_observation(db)
     db.claim_many([good, bad])
@@ -666,3 +696,31 @@ def test_complete_many_is_all_or_nothing(db: ResultsDB) -> None:
         rec = db.get_observation(i)
         assert rec is not None and (rec.status, rec.completed_at) == (P, None)
     assert db.count_predictions() == 0
+
+
+def test_insert_ignoring_conflicts_skips_duplicates_and_counts_what_went_in(db: ResultsDB) -> None:
+    obs_id = new_observation(db)
+    now = datetime.now(UTC)
+
+    def item(reason: str) -> dict[str, Any]:
+        return {
+            "observation_id": obs_id,
+            "pipeline": "species-id",
+            "reason": reason,
+            "priority": 0.5,
+            "details": {},
+            "created_at": now,
+            "resolved_at": None,
+        }
+
+    key = ["observation_id", "reason"]
+    with db.session() as s:
+        assert insert_ignoring_conflicts(s, ReviewItemRow, [item("audit")], key) == 1
+    with db.session() as s:
+        # One already stored, one new, and a duplicate within the batch: only the new one goes in.
+        batch = [item("audit"), item("drift"), item("drift")]
+        assert insert_ignoring_conflicts(s, ReviewItemRow, batch, key) == 1
+        assert insert_ignoring_conflicts(s, ReviewItemRow, [], key) == 0
+    with db.session() as s:
+        rows = s.scalars(sa.select(ReviewItemRow.reason).order_by(ReviewItemRow.reason)).all()
+    assert rows == ["audit", "drift"]

@@ -24,16 +24,16 @@ from keeneye.store import open_object_store, open_results_db
 from keeneye.stream import (
     Ingestor,
     PipelineWorker,
-    UtilizationWindow,
     dlq_topic,
     input_topic,
     open_bus,
     output_topic,
     status_dir,
 )
-from keeneye.stream import worker as worker_module
+from keeneye.stream import threads as threads_module
 from keeneye.stream.messages import ObservationMessage, publish_observation
-from keeneye.stream.worker import model_threads
+from keeneye.stream.threads import model_threads
+from keeneye.workers import UtilizationWindow
 from tests.serving_support import SPECIES, fast_registry_store, jpeg, register_species_model, species_manifest
 from tests.unit.stream.stream_support import bus_url, drain, publish_raw, run_until, stream_settings
 
@@ -327,7 +327,7 @@ def test_one_model_run_at_a_time_gives_the_same_results(tmp_path: Path) -> None:
 def test_model_threads_share_the_cores_between_runs(
     monkeypatch: pytest.MonkeyPatch, configured: int, cores: int, runs: int, expected: int
 ) -> None:
-    monkeypatch.setattr(worker_module, "usable_cores", lambda: cores)
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: cores)
     settings = InferenceSettings(intra_op_threads=configured)
     assert model_threads(settings, runs).intra_op_threads == expected
 

@@ -13,10 +13,9 @@ import pytest
 import tifffile
 
 from keeneye.domain import InvalidInput
+from keeneye.geometry import decode_rle, encode_rle
 from keeneye.training.datasets import (
     dataset_version,
-    decode_rle,
-    encode_rle,
     load_coco,
     load_imagefolder,
     mask_to_segmentation,

@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 
 from keeneye.domain import Instances
+from keeneye.scores import binary_metrics, classification_metrics, confusion_matrix, pr_curve
 from keeneye.training.evaluate import (
     ZoneAccumulator,
-    binary_metrics,
-    classification_metrics,
     coco_map,
-    confusion_matrix,
     instances_to_class_map,
     latency_stats,
-    pr_curve,
     zone_metrics,
 )
 

@@ -41,14 +41,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from keeneye.monitoring.alerts.channels import Channel, Notification, NotificationKind, format_value
-from keeneye.monitoring.alerts.rules import AlertRule, Selector, parse_duration
-from keeneye.monitoring.alerts.source import MetricSource, Sample
+from keeneye.domain import parse_duration
+from keeneye.metrics import Metrics
+from keeneye.monitoring.alerts.channels import (
+    Channel,
+    Notification,
+    NotificationKind,
+    build_channels,
+    format_value,
+)
+from keeneye.monitoring.alerts.rules import AlertRule, Selector, load_rules
+from keeneye.monitoring.alerts.source import MetricSource, Sample, default_source
 from keeneye.monitoring.alerts.store import AlertStore, SilenceRecord
-from keeneye.monitoring.metrics import Metrics
 from keeneye.pipelines import PipelineCatalog, PipelineSpec
 from keeneye.settings import AlertingSettings, Settings
-from keeneye.store.db import AlertRecord, ResultsDB
+from keeneye.store import AlertRecord, ResultsDB, open_results_db
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +352,6 @@ class RulesEngine:
     ) -> RulesEngine:
         """The engine as ``keeneye up`` runs it: packaged + configured rules, the configured channels,
         the default metric source. Raises :class:`~keeneye.domain.InvalidInput` for a bad rule file."""
-        from keeneye.monitoring.alerts.channels import build_channels
-        from keeneye.monitoring.alerts.rules import load_rules
-        from keeneye.monitoring.alerts.source import default_source
-        from keeneye.store import open_results_db
 
         return cls(
             load_rules(settings.alerting.rules),

@@ -2,7 +2,7 @@
 
 A rule is not free PromQL: it is one of five *kinds* whose meaning is the same in both places, so
 the embedded engine (:mod:`keeneye.monitoring.alerts.engine`) and the exported Prometheus rule files
-(:mod:`keeneye.monitoring.alerts.export`) can never disagree. Metric names are the exposition names
+(:mod:`keeneye.monitoring.alerts.promql`) can never disagree. Metric names are the exposition names
 (counters end in ``_total``, histograms are read through ``_bucket``), as PromQL sees them.
 
 ==========  ===============================================================================
@@ -38,7 +38,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, parse_duration
 
 Severity = Literal["info", "warning", "critical"]
 Kind = Literal["threshold", "rate_ratio", "quantile", "increase", "compare"]
@@ -46,16 +46,6 @@ Op = Literal[">", ">=", "<", "<=", "==", "!="]
 
 RULE_NAME = r"^[A-Z][A-Za-z0-9]*$"
 METRIC_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """``"5m"`` → 300.0 seconds (Prometheus duration syntax, one unit)."""
-    m = _DURATION.match(text.strip())
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
 class _Strict(BaseModel):
@@ -135,21 +125,6 @@ class AlertRule(_Strict):
 
 class RuleFile(_Strict):
     rules: list[AlertRule]
-
-
-class RuleOverride(_Strict):
-    """A pipeline spec's change to one rule, for that pipeline's series only."""
-
-    enabled: bool = True
-    threshold: float | None = None
-    for_: str | None = Field(None, alias="for")
-
-    @field_validator("for_")
-    @classmethod
-    def _check_duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
 
 
 DEFAULT_RULES_RESOURCE = "default.yaml"

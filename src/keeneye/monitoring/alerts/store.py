@@ -1,77 +1,23 @@
-"""Alert rows, silences and notification attempts in the results database.
+"""Alerts, silences and notification attempts as the rules engine, ``keeneye alerts`` and
+``/v1/alerts`` use them: the people-facing checks and errors over the results database's queries.
 
-One place for the queries the rules engine, ``keeneye alerts`` and ``/v1/alerts`` share. Every
-timestamp is passed in by the caller, so the engine can run on an injected clock. Queries stay
-bounded: by primary key, by the indexed ``fingerprint`` / ``alert_id`` / ``ends_at``, or with a LIMIT.
+Every timestamp is passed in by the caller, so the engine can run on an injected clock. The queries
+(``keeneye.store``) stay bounded: by primary key, by an indexed column, or with a LIMIT.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from keeneye.domain import InvalidInput, NotFound, parse_duration
+from keeneye.store import OPEN_ALERT_STATES, AlertRecord, NotificationRecord, ResultsDB, SilenceRecord
 
-from keeneye.domain import InvalidInput, NotFound
-from keeneye.monitoring.alerts.rules import parse_duration
-from keeneye.store.db import Alert, AlertNotification, AlertRecord, AlertSilence, ResultsDB
-
-OPEN_STATES = ("pending", "firing")
+OPEN_STATES = OPEN_ALERT_STATES
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 10_000
-
-
-@dataclass(frozen=True)
-class SilenceRecord:
-    id: int
-    rule: str | None
-    matchers: dict[str, str]
-    created_by: str
-    reason: str
-    starts_at: datetime
-    ends_at: datetime
-
-    @classmethod
-    def from_row(cls, row: AlertSilence) -> SilenceRecord:
-        return cls(
-            row.id,
-            row.rule,
-            {str(k): str(v) for k, v in row.matchers.items()},
-            row.created_by,
-            row.reason,
-            row.starts_at,
-            row.ends_at,
-        )
-
-    def active(self, now: datetime) -> bool:
-        return self.starts_at <= now < self.ends_at
-
-    def matches(self, rule: str, labels: Mapping[str, Any]) -> bool:
-        """Same rule (when the silence names one) and every matcher equal to the alert's label."""
-        if self.rule is not None and self.rule != rule:
-            return False
-        return all(str(labels.get(k, "")) == v for k, v in self.matchers.items())
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class NotificationRecord:
-    id: int
-    alert_id: int
-    channel: str
-    level: int
-    kind: str
-    ok: bool
-    error: str | None
-    sent_at: datetime
-
-    @classmethod
-    def from_row(cls, row: AlertNotification) -> NotificationRecord:
-        return cls(row.id, row.alert_id, row.channel, row.level, row.kind, row.ok, row.error, row.sent_at)
 
 
 def alert_json(record: Any) -> dict[str, Any]:
@@ -94,33 +40,20 @@ class AlertStore:
 
     def open_alerts(self, limit: int = MAX_LIMIT) -> list[AlertRecord]:
         """Pending and firing alerts, oldest first (the engine reads them once at start)."""
-        stmt = select(Alert).where(Alert.state.in_(OPEN_STATES)).order_by(Alert.id).limit(limit)
-        with self.db.session() as s:
-            return [AlertRecord.from_row(r) for r in s.scalars(stmt)]
+        return self.db.open_alerts(limit)
 
     def by_ids(self, ids: Collection[int]) -> dict[int, AlertRecord]:
-        if not ids:
-            return {}
-        with self.db.session() as s:
-            rows = s.scalars(select(Alert).where(Alert.id.in_(sorted(ids))))
-            return {r.id: AlertRecord.from_row(r) for r in rows}
+        return self.db.alerts_by_id(ids)
 
     def get(self, alert_id: int) -> AlertRecord:
-        with self.db.session() as s:
-            row = s.get(Alert, alert_id)
-            if row is None:
-                raise NotFound(f"alert {alert_id} does not exist", fix="see `keeneye alerts list --all`")
-            return AlertRecord.from_row(row)
+        record = self.db.get_alert(alert_id)
+        if record is None:
+            raise NotFound(f"alert {alert_id} does not exist", fix="see `keeneye alerts list --all`")
+        return record
 
     def list_alerts(self, *, active_only: bool = True, limit: int = DEFAULT_LIMIT) -> list[AlertRecord]:
         """Active alerts (oldest first), or the newest ``limit`` alerts of any state."""
-        limit = max(1, min(limit, MAX_LIMIT))
-        if active_only:
-            stmt = select(Alert).where(Alert.state.in_(OPEN_STATES)).order_by(Alert.id).limit(limit)
-        else:
-            stmt = select(Alert).order_by(Alert.id.desc()).limit(limit)
-        with self.db.session() as s:
-            return [AlertRecord.from_row(r) for r in s.scalars(stmt)]
+        return self.db.list_alerts(active_only=active_only, limit=max(1, min(limit, MAX_LIMIT)))
 
     def create(
         self,
@@ -134,59 +67,37 @@ class AlertStore:
         value: float | None,
         now: datetime,
     ) -> AlertRecord:
-        row = Alert(
+        return self.db.create_alert(
             rule=rule,
             fingerprint=fingerprint,
             severity=severity,
             state=state,
-            labels=dict(labels),
-            annotations=dict(annotations),
+            labels=labels,
+            annotations=annotations,
             value=value,
-            started_at=now,
-            fired_at=now if state == "firing" else None,
-            escalation_level=0,
-            updated_at=now,
+            now=now,
         )
-        with self.db.session() as s:
-            s.add(row)
-            s.flush()
-            return AlertRecord.from_row(row)
 
     def update(self, alert_id: int, now: datetime, **values: Any) -> AlertRecord | None:
         """Set columns of one alert; ``None`` when it was deleted meanwhile."""
-        with self.db.session() as s:
-            row = s.get(Alert, alert_id)
-            if row is None:
-                return None
-            for key, value in values.items():
-                setattr(row, key, value)
-            row.updated_at = now
-            s.flush()
-            return AlertRecord.from_row(row)
+        return self.db.update_alert(alert_id, now, **values)
 
     def forget_pending(self, alert_id: int) -> None:
         """A pending alert whose condition cleared before ``for`` never existed (as in Prometheus)."""
-        with self.db.session() as s:
-            s.execute(delete(Alert).where(Alert.id == alert_id, Alert.state == "pending"))
+        self.db.forget_pending_alert(alert_id)
 
     def ack(self, alert_id: int, by: str, now: datetime) -> AlertRecord:
         """Acknowledge (stops escalation). Idempotent: a second ack keeps the first acker."""
-        with self.db.session() as s:
-            row = s.get(Alert, alert_id)
-            if row is None:
-                raise NotFound(f"alert {alert_id} does not exist", fix="see `keeneye alerts list`")
-            if row.state == "resolved":
-                raise InvalidInput(
-                    "alert_resolved",
-                    f"alert {alert_id} ({row.rule}) is already resolved; there is nothing to acknowledge",
-                    status=409,
-                )
-            if row.acked_at is None:
-                row.acked_by = by
-                row.acked_at = now
-                row.updated_at = now
-            s.flush()
-            return AlertRecord.from_row(row)
+        record = self.db.acknowledge_alert(alert_id, by, now)
+        if record is None:
+            raise NotFound(f"alert {alert_id} does not exist", fix="see `keeneye alerts list`")
+        if record.state == "resolved":
+            raise InvalidInput(
+                "alert_resolved",
+                f"alert {alert_id} ({record.rule}) is already resolved; there is nothing to acknowledge",
+                status=409,
+            )
+        return record
 
     # ------------------------------------------------------------------ silences
 
@@ -208,18 +119,14 @@ class AlertStore:
             raise InvalidInput("bad_silence", "a silence needs a reason", status=400)
         if ends_at <= starts_at:
             raise InvalidInput("bad_silence", "a silence must last longer than zero", status=400)
-        row = AlertSilence(
+        return self.db.add_silence(
             rule=rule,
-            matchers=dict(matchers),
-            created_by=created_by,
-            reason=reason.strip(),
+            matchers=matchers,
             starts_at=starts_at,
             ends_at=ends_at,
+            created_by=created_by,
+            reason=reason.strip(),
         )
-        with self.db.session() as s:
-            s.add(row)
-            s.flush()
-            return SilenceRecord.from_row(row)
 
     def silence(
         self,
@@ -254,14 +161,7 @@ class AlertStore:
 
     def active_silences(self, now: datetime, limit: int = MAX_LIMIT) -> list[SilenceRecord]:
         """Silences in force at ``now`` (by the indexed ``ends_at``), ending soonest first."""
-        stmt = (
-            select(AlertSilence)
-            .where(AlertSilence.ends_at > now, AlertSilence.starts_at <= now)
-            .order_by(AlertSilence.ends_at, AlertSilence.id)
-            .limit(limit)
-        )
-        with self.db.session() as s:
-            return [SilenceRecord.from_row(r) for r in s.scalars(stmt)]
+        return self.db.active_silences(now, limit)
 
     def silenced_ids(self, alerts: Collection[AlertRecord], now: datetime) -> set[int]:
         """Which of these alerts a silence in force at ``now`` matches (the engine records it on its
@@ -273,14 +173,10 @@ class AlertStore:
         return {a.id for a in open_alerts if any(s.matches(a.rule, a.labels) for s in silences)}
 
     def expire_silence(self, silence_id: int, now: datetime) -> SilenceRecord:
-        with self.db.session() as s:
-            row = s.get(AlertSilence, silence_id)
-            if row is None:
-                raise NotFound(f"silence {silence_id} does not exist", fix="see `keeneye alerts silences`")
-            if row.ends_at > now:
-                row.ends_at = max(now, row.starts_at)
-            s.flush()
-            return SilenceRecord.from_row(row)
+        record = self.db.expire_silence(silence_id, now)
+        if record is None:
+            raise NotFound(f"silence {silence_id} does not exist", fix="see `keeneye alerts silences`")
+        return record
 
     # ------------------------------------------------------------------ notifications
 
@@ -295,62 +191,20 @@ class AlertStore:
         error: str | None,
         sent_at: datetime,
     ) -> None:
-        row = AlertNotification(
-            alert_id=alert_id,
-            channel=channel,
-            level=level,
-            kind=kind,
-            ok=ok,
-            error=(error or None) and error[:2000],
-            sent_at=sent_at,
+        self.db.record_notification(
+            alert_id=alert_id, channel=channel, level=level, kind=kind, ok=ok, error=error, sent_at=sent_at
         )
-        with self.db.session() as s:
-            s.add(row)
 
     def notifications(self, alert_id: int, limit: int = DEFAULT_LIMIT) -> list[NotificationRecord]:
-        stmt = (
-            select(AlertNotification)
-            .where(AlertNotification.alert_id == alert_id)
-            .order_by(AlertNotification.id)
-            .limit(limit)
-        )
-        with self.db.session() as s:
-            return [NotificationRecord.from_row(r) for r in s.scalars(stmt)]
+        return self.db.alert_notifications(alert_id, limit)
 
     def delivered_channels(self, alert_id: int) -> dict[str, int]:
         """Channels that accepted a firing message about this alert → the highest level they got it at."""
-        stmt = (
-            select(AlertNotification.channel, func.max(AlertNotification.level))
-            .where(
-                AlertNotification.alert_id == alert_id,
-                AlertNotification.ok.is_(True),
-                AlertNotification.kind != "resolved",
-            )
-            .group_by(AlertNotification.channel)
-        )
-        with self.db.session() as s:
-            return {str(channel): int(level) for channel, level in s.execute(stmt)}
+        return self.db.delivered_channels(alert_id)
 
     def level_reached_at(self, alert_id: int, level: int) -> datetime | None:
         """When the alert was first sent at this escalation level (the escalation timer's start)."""
-        stmt = select(func.min(AlertNotification.sent_at)).where(
-            AlertNotification.alert_id == alert_id,
-            AlertNotification.level == level,
-            AlertNotification.kind.in_(("firing", "escalated")),
-        )
-        with self.db.session() as s:
-            value = s.execute(stmt).scalar_one_or_none()
-        if value is None:
-            return None
-        # func.min bypasses the column type on SQLite: normalise to an aware UTC datetime.
-        return _as_utc(value)
-
-
-def _as_utc(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return self.db.level_reached_at(alert_id, level)
 
 
 __all__ = ["OPEN_STATES", "AlertStore", "NotificationRecord", "SilenceRecord", "alert_json"]

@@ -1,1 +1,25 @@
-"""HTTP routers, one module per resource."""
+"""HTTP routers, one module per resource; ``deps`` holds the dependencies they share (state, db, limits)."""
+
+__all__ = [
+    "alerts",
+    "browse",
+    "deps",
+    "drift",
+    "feedback",
+    "images",
+    "login",
+    "model_aliases",
+    "monitoring",
+    "observation_list",
+    "observations",
+    "overview",
+    "pipelines",
+    "predict",
+    "review",
+    "rollout",
+    "runs",
+    "shell",
+    "system",
+    "system_view",
+    "web",
+]

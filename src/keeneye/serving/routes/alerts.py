@@ -13,37 +13,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from keeneye.domain import InvalidInput
 from keeneye.monitoring.alerts.rules import load_rules
 from keeneye.monitoring.alerts.store import MAX_LIMIT, AlertStore, alert_json
-from keeneye.serving.app import AppState
-from keeneye.serving.routes.deps import ClientDep, StateDep
+from keeneye.serving.routes.deps import ClientDep, OperatorDep, StateDep, ViewerDep, audit_name
+from keeneye.serving.schemas import AckRequest, SilenceRequest
+from keeneye.serving.state import AppState
 
 router = APIRouter(tags=["alerts"])
 
 _STATES = ("active", "all")
 
 
-class AckRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    by: str | None = Field(None, min_length=1, max_length=256, description="who (default: the caller)")
-
-
-class SilenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rule: str | None = Field(None, description="silence this rule; omit to match by labels only")
-    labels: dict[str, str] = Field(default_factory=dict, description="label → exact value, all must match")
-    duration: str = Field(..., description="how long, e.g. 30m, 2h, 1d", examples=["2h"])
-    reason: str = Field(..., min_length=1, max_length=2000)
-    by: str | None = Field(None, min_length=1, max_length=256, description="who (default: the caller)")
-
-
 def _store(state: AppState) -> AlertStore:
-    return AlertStore(state.service.db)
+    return AlertStore(state.db)
 
 
 def _now() -> datetime:
@@ -52,7 +36,7 @@ def _now() -> datetime:
 
 @router.get("/v1/alerts", summary="Active alerts, or the newest alerts of any state")
 async def list_alerts(
-    app_state: StateDep, _client: ClientDep, state: str = "active", limit: int = 200
+    app_state: StateDep, _client: ClientDep, _actor: ViewerDep, state: str = "active", limit: int = 200
 ) -> Any:
     """``state=active`` (default): pending and firing alerts, oldest first. ``state=all``: the newest
     ``limit`` alerts including resolved ones."""
@@ -69,7 +53,7 @@ async def list_alerts(
 
 
 @router.get("/v1/alerts/silences", summary="Silences in force now")
-async def list_silences(app_state: StateDep, _client: ClientDep) -> Any:
+async def list_silences(app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
     rows = await asyncio.to_thread(_store(app_state).active_silences, _now())
     return {"silences": [_json(r.to_json()) for r in rows]}
 
@@ -80,7 +64,7 @@ async def list_silences(app_state: StateDep, _client: ClientDep) -> Any:
     summary="Mute notifications of matching alerts for a while",
     responses={400: {"description": "no rule and no labels, unknown rule, bad duration, no reason"}},
 )
-async def create_silence(app_state: StateDep, client: ClientDep, body: SilenceRequest) -> Any:
+async def create_silence(app_state: StateDep, actor: OperatorDep, body: SilenceRequest) -> Any:
     """Match by ``rule`` and/or ``labels`` (every label must be equal). Alerts keep their state;
     only notifications stop until the silence ends."""
     known = [r.name for r in await asyncio.to_thread(load_rules, app_state.settings.alerting.rules)]
@@ -91,14 +75,14 @@ async def create_silence(app_state: StateDep, client: ClientDep, body: SilenceRe
         matchers=body.labels,
         duration=body.duration,
         reason=body.reason,
-        by=body.by or f"api:{client}",
+        by=audit_name(actor, body.by),
         now=_now(),
     )
     return JSONResponse(status_code=201, content=_json(record.to_json()))
 
 
 @router.get("/v1/alerts/{alert_id}", summary="One alert and its notification attempts")
-async def get_alert(alert_id: int, app_state: StateDep, _client: ClientDep) -> Any:
+async def get_alert(alert_id: int, app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
     store = _store(app_state)
     record = await asyncio.to_thread(store.get, alert_id)
     sent = await asyncio.to_thread(store.notifications, alert_id)
@@ -111,11 +95,14 @@ async def get_alert(alert_id: int, app_state: StateDep, _client: ClientDep) -> A
     responses={404: {"description": "no such alert"}, 409: {"description": "already resolved"}},
 )
 async def ack_alert(
-    alert_id: int, app_state: StateDep, client: ClientDep, body: Annotated[AckRequest | None, Body()] = None
+    alert_id: int,
+    app_state: StateDep,
+    actor: OperatorDep,
+    body: Annotated[AckRequest | None, Body()] = None,
 ) -> Any:
     """Someone is on it: a critical alert is not escalated to the next channel. Idempotent — a second
     acknowledgement keeps the first one's name and time."""
-    by = (body.by if body else None) or f"api:{client}"
+    by = audit_name(actor, body.by if body else None)
     record = await asyncio.to_thread(_store(app_state).ack, alert_id, by, _now())
     return alert_json(record)
 

@@ -8,15 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from keeneye.monitoring.drift import MAX_REPORTS, latest_reports, no_report_note
-from keeneye.serving.routes.deps import StateDep
+from keeneye.serving.routes.deps import VIEWER, DbDep, StateDep
 
-router = APIRouter(tags=["monitoring"])
+router = APIRouter(tags=["monitoring"], dependencies=[VIEWER])
 
 
 @router.get("/v1/pipelines/{name}/drift", summary="Latest drift windows of a pipeline, newest first")
 async def get_drift(
     name: str,
     state: StateDep,
+    db: DbDep,
     limit: int = Query(20, ge=1, le=MAX_REPORTS, description="how many windows"),
     model_version: str | None = Query(None, description="only this model version's windows"),
 ) -> dict[str, Any]:
@@ -25,9 +26,7 @@ async def get_drift(
     An empty ``reports`` list comes with ``note``: why there is nothing yet and when a window closes.
     """
     state.catalog.get(name)  # NotFound → 404 with the known names
-    reports = await asyncio.to_thread(
-        latest_reports, state.service.db, name, limit=limit, model_version=model_version
-    )
+    reports = await asyncio.to_thread(latest_reports, db, name, limit=limit, model_version=model_version)
     window = state.settings.monitoring
     body: dict[str, Any] = {
         "pipeline": name,

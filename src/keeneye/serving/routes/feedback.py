@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from keeneye.domain import InvalidInput
 from keeneye.monitoring.quality import (
@@ -28,10 +28,19 @@ from keeneye.monitoring.quality import (
     registry_manifests,
     store_feedback,
 )
-from keeneye.serving.app import AppState
-from keeneye.serving.routes.deps import AdmitDep, ClientDep, StateDep, admitted
+from keeneye.serving.routes.deps import (
+    AdmitDep,
+    ClientDep,
+    DbDep,
+    OperatorDep,
+    StateDep,
+    ViewerDep,
+    admitted,
+    audit_name,
+)
 from keeneye.serving.routes.predict import read_limited_body
-from keeneye.serving.schemas import ErrorResponse
+from keeneye.serving.schemas import ErrorResponse, FeedbackCreated
+from keeneye.serving.state import AppState
 
 router = APIRouter(tags=["feedback"])
 
@@ -81,16 +90,6 @@ _BODY_DOC = {
 }
 
 
-class FeedbackCreated(BaseModel):
-    id: int
-    observation_id: str
-    pipeline: str
-    model_version: str
-    source: str
-    author: str | None
-    label: dict[str, Any]
-
-
 def manifests_of(request: Request, state: AppState) -> ManifestLookup:
     """One manifest lookup per app (it caches; the served bundles are read from the model cache)."""
     lookup: ManifestLookup | None = getattr(request.app.state, "keeneye_manifests", None)
@@ -127,18 +126,20 @@ async def read_json_body(request: Request) -> Any:
     openapi_extra=_BODY_DOC,
     summary="Record the ground truth of an observation",
 )
-async def create_feedback(observation_id: str, request: Request, state: StateDep, client: ClientDep) -> Any:
+async def create_feedback(
+    observation_id: str, request: Request, state: StateDep, db: DbDep, client: ClientDep, actor: OperatorDep
+) -> Any:
     """One label per request: ``{"class": …}`` (classify), ``{"decision": "OK"|"DEFECT"}`` (ok-defect)
     or ``{"instances": […]}`` (segment / detect, COCO style), plus optional ``author`` and ``source``.
     A later label for the same observation replaces the earlier one in the quality metrics."""
     body = await read_json_body(request)
-    db = state.service.db
     observation = await asyncio.to_thread(find_observation, db, observation_id)
     with admitted(state, observation.pipeline, client):
         target = await asyncio.to_thread(
             feedback_target, db, state.catalog, observation, manifests_of(request, state)
         )
         parsed = parse_feedback(body, target, default_source="api")
+        parsed = replace(parsed, author=audit_name(actor, parsed.author))  # who, as the key says
         receipt = await asyncio.to_thread(store_feedback, db, target, parsed)
     state.metrics.feedback.labels(receipt.pipeline, receipt.source).inc()
     link = f"/v1/observations/{receipt.observation_id}"
@@ -150,12 +151,12 @@ async def create_feedback(observation_id: str, request: Request, state: StateDep
     responses={k: v for k, v in _ERRORS.items() if k in (401, 404, 429, 503)},
     summary="Online precision / recall / F1 per model version against its test values",
 )
-async def get_quality(name: str, state: StateDep, _client: AdmitDep) -> dict[str, Any]:
+async def get_quality(
+    name: str, state: StateDep, db: DbDep, _client: AdmitDep, _actor: ViewerDep
+) -> dict[str, Any]:
     """Computed on request over the last ``monitoring.quality_window_seconds`` of feedback; ``drop`` is
     true when a metric is more than ``monitoring.quality_drop`` (relative) below the version's test
     value on at least ``monitoring.quality_min_feedback`` labels."""
     spec = state.catalog.get(name)
-    windows = await asyncio.to_thread(
-        pipeline_quality, state.settings, state.service.db, state.registry, spec
-    )
+    windows = await asyncio.to_thread(pipeline_quality, state.settings, db, state.registry, spec)
     return quality_report(state.settings, spec, windows)

@@ -16,20 +16,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from keeneye.domain import KeeneyeError
 from keeneye.monitoring.summary import QualityInputs, pipeline_summary
 from keeneye.registry import ModelRegistry
-from keeneye.serving.routes.deps import StateDep
+from keeneye.serving.routes.browse import rule_units
+from keeneye.serving.routes.deps import VIEWER, StateDep
+from keeneye.web import environment
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["monitoring"])
-pages = APIRouter(include_in_schema=False)
-_templates = Jinja2Templates(
-    env=Environment(loader=PackageLoader("keeneye.web", "templates"), autoescape=select_autoescape())
-)
+router = APIRouter(tags=["monitoring"], dependencies=[VIEWER])
+pages = APIRouter(include_in_schema=False)  # included in router: its VIEWER applies
+_templates = Jinja2Templates(env=environment())
 
 MIN_WINDOW_S = 60
 MAX_WINDOW_S = 7 * 24 * 3600
@@ -75,7 +74,7 @@ def monitoring_summary(
         drop=monitoring.quality_drop,
     )
     return pipeline_summary(
-        state.service.db,
+        state.db,
         name,
         window_seconds=window,
         buckets=BUCKETS,
@@ -83,6 +82,12 @@ def monitoring_summary(
         served_version=served.version if served else None,
         quality=quality,
     )
+
+
+def _drift_window_phrase(monitoring: Any) -> str:
+    """When a drift window closes, in words for the empty drift card."""
+    minutes = monitoring.drift_window_seconds / 60
+    return f"a window closes after {monitoring.drift_window_size} predictions or {minutes:g} minutes"
 
 
 @pages.get("/monitoring")
@@ -105,6 +110,9 @@ def monitoring_page(name: str, request: Request, state: StateDep) -> HTMLRespons
             "model_version": served.version if served else None,
             "slo_ms": spec.slo.p95_latency_ms,
             "refresh_s": REFRESH_S,
+            "min_feedback": state.settings.monitoring.quality_min_feedback,
+            "drift_window": _drift_window_phrase(state.settings.monitoring),
+            "units": rule_units(state),
         },
     )
 

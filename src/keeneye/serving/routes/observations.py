@@ -12,27 +12,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from keeneye.domain import InvalidInput
-from keeneye.serving.app import AppState
-from keeneye.serving.routes.deps import AdmitDep, StateDep
+from keeneye.serving.routes.deps import OPERATOR, AdmitDep, StateDep
 from keeneye.serving.routes.predict import _BODY_DOC, _ERRORS, extract_image
+from keeneye.serving.schemas import ObservationAccepted
+from keeneye.serving.state import AppState
 from keeneye.stream import Ingestor, IngestUnavailable
 
-router = APIRouter(tags=["observations"])
+router = APIRouter(tags=["observations"], dependencies=[OPERATOR])
 
 _LOCK = threading.Lock()
-
-
-class ObservationLinks(BaseModel):
-    self: str
-
-
-class ObservationAccepted(BaseModel):
-    id: str
-    status: str
-    links: ObservationLinks
 
 
 def ingestor_of(request: Request, state: AppState) -> Ingestor:
@@ -43,9 +33,7 @@ def ingestor_of(request: Request, state: AppState) -> Ingestor:
         with _LOCK:
             ingestor = getattr(app_state, "keeneye_ingestor", None)
             if ingestor is None:
-                ingestor = Ingestor(
-                    state.settings, catalog=state.catalog, db=state.service.db, objects=state.service.objects
-                )
+                ingestor = Ingestor(state.settings, catalog=state.catalog, db=state.db, objects=state.objects)
                 app_state.keeneye_ingestor = ingestor
     return ingestor
 

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from keeneye.domain import NotFound
-from keeneye.serving.routes.deps import StateDep
+from keeneye.serving.routes.deps import VIEWER, DbDep, StateDep
 from keeneye.serving.schemas import ObservationResponse, PipelineSummary
 
-router = APIRouter(tags=["pipelines"])
+router = APIRouter(tags=["pipelines"], dependencies=[VIEWER])
 
 
 def _summary(state: StateDep, name: str) -> PipelineSummary:
@@ -52,8 +52,7 @@ def list_models(state: StateDep) -> dict[str, list[dict[str, Any]]]:
 @router.get(
     "/v1/observations/{observation_id}", response_model=ObservationResponse, summary="Status and result"
 )
-def get_observation(observation_id: str, state: StateDep) -> ObservationResponse:
-    db = state.service.db
+def get_observation(observation_id: str, db: DbDep) -> ObservationResponse:
     obs = db.get_observation(observation_id)
     if obs is None:
         raise NotFound(f"no observation {observation_id!r}")

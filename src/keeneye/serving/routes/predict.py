@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
 from keeneye.domain import InvalidInput
-from keeneye.serving.routes.deps import AdmitDep, StateDep
+from keeneye.serving.routes.deps import OPERATOR, AdmitDep, StateDep
 from keeneye.serving.schemas import ErrorResponse, PredictResponse
+from keeneye.serving.service import PredictionJson
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[OPERATOR])
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/tiff", "image/tif", "application/octet-stream"}
 
@@ -136,7 +137,7 @@ async def extract_image(request: Request, limit: int) -> tuple[bytes, dict[str, 
     )
 
 
-async def _predict(name: str, request: Request, state: StateDep) -> dict[str, Any]:
+async def _predict(name: str, request: Request, state: StateDep) -> PredictionJson:
     spec = state.catalog.get(name)  # 404 before reading a byte
     limit = spec.input.max_upload_bytes or state.settings.serving.max_upload_bytes
     try:
@@ -157,7 +158,7 @@ async def _predict(name: str, request: Request, state: StateDep) -> dict[str, An
     openapi_extra=_BODY_DOC,
     summary="Predict on one image, synchronously",
 )
-async def predict(name: str, request: Request, state: StateDep, _client: AdmitDep) -> dict[str, Any]:
+async def predict(name: str, request: Request, state: StateDep, _client: AdmitDep) -> PredictionJson:
     """Send the image as multipart field ``file`` (optional ``metadata`` JSON) or as the raw body.
 
     Every accepted image is stored with its prediction; the same bytes for the same model version are
@@ -174,5 +175,5 @@ async def predict(name: str, request: Request, state: StateDep, _client: AdmitDe
     openapi_extra=_BODY_DOC,
     summary="Predict with the default pipeline (species-id compatible)",
 )
-async def predict_default(request: Request, state: StateDep, _client: AdmitDep) -> dict[str, Any]:
+async def predict_default(request: Request, state: StateDep, _client: AdmitDep) -> PredictionJson:
     return await _predict(state.settings.serving.default_pipeline, request, state)

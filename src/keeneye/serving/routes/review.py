@@ -1,63 +1,39 @@
 """The review queue over HTTP: the list, the stored images, and the page where a person answers.
 
 ``GET /v1/pipelines/{name}/review`` lists the open queue (most uncertain first) with the champion's
-answer and the classes a person may choose from; ``GET /v1/observations/{id}/image`` returns the stored
-image bytes; ``GET /pipelines/{name}/review`` is the page. Answers go through the feedback API
-(``POST /v1/observations/{id}/feedback``), which resolves the observation's queue items.
+answer and the classes a person may choose from; ``GET /pipelines/{name}/review`` is the page (the
+images come from :mod:`keeneye.serving.routes.images`). Answers go through the feedback API
+(``POST /v1/observations/{id}/feedback``), which resolves the observation's queue items;
+``DELETE /v1/observations/{id}/feedback/{feedback_id}`` withdraws one (the page's undo) and puts the
+item back in the queue when it was the only answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, PackageLoader, select_autoescape
-from pydantic import BaseModel, Field
 
-from keeneye.domain import NotFound
 from keeneye.lifecycle import LabelSchema, ReviewEntry, review_queue
 from keeneye.pipelines import ModelNotReady
-from keeneye.serving.app import AppState
-from keeneye.serving.routes.deps import ClientDep, StateDep
-
-router = APIRouter(tags=["review"])
-_templates = Jinja2Templates(
-    env=Environment(loader=PackageLoader("keeneye.web", "templates"), autoescape=select_autoescape())
+from keeneye.serving.routes.deps import VIEWER, ClientDep, OperatorDep, StateDep, ViewerDep, audit_name
+from keeneye.serving.schemas import (
+    ErrorResponse,
+    FeedbackWithdrawn,
+    ReviewClass,
+    ReviewItemResponse,
+    ReviewListResponse,
 )
+from keeneye.serving.state import AppState
+from keeneye.web import environment
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["review"])
+_templates = Jinja2Templates(env=environment())
 MAX_LIMIT = 500
-
-
-class ReviewClass(BaseModel):
-    name: str
-    label: str
-
-
-class ReviewItemResponse(BaseModel):
-    observation_id: str
-    priority: float
-    reasons: list[str]
-    details: dict[str, Any]
-    queued_at: str | None
-    observed_at: str
-    resolved_at: str | None
-    image_url: str | None = Field(description="the stored image; null when it was not stored")
-    content_type: str
-    model_version: str | None
-    prediction: dict[str, Any] | None = Field(description="the champion's answer, as predict returned it")
-
-
-class ReviewListResponse(BaseModel):
-    pipeline: str
-    task: str
-    decision: bool = Field(description="the pipeline decides OK / DEFECT")
-    model_version: str | None = Field(description="the model whose classes are listed")
-    classes: list[ReviewClass] = Field(
-        description="the classes a label may use; empty while no model is served"
-    )
-    items: list[ReviewItemResponse]
 
 
 def _schema(state: AppState, name: str) -> LabelSchema | None:
@@ -94,12 +70,13 @@ async def list_review(
     name: str,
     state: StateDep,
     _client: ClientDep,
+    _actor: ViewerDep,
     limit: int = Query(50, ge=1, le=MAX_LIMIT, description="at most this many observations"),
     include_resolved: bool = Query(False, description="list answered items too"),
 ) -> ReviewListResponse:
     spec = state.catalog.get(name)  # 404 with the known names
     entries = await asyncio.to_thread(
-        review_queue, state.service.db, name, limit=limit, include_resolved=include_resolved
+        review_queue, state.db, name, limit=limit, include_resolved=include_resolved
     )
     schema = _schema(state, name)
     return ReviewListResponse(
@@ -112,48 +89,41 @@ async def list_review(
     )
 
 
-@router.get(
-    "/v1/observations/{observation_id}/image",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}}}, 404: {}},
-    summary="The stored image of an observation",
+@router.delete(
+    "/v1/observations/{observation_id}/feedback/{feedback_id}",
+    response_model=FeedbackWithdrawn,
+    responses={404: {"model": ErrorResponse, "description": "no such feedback of this observation"}},
+    tags=["feedback"],
+    summary="Withdraw one feedback (a reviewer's undo); the item returns to the review queue",
 )
-async def observation_image(observation_id: str, state: StateDep, _client: ClientDep) -> StreamingResponse:
-    db, objects = state.service.db, state.service.objects
-    obs = await asyncio.to_thread(db.get_observation, observation_id)
-    if obs is None:
-        raise NotFound(f"no observation {observation_id[:64]!r}")
-    if obs.object_key is None:
-        raise NotFound(
-            f"observation {observation_id} has no stored image",
-            fix="images are stored when the observation is accepted; this one was not kept",
-        )
-    key = obs.object_key
-    try:
-        info = await asyncio.to_thread(objects.info, key)
-    except NotFound:
-        raise NotFound(
-            f"the image of observation {observation_id} is no longer stored",
-            fix="the pipeline's retention policy removed it",
-        ) from None
-    return StreamingResponse(
-        objects.stream(key),  # a sync iterator: Starlette reads it in a worker thread
-        media_type=obs.content_type,
-        headers={
-            "Content-Length": str(info.size),
-            "Cache-Control": "private, max-age=86400, immutable",  # the bytes of an observation never change
-            "X-Content-Type-Options": "nosniff",
-        },
+async def withdraw_feedback(
+    observation_id: str, feedback_id: int, state: StateDep, actor: OperatorDep
+) -> FeedbackWithdrawn:
+    """Removes the label for good: online quality and training exports stop counting it. When it was
+    the observation's only feedback, its review items are open again."""
+    db = state.db
+    record = await asyncio.to_thread(db.withdraw_feedback, observation_id, feedback_id)
+    left = await asyncio.to_thread(db.feedback_for, observation_id)
+    log.info("feedback %s on observation %s withdrawn by %s", feedback_id, observation_id, audit_name(actor))
+    return FeedbackWithdrawn(
+        id=record.id,
+        observation_id=record.observation_id,
+        source=record.source,
+        author=record.author,
+        label=record.label,
+        queued_again=not left,
     )
 
 
-@router.get("/review", include_in_schema=False)
+@router.get("/review", include_in_schema=False, dependencies=[VIEWER])
 def review_default(state: StateDep) -> RedirectResponse:
     """The nav link: the default pipeline's review queue."""
     return RedirectResponse(f"/pipelines/{state.settings.serving.default_pipeline}/review", status_code=307)
 
 
-@router.get("/pipelines/{name}/review", response_class=HTMLResponse, include_in_schema=False)
+@router.get(
+    "/pipelines/{name}/review", response_class=HTMLResponse, include_in_schema=False, dependencies=[VIEWER]
+)
 def review_page(name: str, request: Request, state: StateDep) -> HTMLResponse:
     spec = state.catalog.get(name)
     return _templates.TemplateResponse(
@@ -163,6 +133,7 @@ def review_page(name: str, request: Request, state: StateDep) -> HTMLResponse:
             "pipeline": name,
             "pipelines": state.catalog.names(),
             "title": spec.title,
+            "description": spec.description,
             "task": spec.task.value,
             "decision": spec.decision.kind == "ok-defect",
         },

@@ -9,39 +9,21 @@ process then follows the move at once, the others at their next alias poll.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
+from keeneye.domain import Role
 from keeneye.lifecycle.rollout import RolloutController
-from keeneye.serving.app import AppState
-from keeneye.serving.routes.deps import ClientDep, StateDep
+from keeneye.serving.routes.deps import ClientDep, OperatorDep, StateDep, ViewerDep, audit_name, ensure_role
+from keeneye.serving.schemas import RolloutRequest
+from keeneye.serving.state import AppState
 
 router = APIRouter(tags=["rollout"])
 
 
-class RolloutRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    action: Literal["shadow", "canary", "promote", "abort"]
-    share: float | None = Field(
-        None, gt=0, le=1, description="canary: the share of inputs the challenger answers, 0.1 = 10 %"
-    )
-    sample: float | None = Field(None, ge=0, le=1, description="shadow: the share of inputs it also runs on")
-    version: str | None = Field(
-        None, pattern=r"^[1-9][0-9]*$", description="shadow/canary: make this version the challenger first"
-    )
-    reason: str = Field("", max_length=2000, description="recorded in the audit log")
-    force: bool = Field(
-        False,
-        description="canary without shadow, promote from shadow, or a challenger whose gates failed "
-        "(needs a reason)",
-    )
-
-
 def _controller(state: AppState) -> RolloutController:
-    return RolloutController(state.settings, state.service.db, state.registry, state.catalog, state.metrics)
+    return RolloutController(state.settings, state.db, state.registry, state.catalog, state.metrics)
 
 
 def _serving(state: AppState, name: str) -> dict[str, Any]:
@@ -64,7 +46,7 @@ def _serving(state: AppState, name: str) -> dict[str, Any]:
     summary="The pipeline's rollout: state, versions, measurements per variant, next step",
     responses={404: {"description": "unknown pipeline"}},
 )
-async def get_rollout(name: str, app_state: StateDep, _client: ClientDep) -> Any:
+async def get_rollout(name: str, app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
     report = await asyncio.to_thread(_controller(app_state).report, name)
     return {**report, "serving": _serving(app_state, name)}
 
@@ -78,12 +60,16 @@ async def get_rollout(name: str, app_state: StateDep, _client: ClientDep) -> Any
         422: {"description": "bad body, or a forced move without a reason"},
     },
 )
-async def post_rollout(name: str, body: RolloutRequest, app_state: StateDep, client: ClientDep) -> Any:
+async def post_rollout(
+    name: str, body: RolloutRequest, app_state: StateDep, _client: ClientDep, actor: OperatorDep
+) -> Any:
+    if body.action == "promote":  # moves the champion alias: as `models promote`, an admin's call
+        ensure_role(actor, Role.admin, "promoting the challenger")
     record = await asyncio.to_thread(
         _controller(app_state).apply,
         name,
         body.action,
-        actor=f"api:{client}",
+        actor=audit_name(actor),
         reason=body.reason,
         share=body.share,
         sample=body.sample,

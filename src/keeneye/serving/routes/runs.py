@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from keeneye.lifecycle.runs import MAX_RUNS, list_runs
-from keeneye.serving.routes.deps import ClientDep, StateDep
+from keeneye.serving.routes.deps import VIEWER, ClientDep, DbDep, StateDep
 
-router = APIRouter(tags=["lifecycle"])
+router = APIRouter(tags=["lifecycle"], dependencies=[VIEWER])
 
 
 @router.get(
@@ -21,6 +21,7 @@ router = APIRouter(tags=["lifecycle"])
 async def get_runs(
     name: str,
     state: StateDep,
+    db: DbDep,
     _client: ClientDep,
     limit: int = Query(20, ge=1, le=MAX_RUNS, description="how many runs"),
 ) -> dict[str, Any]:
@@ -29,5 +30,5 @@ async def get_runs(
     the registered version, the gate result, challenger and champion metrics on the same test split,
     the data version and dataset sizes — or the ``error``."""
     state.catalog.get(name)  # NotFound → 404 with the known names
-    runs = await asyncio.to_thread(list_runs, state.service.db, name, limit=limit)
+    runs = await asyncio.to_thread(list_runs, db, name, limit=limit)
     return {"pipeline": name, "runs": [r.to_dict() for r in runs]}

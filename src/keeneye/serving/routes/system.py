@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from keeneye.monitoring.metrics import render_metrics
-from keeneye.serving.routes.deps import StateDep
+from keeneye.metrics import render_metrics
+from keeneye.serving.routes.deps import PUBLIC_ROUTE, StateDep
+from keeneye.serving.routes.system_view import export_scaling_metrics
 from keeneye.serving.schemas import HealthResponse, ReadyResponse
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], dependencies=[PUBLIC_ROUTE])  # probes and scrapers send no key
 
 
 @router.get("/health", response_model=HealthResponse, summary="The process is alive")
@@ -29,7 +30,6 @@ def ready(state: StateDep, response: Response) -> ReadyResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(state: StateDep) -> Response:
-    from keeneye.serving.routes.system_view import export_scaling_metrics
 
     export_scaling_metrics(state.settings, state.metrics)  # keeneye up's replicas, lag, utilisation
     # Under keeneye up: every process's values (PROMETHEUS_MULTIPROC_DIR), not only the API's.

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from keeneye.monitoring.metrics import Metrics
+from keeneye.metrics import Metrics
 from keeneye.scaling import SystemStatus, read_status
-from keeneye.serving.routes.deps import StateDep
+from keeneye.serving.routes.deps import VIEWER, StateDep
 from keeneye.settings import Settings
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], dependencies=[VIEWER])
 
 
 @router.get(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from keeneye.store.db import Base
+from keeneye.store.schema import Base
 
 target_metadata = Base.metadata
 

@@ -1,4 +1,4 @@
-"""What every synthetic generator shares: drift kinds, seeding, the COCO writer, image effects.
+"""What every synthetic generator shares: drift kinds, seeding, the dataset writer, image effects.
 
 Reproducibility: a generator draws everything from ``np.random.SeedSequence(seed)``; image ``i`` uses
 the ``i``-th spawned child, so the same seed gives byte-identical files (no wall clock, no global
@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from keeneye.domain import InvalidInput
+from keeneye.training.coco import CocoWriter
 from keeneye.training.datasets import (
     ANNOTATIONS_FILE,
     DATASET_INFO_FILE,
@@ -143,86 +144,56 @@ class SynthResult:
         }
 
 
-class CocoWriter:
-    """Accumulates COCO images / annotations and writes ``annotations.json``, ``metadata.jsonl`` and
-    ``dataset.json`` (deterministic JSON: no timestamps of the run itself)."""
+class SynthWriter:
+    """Writes a synthetic dataset: the image files, ``annotations.json`` (through the one
+    :class:`~keeneye.training.coco.CocoWriter`, compact), ``metadata.jsonl`` and ``dataset.json``
+    (deterministic JSON: no timestamps of the run itself)."""
 
     def __init__(self, out_dir: Path, categories: Sequence[Mapping[str, Any]]) -> None:
         self.out_dir = out_dir
-        self.categories = [dict(c) for c in categories]
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
+        self.coco = CocoWriter(categories)
         self._t0 = time.perf_counter()
-
-    def category_id(self, name: str) -> int:
-        for c in self.categories:
-            if c["name"] == name:
-                return int(c["id"])
-        raise KeyError(name)
 
     def add_image(
         self, file_name: str, data: bytes, width: int, height: int, metadata: dict[str, Any]
     ) -> int:
         """Write the image bytes and register it; returns the image id (1-based)."""
         (self.out_dir / file_name).write_bytes(data)
-        image_id = len(self.images) + 1
-        self.images.append(
-            {"id": image_id, "file_name": file_name, "width": width, "height": height, "metadata": metadata}
-        )
-        return image_id
+        return self.coco.add_image(file_name, width, height, metadata=metadata)
 
     def add_instance(self, image_id: int, category: str, mask: npt.NDArray[Any]) -> None:
         """One instance from its mask: bbox, pixel area, polygons (or RLE for thin / holed masks)."""
         area = int(np.count_nonzero(mask))
         if area == 0:
             return
-        self.annotations.append(
-            {
-                "id": len(self.annotations) + 1,
-                "image_id": image_id,
-                "category_id": self.category_id(category),
-                "bbox": mask_box_xywh(mask),
-                "area": float(area),
-                "segmentation": mask_to_segmentation(mask),
-                "iscrowd": 0,
-            }
+        self.coco.add_annotation(
+            image_id,
+            self.coco.category_id(category),
+            mask_box_xywh(mask),
+            float(area),
+            mask_to_segmentation(mask),
         )
 
-    def class_counts(self) -> dict[str, int]:
-        """Images per category."""
-        per_image: dict[int, set[int]] = {}
-        for a in self.annotations:
-            per_image.setdefault(a["image_id"], set()).add(a["category_id"])
-        counts = {c["name"]: 0 for c in self.categories}
-        names = {c["id"]: c["name"] for c in self.categories}
-        for cats in per_image.values():
-            for cid in cats:
-                counts[names[cid]] += 1
-        return counts
-
     def finish(self, info: dict[str, Any]) -> SynthResult:
-        coco = {
-            "info": {"description": f"keeneye synthetic {info['generator']}", "version": "1"},
-            "licenses": [],
-            "categories": self.categories,
-            "images": self.images,
-            "annotations": self.annotations,
-        }
-        _write_json(self.out_dir / ANNOTATIONS_FILE, coco)
+        coco = self.coco
+        coco.write(
+            self.out_dir / ANNOTATIONS_FILE,
+            {"description": f"keeneye synthetic {info['generator']}", "version": "1"},
+        )
         with (self.out_dir / "metadata.jsonl").open("w", encoding="utf-8") as fh:
-            for im in self.images:
+            for im in coco.images:
                 fh.write(json.dumps({"file_name": im["file_name"], **im["metadata"]}, sort_keys=True) + "\n")
-        _write_json(self.out_dir / DATASET_INFO_FILE, {**info, "n": len(self.images)}, indent=2)
+        _write_json(self.out_dir / DATASET_INFO_FILE, {**info, "n": len(coco.images)}, indent=2)
         result = SynthResult(
             generator=str(info["generator"]),
             out_dir=self.out_dir,
-            n_images=len(self.images),
-            n_annotations=len(self.annotations),
+            n_images=len(coco.images),
+            n_annotations=len(coco.annotations),
             seconds=time.perf_counter() - self._t0,
             classes=list(info.get("classes", [])),
             drift=info.get("drift"),
             seed=int(info["seed"]),
-            class_counts=self.class_counts(),
+            class_counts=coco.class_counts(),
         )
         log.info(
             "synthetic dataset written",

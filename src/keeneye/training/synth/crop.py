@@ -28,10 +28,10 @@ import numpy.typing as npt
 
 from keeneye.training.synth.common import (
     F32,
-    CocoWriter,
     Drift,
     Progress,
     SynthResult,
+    SynthWriter,
     blob_mask,
     check_params,
     child_rngs,
@@ -222,7 +222,7 @@ def generate_crop(
     check_params(n, size)
     out = prepare_out_dir(out_dir, overwrite)
     novel = kind is Drift.new_class
-    writer = CocoWriter(out, categories(include_novel=novel))
+    writer = SynthWriter(out, categories(include_novel=novel))
     master = np.random.default_rng(seed)
     grid = int(np.ceil(np.sqrt(tiles_per_field)))
     n_fields = (n + tiles_per_field - 1) // tiles_per_field

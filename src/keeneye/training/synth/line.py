@@ -3,9 +3,12 @@
 Surfaces per SKU — brushed metal (directional streaks), fabric (woven sinusoid), painted (smooth with
 orange-peel noise) — and four defect kinds as COCO instances: ``scratch`` (thin polyline), ``dent``
 (shaded ellipse), ``crack`` (branching random walk) and ``contamination`` (irregular blob of another
-colour). A frame is defective with probability ``defect_rate`` (default 1.5 %, like a real line; use
-e.g. 0.5 for training sets). Frames come in batches of ``batch_size`` that share line, camera, SKU and
-lighting, with increasing ``captured_at`` — so grouped and time splits have something to group by.
+colour). ``defect_rate`` of the frames are defective (default 1.5 %, like a real line; use e.g. 0.5
+for training sets), spread over the batches: a batch of ``m`` frames holds ``defect_rate × m`` of
+them, rounded up or down at random (so the share is right on average and, once ``defect_rate × m ≥
+1``, every batch — hence every split of a grouped split — has defective frames). Frames come in
+batches of ``batch_size`` that share line, camera, SKU and lighting, with increasing ``captured_at`` —
+so grouped and time splits have something to group by.
 Lossless PNG, BGR→RGB, ``size``×``size``.
 """
 
@@ -19,13 +22,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from keeneye.domain import InvalidInput
 from keeneye.training.synth.common import (
     F32,
     U8,
-    CocoWriter,
     Drift,
     Progress,
     SynthResult,
+    SynthWriter,
     blob_mask,
     check_params,
     child_rngs,
@@ -251,6 +255,17 @@ class _Batch:
     lighting: str
 
 
+def _spread_defects(u: npt.NDArray[np.float64], rate: float, batch_size: int) -> Mask:
+    """Which frames are defective: in each batch, ``rate × len`` randomly rounded (by the batch's first
+    draw), picked as the frames with the smallest draws ``u`` (uniform in [0, 1))."""
+    defective = np.zeros(len(u), dtype=bool)
+    for start in range(0, len(u), batch_size):
+        draws = u[start : start + batch_size]
+        count = min(len(draws), int(np.floor(rate * len(draws) + draws[0])))
+        defective[start + np.argsort(draws, kind="stable")[:count]] = True
+    return defective
+
+
 def generate_line(
     out_dir: str | Path,
     n: int = 500,
@@ -264,7 +279,6 @@ def generate_line(
     progress: Progress | None = None,
 ) -> SynthResult:
     """Write ``n`` frames + COCO instance masks + per-frame line metadata to ``out_dir``."""
-    from keeneye.domain import InvalidInput
 
     kind = parse_drift(drift)
     check_params(n, size)
@@ -274,7 +288,7 @@ def generate_line(
         raise InvalidInput("bad_synth", f"batch size must be ≥ 1, got {batch_size}", fix="e.g. 50")
     out = prepare_out_dir(out_dir, overwrite)
     novel = kind is Drift.new_class
-    writer = CocoWriter(out, categories(include_novel=novel))
+    writer = SynthWriter(out, categories(include_novel=novel))
     master = np.random.default_rng(seed)
     n_batches = (n + batch_size - 1) // batch_size
     batches: list[_Batch] = []
@@ -289,7 +303,7 @@ def generate_line(
                 lighting=list(LIGHTING)[int(master.integers(len(LIGHTING)))],
             )
         )
-    defective = master.random(n) < defect_rate
+    defective = _spread_defects(master.random(n), defect_rate, batch_size)
     t = 0.0
     for i, rng in enumerate(child_rngs(seed, n)):
         batch = batches[i // batch_size]

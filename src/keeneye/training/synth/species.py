@@ -20,10 +20,10 @@ import numpy.typing as npt
 from keeneye.training.synth.common import (
     F32,
     U8,
-    CocoWriter,
     Drift,
     Progress,
     SynthResult,
+    SynthWriter,
     check_params,
     child_rngs,
     encode_jpeg,
@@ -332,7 +332,7 @@ def generate_species(
     check_params(n, size)
     out = prepare_out_dir(out_dir, overwrite)
     novel = kind is Drift.new_class
-    writer = CocoWriter(out, categories(include_novel=novel))
+    writer = SynthWriter(out, categories(include_novel=novel))
     master = np.random.default_rng(seed)
     order = np.concatenate([master.permutation(len(SPECIES)) for _ in range(n // len(SPECIES) + 1)])[:n]
     is_novel = master.random(n) < NOVEL_FRACTION if novel else np.zeros(n, dtype=bool)

@@ -40,13 +40,13 @@
     return v.toPrecision(2);
   }
 
-  function yAxis(svg, max, plot) {
+  function yAxis(svg, max, plot, format) {
     const ticks = 4;
     for (let i = 0; i <= ticks; i++) {
       const v = (max * i) / ticks;
       const y = plot.y(v);
       el("line", { class: i ? "grid-line" : "axis", x1: M.left, x2: W - M.right, y1: y, y2: y }, svg);
-      el("text", { class: "tick", x: M.left - 6, y: y + 4, "text-anchor": "end" }, svg, fmt(v));
+      el("text", { class: "tick", x: M.left - 6, y: y + 4, "text-anchor": "end" }, svg, (format || fmt)(v));
     }
   }
 
@@ -71,11 +71,14 @@
     };
   }
 
-  function refLine(svg, ref, plot) {
+  // The reference line; one above the axis is drawn at the top edge and says so ("↑ off scale").
+  function refLine(svg, ref, plot, max) {
     if (!ref || ref.value === null || ref.value === undefined) return;
-    const y = plot.y(ref.value);
-    el("line", { class: "ref", x1: M.left, x2: W - M.right, y1: y, y2: y }, svg);
-    el("text", { class: "ref-label", x: W - M.right, y: y - 4, "text-anchor": "end" }, svg, ref.label);
+    const above = max !== undefined && ref.value > max;
+    const y = plot.y(above ? max : ref.value);
+    el("line", { class: above ? "ref off-scale" : "ref", x1: M.left, x2: W - M.right, y1: y, y2: y }, svg);
+    el("text", { class: "ref-label", x: W - M.right, y: above ? y + 13 : y - 4, "text-anchor": "end" }, svg,
+      above ? `↑ ${ref.label} (above the axis)` : ref.label);
   }
 
   // A line over equal buckets; null values break the line. opts: labels, values, ref {value, label},
@@ -84,12 +87,16 @@
     const height = opts.height || 220;
     reset(svg, height, opts.title, opts.desc);
     const values = opts.values;
-    const top = Math.max(0, ...values.filter((v) => v !== null), opts.ref ? opts.ref.value || 0 : 0);
+    // The data sets the axis; a reference far above it (a 348 ms SLO over 43 ms) would squash the
+    // line to a dot at 0, so it joins the axis only when within 2× the data's top.
+    const dataTop = Math.max(0, ...values.filter((v) => v !== null && v !== undefined));
+    const ref = opts.ref ? opts.ref.value || 0 : 0;
+    const top = ref && (ref <= dataTop * 2 || !dataTop) ? Math.max(dataTop, ref) : dataTop;
     const max = niceMax(top * 1.1);
     const plot = frame(values.length, max, height);
-    yAxis(svg, max, plot);
+    yAxis(svg, max, plot, opts.format);
     xLabels(svg, opts.labels, plot);
-    refLine(svg, opts.ref, plot);
+    refLine(svg, opts.ref, plot, max);
     let d = "";
     let pen = false;
     values.forEach((v, i) => {
@@ -103,7 +110,8 @@
       // Dots where there is something to point at: non-zero values, and points no line reaches.
       if (gap(i) || (v === 0 && !(gap(i - 1) && gap(i + 1)))) return;
       const dot = el("circle", { class: "point", cx: plot.x(i), cy: plot.y(v), r: 2.5 }, svg);
-      el("title", {}, dot, `${opts.labels[i]}: ${fmt(v)}${opts.unit ? " " + opts.unit : ""} ${opts.name || ""}`.trim());
+      const shown = opts.format ? opts.format(v) : `${fmt(v)}${opts.unit ? " " + opts.unit : ""}`;
+      el("title", {}, dot, `${opts.labels[i]}: ${shown} ${opts.name || ""}`.trim());
     });
   }
 

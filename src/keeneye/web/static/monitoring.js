@@ -8,6 +8,8 @@
   const pipeline = root.dataset.pipeline;
   const refreshMs = Math.max(1, Number(root.dataset.refresh || 10)) * 1000;
   const windowSelect = $("window");
+  const minFeedback = Number(root.dataset.minFeedback || 1);
+  const units = JSON.parse(root.dataset.units || "{}");
   let timer = null;
   let latest = 0; // the newest request: an older answer arriving late is dropped
 
@@ -27,7 +29,9 @@
   }
   const clock = (iso, seconds) =>
     new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: seconds ? "2-digit" : undefined });
-  const ms = (v) => (v === null || v === undefined ? "–" : `${v.toFixed(1)} ms`);
+  // Latency for people: seconds from 1000 ms on, so "16420.1 ms" reads "16.4 s" and never wraps.
+  const sloMs = (v) => (v >= 1000 ? ms(v) : `${v} ms`); // an SLO is a round number: "348 ms"
+  const ms = (v) => (v === null || v === undefined ? "–" : v >= 1000 ? `${(v / 1000).toFixed(1)} s` : `${v.toFixed(1)} ms`);
   const pct = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(v > 0 && v < 0.1 ? 2 : 1)}%`);
 
   function card(id, value, detail, state) {
@@ -59,7 +63,7 @@
       `over the last ${t.rate_now_seconds} s · ${t.totals.predictions} in ${when}`);
     const slo = lat.slo_ms;
     card("p95", ms(lat.p95_ms),
-      `SLO ${slo === null ? "–" : slo + " ms"} · p50 ${ms(lat.p50_ms)} · p99 ${ms(lat.p99_ms)}`,
+      `SLO ${slo === null ? "–" : sloMs(slo)} · p50 ${ms(lat.p50_ms)} · p99 ${ms(lat.p99_ms)}`,
       lat.within_slo === null ? null : lat.within_slo ? "ok" : "bad");
     const errors = t.totals.rejected + t.totals.failed;
     card("errors", pct(t.error_share), `${t.totals.rejected} rejected · ${t.totals.failed} failed`,
@@ -77,9 +81,10 @@
       });
       C.line($("chart-latency"), {
         labels, values: lat.series.p95_ms, unit: "ms", name: "p95",
-        ref: slo === null ? null : { value: slo, label: `SLO ${slo} ms` },
+        format: (v) => (v >= 1000 ? `${C.fmt(v / 1000)} s` : `${C.fmt(v)} ms`),
+        ref: slo === null ? null : { value: slo, label: `SLO ${sloMs(slo)}` },
         title: `p95 latency per bucket, ${when}`,
-        desc: `Overall p95 ${ms(lat.p95_ms)} against an SLO of ${slo} ms.`,
+        desc: `Overall p95 ${ms(lat.p95_ms)} against an SLO of ${sloMs(slo)}.`,
       });
     }
     emptyState("chart-errors", "errors-empty", errors ? "" : `no rejected or failed observations in ${when}`);
@@ -109,7 +114,8 @@
       $("drift-history").append(dot);
     }
     if (!latest) {
-      card("drift", "none", "no drift window yet", null);
+      card("drift", "no window closed yet", root.dataset.driftWindow || "", null);
+      $("drift-status").classList.add("words");
       emptyState("chart-drift", "drift-empty", "no drift window yet");
       $("drift-window").textContent = "";
       $("drift-embedding").textContent = "";
@@ -119,6 +125,7 @@
       return;
     }
     const alarming = latest.alarming;
+    $("drift-status").classList.remove("words");
     card("drift", latest.alarm ? "alarm" : "ok",
       alarming.length ? `alarming: ${alarming.join(", ")}` : `window ended ${clock(latest.window_end)} · n=${latest.n}`,
       latest.alarm ? "bad" : "ok");
@@ -173,6 +180,15 @@
       .filter(([m]) => !(m.startsWith("macro_") && (champion.metrics || {})[m.slice(6)] !== undefined));
     const compared = all.filter(([m]) => reference[m] !== undefined);
     const metrics = compared.length ? compared : all;
+    if (champion.n < minFeedback) {
+      // Too few labels to mean anything: "-100.0%" from one label is noise, not quality.
+      const need = `${champion.n} label${champion.n === 1 ? "" : "s"}, need ${minFeedback}`;
+      card("quality", "too few labels", `${need} · v${champion.model_version}`, null);
+      $("quality-status").classList.add("words");
+      emptyState("chart-quality", "quality-empty", `${need} before online quality is shown`);
+      return;
+    }
+    $("quality-status").classList.remove("words");
     const dropped = champion.drop === true;
     const [name, value] = metrics[0] || ["–", null];
     card("quality", C.fmt(value),
@@ -204,7 +220,7 @@
       cell(tr, a.rule);
       cell(tr, a.severity, a.severity);
       cell(tr, a.state + (a.acked_by ? ` (acked by ${a.acked_by})` : "") + (a.silenced ? " (silenced)" : ""));
-      cell(tr, a.value === null ? "–" : C.fmt(a.value), "num");
+      cell(tr, window.KeenAlerts.alertValue(a.value, units[a.rule]), "num");
       cell(tr, new Date(a.fired_at || a.started_at).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" }));
       cell(tr, a.summary);
       tbody.append(tr);

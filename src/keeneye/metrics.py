@@ -3,7 +3,7 @@
 Metrics live in a :class:`Metrics` object bound to a ``CollectorRegistry`` (one per app, so tests and
 several apps in one process never collide). Names, labels and help text are the contract dashboards
 and alert rules depend on: add freely, rename only with care. ``docs/metrics.md`` is generated from
-this module (``python -m keeneye.monitoring.metrics > docs/metrics.md``); a test keeps the two equal.
+this module (``python -m keeneye.metrics > docs/metrics.md``); a test keeps the two equal.
 
 **Several processes.** ``keeneye up`` runs the API, the stream workers and the scheduler as separate
 processes, each counting for itself. With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus_client keeps
@@ -396,7 +396,7 @@ def serve_metrics(metrics: Metrics | None, port: int, host: str = "127.0.0.1") -
 # docs/metrics.md
 # --------------------------------------------------------------------------------------------------
 
-REGENERATE = "python -m keeneye.monitoring.metrics > docs/metrics.md"
+REGENERATE = "python -m keeneye.metrics > docs/metrics.md"
 
 
 def _cell(text: str) -> str:
@@ -413,9 +413,9 @@ def catalogue_markdown() -> str:
     lines = [
         "# Metric catalogue",
         "",
-        f"<!-- Generated from src/keeneye/monitoring/metrics.py by `{REGENERATE}`; do not edit. -->",
+        f"<!-- Generated from src/keeneye/metrics.py by `{REGENERATE}`; do not edit. -->",
         "",
-        "Every Prometheus metric keeneye exports, generated from `src/keeneye/monitoring/metrics.py`",
+        "Every Prometheus metric keeneye exports, generated from `src/keeneye/metrics.py`",
         f"(regenerate with `{REGENERATE}`; a test fails while the two differ).",
         "",
         'Counters are exposed with the suffix `_total`; histograms as `<name>_bucket{le="…"}`, `<name>_sum`',

@@ -1,4 +1,4 @@
-"""The scheduler process that ``keeneye up`` starts: periodic monitoring work in one loop.
+"""The scheduler process that ``keeneye up`` starts: periodic monitoring and lifecycle work in one loop.
 
 Every ``alerting.interval_seconds`` it
 
@@ -11,8 +11,9 @@ Every ``alerting.interval_seconds`` it
   rollback, when the measurements say so.
 
 Each job is isolated: one that raises is logged and the loop goes on (an API that is restarting, a
-broken rule, a quality query that times out never stop the others). The loop is a
-:class:`~keeneye.stream.worker.WorkerBase`: SIGTERM or Ctrl-C finishes the round in hand and exits,
+broken rule, a quality query that times out never stop the others). It lives in ``lifecycle/``, the
+highest floor it drives (monitoring sits below), so every job is a plain import. The loop is a
+:class:`~keeneye.workers.WorkerBase`: SIGTERM or Ctrl-C finishes the round in hand and exits,
 and a status file ``<home>/run/scheduler.json`` (rewritten every few seconds) is its heartbeat.
 """
 
@@ -24,11 +25,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from keeneye.lifecycle.rollout import RolloutController
+from keeneye.lifecycle.triggers import tick
+from keeneye.metrics import Metrics
 from keeneye.monitoring.alerts.engine import AlertState, RulesEngine
 from keeneye.monitoring.alerts.source import MetricSource, MetricsUnavailable
-from keeneye.monitoring.metrics import Metrics
+from keeneye.monitoring.quality import evaluate_quality
+from keeneye.pipelines import PipelineCatalog
+from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
-from keeneye.stream.worker import WorkerBase
+from keeneye.store import ResultsDB, open_results_db, utcnow
+from keeneye.workers import WorkerBase
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +82,6 @@ class Scheduler(WorkerBase):
     # -- lifecycle --------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from keeneye.pipelines import PipelineCatalog
-        from keeneye.store import open_results_db
-
         s = self.settings
         db = open_results_db(s)
         catalog = PipelineCatalog(s)
@@ -92,10 +96,7 @@ class Scheduler(WorkerBase):
             extra={"rules": len(self.engine.rules), "interval_seconds": self.interval},
         )
 
-    def _quality_job(self, db: Any, catalog: Any) -> QualityJob:
-        from keeneye.monitoring.quality import evaluate_quality
-        from keeneye.registry import ModelRegistry
-
+    def _quality_job(self, db: ResultsDB, catalog: PipelineCatalog) -> QualityJob:
         registry = ModelRegistry(self.settings, events=db)
         settings, metrics = self.settings, self.metrics
 
@@ -104,13 +105,9 @@ class Scheduler(WorkerBase):
 
         return job
 
-    def _retrain_job(self, db: Any, catalog: Any) -> RetrainJob:
+    def _retrain_job(self, db: ResultsDB, catalog: PipelineCatalog) -> RetrainJob:
         """Retraining triggers (schedule, new labels, drift, quality drop): each new run is started as
         its own ``keeneye retrain --run-id`` process, so training never delays the alert rules."""
-        from keeneye.lifecycle.triggers import tick
-        from keeneye.registry import ModelRegistry
-        from keeneye.store.db import utcnow
-
         registry = ModelRegistry(self.settings, events=db)
         settings, metrics = self.settings, self.metrics
 
@@ -119,11 +116,8 @@ class Scheduler(WorkerBase):
 
         return job
 
-    def _rollout_job(self, db: Any, catalog: Any) -> QualityJob:
+    def _rollout_job(self, db: ResultsDB, catalog: PipelineCatalog) -> QualityJob:
         """The rollout controller: shadow → canary → promotion or rollback, when the measurements say so."""
-        from keeneye.lifecycle.rollout import RolloutController
-        from keeneye.registry import ModelRegistry
-
         controller = RolloutController(
             self.settings, db, ModelRegistry(self.settings, events=db), catalog, self.metrics
         )
