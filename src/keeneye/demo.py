@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from keeneye.domain import KeeneyeError
+from keeneye.domain import JsonObject, KeeneyeError
 from keeneye.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 PIPELINE = "species-id"
 
 # Small enough for a 2-core laptop to train in about two minutes, large enough to learn the classes.
-DEMO_RECIPE: dict[str, Any] = {"image_size": 64, "batch_size": 32, "patience": 3}
+DEMO_RECIPE: dict[str, int] = {"image_size": 64, "batch_size": 32, "patience": 3}
 
 
 @dataclass
@@ -42,7 +42,7 @@ class DemoResult:
     version: str
     metrics: dict[str, float]
     url: str
-    answers: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[JsonObject] = field(default_factory=list)
     correct: int = 0
     seconds: float = 0.0
 

@@ -13,7 +13,7 @@ import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, Required, TypedDict, TypeGuard
+from typing import Any, NotRequired, Required, TypeAlias, TypedDict, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +81,16 @@ class MessageTooLarge(KeeneyeError):
         self.size = size
         self.limit = limit
         self.setting = setting
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON: what JSON columns hold, the bus carries and the API answers when its shape is open (labels,
+# metadata, annotations a user sends). Narrower than Any: a reader must check what it got. Where the
+# shape is known, a TypedDict or a dataclass says it instead.
+# --------------------------------------------------------------------------------------------------
+
+JsonValue: TypeAlias = str | int | float | bool | list["JsonValue"] | dict[str, "JsonValue"] | None
+JsonObject: TypeAlias = dict[str, JsonValue]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import getpass
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_MONITOR, console, err_console, print_json, settings
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, JsonValue
 
 if TYPE_CHECKING:
     from keeneye.monitoring.alerts.engine import AlertState
@@ -71,7 +72,7 @@ def _ago(ts: datetime | None, now: datetime) -> str:
     return f"{ts:%Y-%m-%d %H:%M}Z ({span} ago)"
 
 
-def _labels(labels: dict[str, Any]) -> str:
+def _labels(labels: Mapping[str, JsonValue]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 

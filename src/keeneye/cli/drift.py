@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_MONITOR, console, err_console, print_json, settings
-from keeneye.domain import KeeneyeError
+from keeneye.domain import JsonValue, KeeneyeError
 
 if TYPE_CHECKING:
     from keeneye.store import DriftReportRecord
@@ -139,12 +139,22 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _feature_plot(name: str, f: dict[str, Any]) -> str:
+def _section(f: Mapping[str, JsonValue], key: str) -> Mapping[str, JsonValue]:
+    """A feature's ``reference`` or ``current`` part (an object in every drift report)."""
+    part = f.get(key)
+    return part if isinstance(part, dict) else {}
+
+
+def _share(value: JsonValue | None) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _feature_plot(name: str, f: Mapping[str, JsonValue]) -> str:
     """Reference vs live: histograms of the samples and the quantile curves, as a base64 PNG."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    ref, cur = f.get("reference", {}), f.get("current", {})
+    ref, cur = _section(f, "reference"), _section(f, "current")
     fig = Figure(figsize=(8, 2.8))
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.18, top=0.9, wspace=0.2)  # no costly tight bbox
     hist, quant = fig.subplots(1, 2)
@@ -174,18 +184,18 @@ def _feature_plot(name: str, f: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def _class_mix_plot(f: dict[str, Any]) -> str:
+def _class_mix_plot(f: Mapping[str, JsonValue]) -> str:
     import numpy as np
     from matplotlib.figure import Figure
 
-    ref, cur = f.get("reference", {}), f.get("current", {})
+    ref, cur = _section(f, "reference"), _section(f, "current")
     names = sorted(set(ref) | set(cur))
     x = np.arange(len(names))
     fig = Figure(figsize=(max(4.0, 0.6 * len(names) + 2), 2.8))
     fig.subplots_adjust(bottom=0.3, top=0.9)
     ax = fig.subplots()
-    ax.bar(x - 0.2, [ref.get(n, 0.0) for n in names], 0.4, label="reference", color="tab:blue")
-    ax.bar(x + 0.2, [cur.get(n, 0.0) for n in names], 0.4, label="live", color="tab:orange")
+    ax.bar(x - 0.2, [_share(ref.get(n)) for n in names], 0.4, label="reference", color="tab:blue")
+    ax.bar(x + 0.2, [_share(cur.get(n)) for n in names], 0.4, label="live", color="tab:orange")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_title("class mix: share of predictions", fontsize=9)
     ax.legend(fontsize=8)

@@ -9,16 +9,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, settings, state
+from keeneye.domain import JsonValue
 
 if TYPE_CHECKING:
-    from keeneye.lifecycle import ReviewEntry
+    from keeneye.lifecycle import ImportReport, ReviewEntry
 
 labels_app = typer.Typer(
     help=(
@@ -60,16 +61,19 @@ def _progress(what: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def _number(value: JsonValue | None) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def _answer(entry: ReviewEntry) -> str:
     """The model's answer in a few words."""
     p = entry.prediction
     if p is None:
         return "(no answer yet)"
     if p.get("task") == "classify":
-        return (
-            f"{p.get('predicted_label') or p.get('predicted_class')} ({float(p.get('confidence') or 0):.0%})"
-        )
-    text = f"{len(p.get('instances') or [])} instance(s)"
+        return f"{p.get('predicted_label') or p.get('predicted_class')} ({_number(p.get('confidence')):.0%})"
+    instances = p.get("instances")
+    text = f"{len(instances) if isinstance(instances, list) else 0} instance(s)"
     return text + (f" · {p['decision']}" if p.get("decision") else "")
 
 
@@ -255,28 +259,29 @@ def import_(
     if json_out:
         print_json(report.to_dict())
     else:
-        _print_import(report.to_dict(), report.problems)
+        _print_import(report)
     if not report.ok and not skip_invalid:
         raise typer.Exit(1)
 
 
-def _print_import(summary: dict[str, Any], problems: list[Any]) -> None:
-    for p in problems:
+def _print_import(report: ImportReport) -> None:
+    for p in report.problems:
         err_console.print(
             f"[red]{p.severity}[/]: {p.file}: {p.message}" + (f" — {p.fix}" if p.fix else ""), highlight=False
         )
-    if summary["errors"] and not summary["skipped"]:
+    errors = len(report.errors)
+    if errors and not report.skipped:
         err_console.print(
-            f"nothing stored: {summary['errors']} error(s) in {summary['images']} image(s) — fix them, "
+            f"nothing stored: {errors} error(s) in {report.n_images} image(s) — fix them, "
             "or pass --skip-invalid to store the valid ones",
             highlight=False,
         )
         return
-    parts = [f"stored {summary['written']} label(s) from {summary['images']} image(s)"]
-    if summary["unchanged"]:
-        parts.append(f"{summary['unchanged']} already stored")
-    if summary["skipped"]:
-        parts.append(f"{len(summary['skipped'])} skipped (errors above)")
-    if summary["not_labelled"]:
-        parts.append(f"{len(summary['not_labelled'])} not labelled yet")
+    parts = [f"stored {report.written} label(s) from {report.n_images} image(s)"]
+    if report.unchanged:
+        parts.append(f"{report.unchanged} already stored")
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} skipped (errors above)")
+    if report.not_labelled:
+        parts.append(f"{len(report.not_labelled)} not labelled yet")
     console.print(", ".join(parts), highlight=False)

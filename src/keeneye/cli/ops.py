@@ -20,6 +20,7 @@ from keeneye.settings import Settings
 
 if TYPE_CHECKING:
     from keeneye.scaling import ChildSpec
+    from keeneye.scaling.loadtest import LoadReport
 
 
 def _split_names(values: list[str] | None) -> list[str]:
@@ -245,7 +246,7 @@ def loadtest(
     if json_out:
         print_json(report.as_dict())
         return
-    _print_report(report.as_dict())
+    _print_report(report)
 
 
 def _bus_load(s: Settings, plan: Any, name: str, *, allow_remote: bool, on_step: Any, run_bus: Any) -> Any:
@@ -272,9 +273,9 @@ def _bus_load(s: Settings, plan: Any, name: str, *, allow_remote: bool, on_step:
         ingestor.close()
 
 
-def _print_report(report: dict[str, Any]) -> None:
-    bus = report["target"] == "bus"
-    table = Table(title=f"keeneye loadtest · {report['pipeline']} · {report['target']} · {report['url']}")
+def _print_report(report: LoadReport) -> None:
+    bus = report.target == "bus"
+    table = Table(title=f"keeneye loadtest · {report.pipeline} · {report.target} · {report.url}")
     columns = ["step", "offered/s", "achieved/s", "requests", "p50 ms", "p95 ms", "p99 ms", "errors"]
     for col in [*columns, *(["lag"] if bus else [])]:
         table.add_column(col, justify="right" if col != "errors" else "left")
@@ -282,24 +283,24 @@ def _print_report(report: dict[str, Any]) -> None:
     def ms(v: float | None) -> str:
         return "" if v is None else f"{v:.1f}"
 
-    for st in report["steps"]:
-        errors = ", ".join(f"{k}: {v}" for k, v in st["errors"].items())
+    for st in report.steps:
+        errors = ", ".join(f"{k}: {v}" for k, v in st.errors.items())
         row = [
-            str(st["step"]),
-            f"{st['offered_rps']:g}",
-            f"{st['achieved_rps']:g}",
-            str(st["requests"]),
-            ms(st["p50_ms"]),
-            ms(st["p95_ms"]),
-            ms(st["p99_ms"]),
+            str(st.step),
+            f"{st.offered_rps:g}",
+            f"{st.achieved_rps:g}",
+            str(st.requests),
+            ms(st.p50_ms),
+            ms(st.p95_ms),
+            ms(st.p99_ms),
             f"[red]{errors}[/]" if errors else "0",
         ]
         if bus:
-            row.append("" if st["lag"] is None else str(st["lag"]))
+            row.append("" if st.lag is None else str(st.lag))
         table.add_row(*row)
     console.print(table)
-    if report["truncated"]:
-        console.print(f"[yellow]run ended early:[/] {report['truncated']}")
+    if report.truncated:
+        console.print(f"[yellow]run ended early:[/] {report.truncated}")
 
 
 def register(app: typer.Typer) -> None:

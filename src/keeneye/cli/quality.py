@@ -7,6 +7,7 @@ the API is refused here with the same message, and the table shows what the sche
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import typer
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_DATA, PANEL_MONITOR, console, print_json, settings
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, JsonObject, JsonValue
 
 if TYPE_CHECKING:
     from keeneye.monitoring.quality import QualityWindow
@@ -38,7 +39,7 @@ def feedback(
     from keeneye.registry import ModelRegistry
     from keeneye.store import open_results_db
 
-    body: dict[str, Any] = {}
+    body: JsonObject = {}
     if class_name is not None:
         body["class"] = class_name
     if decision is not None:
@@ -67,12 +68,13 @@ def feedback(
     )
 
 
-def _describe(label: dict[str, Any]) -> str:
+def _describe(label: Mapping[str, JsonValue]) -> str:
     if "class" in label:
         return f"class {label['class']}"
-    if "instances" in label:
+    instances = label.get("instances")
+    if isinstance(instances, list):  # the shared parser stores a list
         decision = f", {label['decision']}" if "decision" in label else ""
-        return f"{len(label['instances'])} instance(s){decision}"
+        return f"{len(instances)} instance(s){decision}"
     return f"decision {label['decision']}"
 
 
@@ -106,10 +108,12 @@ def read_coco_instances(path: Path) -> list[Any]:
     )
 
 
-def _from_coco(path: Path, data: dict[str, Any]) -> list[Any]:
-    categories = data.get("categories") or []
-    names = {c.get("id"): c.get("name") for c in categories if isinstance(c, dict)}
-    annotations = [a for a in data["annotations"] if isinstance(a, dict)]
+def _from_coco(path: Path, data: JsonObject) -> list[JsonValue]:
+    categories = data.get("categories")
+    listed = categories if isinstance(categories, list) else []
+    names = {c.get("id"): c.get("name") for c in listed if isinstance(c, dict)}
+    raw = data.get("annotations")
+    annotations = [a for a in raw if isinstance(a, dict)] if isinstance(raw, list) else []
     images = {a.get("image_id") for a in annotations}
     if len(images) > 1:
         raise InvalidInput(
@@ -117,7 +121,7 @@ def _from_coco(path: Path, data: dict[str, Any]) -> list[Any]:
             f"{path} has annotations of {len(images)} images; feedback labels one observation",
             fix="keep the annotations of one image (or use `keeneye labels import` for datasets)",
         )
-    out = []
+    out: list[JsonValue] = []
     for a in annotations:
         if a.get("category_id") not in names:
             raise InvalidInput(
@@ -125,7 +129,7 @@ def _from_coco(path: Path, data: dict[str, Any]) -> list[Any]:
                 f"{path}: annotation {a.get('id')} has category_id {a.get('category_id')!r} "
                 "that is not in categories",
             )
-        item: dict[str, Any] = {"class": names[a["category_id"]]}
+        item: JsonObject = {"class": names[a["category_id"]]}
         if a.get("segmentation") not in (None, []):
             item["segmentation"] = a["segmentation"]
         if "bbox" in a:

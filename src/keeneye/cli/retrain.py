@@ -12,13 +12,13 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_TRAIN, console, err_console, print_json, settings, state
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, JsonObject
 
 if TYPE_CHECKING:
     from keeneye.lifecycle.runs import TrainingRunRecord
@@ -95,7 +95,7 @@ def retrain(
             raise InvalidInput(
                 "reason_required", "a manual retraining needs a reason", fix="add --reason TEXT"
             )
-        inputs: dict[str, Any] = {"requested_by": _actor(), "pseudo_labels": pseudo_labels}
+        inputs: JsonObject = {"requested_by": _actor(), "pseudo_labels": pseudo_labels}
         if data is not None:
             inputs["data_dir"] = str(data.expanduser().absolute())
         if epochs is not None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -191,6 +191,22 @@ class _Ledger:
             f.write(json.dumps({"file": name, "id": observation_id}) + "\n")
 
 
+class _Sent(TypedDict):
+    """One file ``keeneye ingest`` queued, as its ``--json`` summary lists it."""
+
+    file: str
+    id: str
+    published: bool
+
+
+class _Refused(TypedDict):
+    """One file refused (for good, or unavailable until the next poll)."""
+
+    file: str
+    reason: str
+    error: str
+
+
 def ingest(
     source: str = typer.Argument(
         ..., help="A folder (walked for images), an image file, or s3://bucket/prefix."
@@ -216,7 +232,8 @@ def ingest(
     ledger = _Ledger(s, pipeline, src)
     if resend:
         ledger.sent.clear()
-    summary: dict[str, Any] = {"pipeline": pipeline, "source": source, "accepted": [], "refused": []}
+    sent: list[_Sent] = []
+    refused: list[_Refused] = []
 
     last_seen: dict[str, tuple[int, int]] = {}
     sent_before: list[int] = []  # at the first look: files an earlier run had already sent
@@ -254,14 +271,14 @@ def ingest(
                 data = src.read(name)
                 accepted = ingestor.accept(pipeline, data, {**meta, "file": name}, source=src.kind)
             except InvalidInput as exc:
-                summary["refused"].append({"file": name, "reason": exc.reason, "error": exc.one_line()})
+                refused.append({"file": name, "reason": exc.reason, "error": exc.one_line()})
                 ledger.add(name, "")  # refused for good: do not retry it on every poll
             except (IngestUnavailable, OSError) as exc:
                 # Not sent: the next poll (or the next run) tries again.
-                summary["refused"].append({"file": name, "reason": "unavailable", "error": str(exc)})
+                refused.append({"file": name, "reason": "unavailable", "error": str(exc)})
             else:
                 ledger.add(name, accepted.id)
-                summary["accepted"].append({"file": name, "id": accepted.id, "published": accepted.published})
+                sent.append({"file": name, "id": accepted.id, "published": accepted.published})
             if progress is not None and task is not None:
                 progress.advance(task)
             if plain is not None:
@@ -284,18 +301,16 @@ def ingest(
     finally:
         ingestor.close()
     if json_out:
-        print_json(summary)
+        print_json({"pipeline": pipeline, "source": source, "accepted": sent, "refused": refused})
         return
-    console.print(
-        f"queued {len(summary['accepted'])} image(s) for {pipeline!r}; {len(summary['refused'])} refused"
-    )
-    if sent_before[0] and not summary["accepted"]:
+    console.print(f"queued {len(sent)} image(s) for {pipeline!r}; {len(refused)} refused")
+    if sent_before[0] and not sent:
         console.print(
             f"nothing new: {sent_before[0]} file(s) in {source} were sent before "
             f"(remembered in {ledger.path}); pass --resend to send them again",
             highlight=False,
         )
-    for item in summary["refused"][:20]:
+    for item in refused[:20]:
         err_console.print(f"  [red]refused[/] {item['file']}: {item['error']}", highlight=False)
 
 

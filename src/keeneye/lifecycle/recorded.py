@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from keeneye.domain import KeeneyeError
+from keeneye.domain import JsonObject, KeeneyeError
 from keeneye.lifecycle.runs import active_run, finish, request_run, start
 from keeneye.store import ResultsDB, TrainingRunRecord
 from keeneye.training.run import TrainResult
@@ -30,7 +30,7 @@ from keeneye.training.run import TrainResult
 log = logging.getLogger(__name__)
 
 
-def training_outcome(result: TrainResult) -> dict[str, Any]:
+def training_outcome(result: TrainResult) -> JsonObject:
     """The JSON outcome of a finished training, as a training run stores it."""
     gates = result.gates
     return {
@@ -60,7 +60,9 @@ class RecordedRun:
         if self.run is None:
             return None
         outcome = training_outcome(result)
-        outcome["timings_s"]["total"] = round(time.perf_counter() - self.started, 2)
+        timings = outcome["timings_s"]
+        assert isinstance(timings, dict)  # training_outcome writes it
+        timings["total"] = round(time.perf_counter() - self.started, 2)
         status = "succeeded" if result.gates.passed else "refused"
         self.run = finish(self.db, self.run.id, status, outcome)
         return self.run

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from keeneye.domain import JsonObject
 from keeneye.lifecycle.rollout import RolloutController
 from keeneye.lifecycle.triggers import tick
 from keeneye.metrics import Metrics
@@ -175,7 +176,7 @@ class Scheduler(WorkerBase):
                 log.exception("rollout evaluation failed")
         return self.last_states
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JsonObject:
         firing = sum(1 for a in self.last_states if a.state == "firing")
         pending = sum(1 for a in self.last_states if a.state == "pending")
         return {

@@ -44,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from keeneye.domain import InvalidInput, KeeneyeError
+from keeneye.domain import InvalidInput, JsonObject, KeeneyeError
 from keeneye.lifecycle.runs import (
     DEFAULT_COOLDOWN,
     TrainingRunRecord,
@@ -75,7 +75,7 @@ class Trigger:
     cause: str
     reason: str
     dedup_key: str
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: JsonObject = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def drift_trigger(db: ResultsDB, spec: PipelineSpec, champion: ModelVersionInfo)
             "report_id": report.id,
             "window_end": report.window_end.isoformat(),
             "n": report.n,
-            "exceeded": hits,
+            "exceeded": list(hits),
         },
     )
 

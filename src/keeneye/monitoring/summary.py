@@ -28,11 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
-from keeneye.domain import KeeneyeError, ObservationStatus, Variant
+from keeneye.domain import JsonObject, JsonValue, KeeneyeError, ObservationStatus, Variant
 from keeneye.monitoring.stats import KS_ALARM, KS_P_ALARM, PSI_ALARM
 from keeneye.pipelines import PipelineSpec
 from keeneye.store import DriftReportRecord, ResultsDB
@@ -50,6 +50,94 @@ ERROR_STATUSES = (ObservationStatus.rejected.value, ObservationStatus.failed.val
 # Per-feature drift numbers shown on the page; the stored quantiles and samples stay in the database.
 FEATURE_FIELDS = ("psi", "ks", "ks_p", "alarm", "n")
 EMBEDDING_FIELDS = ("source", "dim", "n_reference", "n_current", "mmd", "p_value", "permutations", "alarm")
+
+
+# The payload of pipeline_summary, part by part (its top level stays a plain dict: the API route
+# and the overview page read it as such).
+JsonScalar = str | int | float | bool | None
+
+
+class TrafficSeriesJson(TypedDict):
+    t: list[str]
+    predictions: list[int]
+    rejected: list[int]
+    failed: list[int]
+
+
+class TrafficTotalsJson(TypedDict):
+    predictions: int
+    rejected: int
+    failed: int
+
+
+class TrafficJson(TypedDict):
+    series: TrafficSeriesJson
+    totals: TrafficTotalsJson
+    rate_now_per_second: float
+    rate_now_seconds: float
+    error_share: float | None
+
+
+class LatencyJson(TypedDict):
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    n: int
+    n_sampled: int
+    sampled: bool
+    sample_limit: int
+    method: str
+    series: dict[str, list[float | None]]
+    slo_ms: NotRequired[float | None]  # set by pipeline_summary (needs the spec)
+    within_slo: NotRequired[bool | None]
+
+
+class DriftWindowJson(TypedDict):
+    window_start: str
+    window_end: str
+    alarm: bool
+    n: int
+    model_version: str
+
+
+class DriftReportJson(TypedDict):
+    id: int
+    model_version: str
+    window_start: str
+    window_end: str
+    n: int
+    alarm: bool
+    features: list[JsonObject]  # name and FEATURE_FIELDS, most drifted first
+    alarming: list[JsonValue]
+    embedding: JsonObject | None  # EMBEDDING_FIELDS present in the report
+
+
+class DriftJson(TypedDict):
+    status: str
+    thresholds: dict[str, float]
+    latest: DriftReportJson | None
+    windows: list[DriftWindowJson]
+
+
+class AlertSummaryJson(TypedDict):
+    id: int
+    rule: str
+    severity: str
+    state: str
+    value: JsonScalar
+    summary: str
+    labels: JsonObject
+    started_at: str
+    fired_at: str | None
+    acked_by: str | None
+    silenced: bool
+
+
+class QualityJson(TypedDict):
+    available: bool
+    note: str | None
+    window_seconds: float | None
+    windows: list[JsonValue]
 
 
 @dataclass(frozen=True)
@@ -128,7 +216,7 @@ def pipeline_summary(
     p95 = latency["p95_ms"]
     latency["within_slo"] = None if slo_ms is None or p95 is None else p95 <= slo_ms
     quality_section = _quality(db, pipeline, spec, quality, grid.end)
-    if not quality_section["available"]:
+    if not quality_section["available"] and quality_section["note"] is not None:
         notes.append(quality_section["note"])
     return {
         "pipeline": pipeline,
@@ -156,7 +244,7 @@ def pipeline_summary(
 # --------------------------------------------------------------------------------------------------
 
 
-def _traffic(db: ResultsDB, pipeline: str, grid: Buckets) -> dict[str, Any]:
+def _traffic(db: ResultsDB, pipeline: str, grid: Buckets) -> TrafficJson:
     predictions = db.prediction_counts(pipeline, SERVED_VARIANTS, grid.edges)
     errors = db.observation_counts(pipeline, ERROR_STATUSES, grid.edges)
     rejected = errors.get(ObservationStatus.rejected.value, [0] * grid.count)
@@ -206,7 +294,7 @@ def _per_bucket_cap(sample_limit: int, buckets: int) -> int:
 
 def _latency(
     db: ResultsDB, pipeline: str, grid: Buckets, counts: Sequence[int], sample_limit: int
-) -> dict[str, Any]:
+) -> LatencyJson:
     total = sum(counts)
     per_bucket: list[list[float]] = [[] for _ in range(grid.count)]
     weights: list[float] = [1.0] * grid.count
@@ -228,11 +316,11 @@ def _latency(
             weights[i] = count / len(per_bucket[i]) if per_bucket[i] else 0.0
     values = [v for bucket in per_bucket for v in bucket]
     value_weights = [weights[i] for i, bucket in enumerate(per_bucket) for _ in bucket]
-    overall = {
-        name: nearest_rank(values, value_weights if sampled else None, q) for name, q in QUANTILES.items()
-    }
+    by = value_weights if sampled else None
     return {
-        **overall,
+        "p50_ms": nearest_rank(values, by, QUANTILES["p50_ms"]),
+        "p95_ms": nearest_rank(values, by, QUANTILES["p95_ms"]),
+        "p99_ms": nearest_rank(values, by, QUANTILES["p99_ms"]),
         "n": total,
         "n_sampled": len(values),
         "sampled": sampled,
@@ -247,13 +335,13 @@ def _latency(
 # --------------------------------------------------------------------------------------------------
 
 
-def _drift(db: ResultsDB, pipeline: str, history: int) -> dict[str, Any]:
+def _drift(db: ResultsDB, pipeline: str, history: int) -> DriftJson:
     # The thresholds that set each feature's ``alarm`` flag when the window closed (monitoring.stats).
     thresholds = {"psi": PSI_ALARM, "ks": KS_ALARM, "ks_p": KS_P_ALARM}
     newest = db.latest_drift_reports(pipeline, 1)
     latest = newest[0] if newest else None
     rows = db.drift_windows(pipeline, history)
-    windows = [
+    windows: list[DriftWindowJson] = [
         {
             "window_start": r.window_start.isoformat(),
             "window_end": r.window_end.isoformat(),
@@ -272,18 +360,20 @@ def _drift(db: ResultsDB, pipeline: str, history: int) -> dict[str, Any]:
     }
 
 
-def _drift_report(row: DriftReportRecord) -> dict[str, Any]:
-    features = []
+def _drift_report(row: DriftReportRecord) -> DriftReportJson:
+    features: list[JsonObject] = []
     for name, stats in (row.features or {}).items():
         stats = stats if isinstance(stats, Mapping) else {}
-        entry: dict[str, Any] = {"name": str(name)}
+        entry: JsonObject = {"name": str(name)}
         for key in FEATURE_FIELDS:
             entry[key] = _scalar(stats.get(key))
         entry["alarm"] = bool(entry["alarm"])
         features.append(entry)
     # Most drifted first (no PSI last): the page's bar chart and table read top-down.
-    features.sort(key=lambda f: (f["psi"] is None, -(f["psi"] or 0.0), f["name"]))
-    embedding = {k: _scalar(row.embedding.get(k)) for k in EMBEDDING_FIELDS if k in (row.embedding or {})}
+    features.sort(key=_most_drifted)
+    embedding: JsonObject = {
+        k: _scalar(row.embedding.get(k)) for k in EMBEDDING_FIELDS if k in (row.embedding or {})
+    }
     return {
         "id": row.id,
         "model_version": row.model_version,
@@ -297,7 +387,13 @@ def _drift_report(row: DriftReportRecord) -> dict[str, Any]:
     }
 
 
-def _scalar(value: Any) -> Any:
+def _most_drifted(feature: JsonObject) -> tuple[bool, float, str]:
+    psi, name = feature["psi"], feature["name"]
+    assert isinstance(psi, int | float | None) and isinstance(name, str)  # _drift_report made them
+    return (psi is None, -(psi or 0.0), name)
+
+
+def _scalar(value: object) -> JsonScalar:
     """JSON-safe scalar: NaN/inf become None (JSON has no NaN), other non-scalars None."""
     if isinstance(value, bool | str) or value is None:
         return value
@@ -313,8 +409,8 @@ def _scalar(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def _alerts(db: ResultsDB, pipeline: str, now: datetime) -> list[dict[str, Any]]:
-    out = []
+def _alerts(db: ResultsDB, pipeline: str, now: datetime) -> list[AlertSummaryJson]:
+    out: list[AlertSummaryJson] = []
     for a in db.open_alerts_of_pipeline(pipeline, ALERT_LIMIT):
         annotations = a.annotations or {}
         out.append(
@@ -342,15 +438,14 @@ def _alerts(db: ResultsDB, pipeline: str, now: datetime) -> list[dict[str, Any]]
 
 def _quality(
     db: ResultsDB, pipeline: str, spec: PipelineSpec | None, inputs: QualityInputs | None, now: datetime
-) -> dict[str, Any]:
-    empty: dict[str, Any] = {"available": False, "note": None, "window_seconds": None, "windows": []}
+) -> QualityJson:
     if spec is None or inputs is None:
-        return {**empty, "note": "online quality needs the pipeline spec and its reference metrics"}
+        return _unavailable("online quality needs the pipeline spec and its reference metrics")
     try:
         module = importlib.import_module("keeneye.monitoring.quality")
     except ImportError as exc:
         log.info("online quality unavailable: %s", exc)
-        return {**empty, "note": "online quality is not available in this installation"}
+        return _unavailable("online quality is not available in this installation")
     try:
         windows = module.online_quality(
             db,
@@ -364,7 +459,7 @@ def _quality(
         )
     except KeeneyeError as exc:
         log.warning("online quality of %s failed: %s", pipeline, exc.message)
-        return {**empty, "note": f"online quality could not be computed: {exc.message}"}
+        return _unavailable(f"online quality could not be computed: {exc.message}")
     return {
         "available": True,
         "note": None if windows else "no feedback in the quality window yet",
@@ -373,7 +468,11 @@ def _quality(
     }
 
 
-def _jsonable(value: Any) -> Any:
+def _unavailable(note: str) -> QualityJson:
+    return {"available": False, "note": note, "window_seconds": None, "windows": []}
+
+
+def _jsonable(value: object) -> JsonValue:
     """A QualityWindow (its ``to_dict``, a dataclass or a pydantic model) as plain JSON values."""
     if hasattr(value, "to_dict"):
         return _jsonable(value.to_dict())
@@ -388,7 +487,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, enum.Enum):
-        return value.value
+        return _jsonable(value.value)
     if isinstance(value, np.generic):
         return _scalar(value.item())
     return _scalar(value)

@@ -20,11 +20,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import TypedDict
 
 import numpy as np
 
-from keeneye.domain import Answer, KeeneyeError, Variant
+from keeneye.domain import Answer, AnswerJson, KeeneyeError, Variant
 from keeneye.imaging import prepare_input
 from keeneye.metrics import Metrics
 from keeneye.models.manifest import ModelManifest
@@ -81,9 +82,26 @@ def prepare_for(manifest: ModelManifest, prepared: Prepared) -> Prepared:
     return Prepared(prepared.image, tensor, transform)
 
 
+class ShadowPredictionRow(TypedDict):
+    """One shadow model's answer, as a ``predictions`` row (``variant`` = shadow)."""
+
+    observation_id: str
+    pipeline: str
+    model_name: str
+    model_version: str
+    variant: str
+    task: str
+    result: AnswerJson
+    decision: str | None
+    confidence: float | None
+    latency_ms: float
+    timings: dict[str, float]
+    created_at: datetime
+
+
 def _prediction_row(
     observation_id: str, spec: PipelineSpec, model: LoadedModel, answer: Answer, latency_ms: float
-) -> dict[str, Any]:
+) -> ShadowPredictionRow:
     result = answer.to_json()
     return {
         "observation_id": observation_id,

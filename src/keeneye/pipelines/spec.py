@@ -15,7 +15,7 @@ import logging
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -112,6 +112,17 @@ class InputSection(_Strict):
         return self
 
 
+class ThresholdOverrides(TypedDict, total=False):
+    """The manifest thresholds a pipeline spec sets (:meth:`ThresholdsSection.manifest_overrides`)."""
+
+    score: float
+    iou: float
+    mask: float
+    min_area: int
+    max_instances: int
+    top_k: int
+
+
 class ThresholdsSection(_Strict):
     """Overrides of the model manifest's thresholds; ``None`` keeps the manifest's value."""
 
@@ -131,10 +142,22 @@ class ThresholdsSection(_Strict):
         None, ge=0, description="OK/DEFECT: ignore smaller defect instances (px)"
     )
 
-    def manifest_overrides(self) -> dict[str, Any]:
+    def manifest_overrides(self) -> ThresholdOverrides:
         """The values that replace the manifest's ``thresholds`` (only the ones set here)."""
-        keys = ("score", "iou", "mask", "min_area", "max_instances", "top_k")
-        return {k: v for k in keys if (v := getattr(self, k)) is not None}
+        out: ThresholdOverrides = {}
+        if self.score is not None:
+            out["score"] = self.score
+        if self.iou is not None:
+            out["iou"] = self.iou
+        if self.mask is not None:
+            out["mask"] = self.mask
+        if self.min_area is not None:
+            out["min_area"] = self.min_area
+        if self.max_instances is not None:
+            out["max_instances"] = self.max_instances
+        if self.top_k is not None:
+            out["top_k"] = self.top_k
+        return out
 
 
 class DecisionSection(_Strict):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from keeneye.domain import ModelRef
+from keeneye.domain import JsonObject, ModelRef
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -94,7 +94,7 @@ class ModelVersionInfo:
             return {}
         return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         """JSON-ready view (``keeneye models … --json``, ``GET /v1/models``)."""
         return {
             "name": self.name,
@@ -105,7 +105,7 @@ class ModelVersionInfo:
             "output_format": self.output_format,
             "gates": self.gates,
             "sha256": self.sha256,
-            "metrics": self.metrics,
+            "metrics": dict(self.metrics),
             "run_id": self.run_id,
             "source": self.source,
             "tags": dict(self.tags),

@@ -18,9 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from keeneye.domain import ConfigError
+from keeneye.domain import ConfigError, JsonObject
 from keeneye.settings import ScalingSettings
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ScalingDecision:
             return "up"
         return "down" if self.desired < self.current else "none"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {**asdict(self), "direction": self.direction}
 
 

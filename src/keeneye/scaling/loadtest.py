@@ -23,12 +23,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from keeneye.domain import ConfigError, KeeneyeError
+from keeneye.domain import ConfigError, JsonObject, KeeneyeError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class LoadReport:
     def total_errors(self) -> int:
         return sum(sum(s.errors.values()) for s in self.steps)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {
             "target": self.target,
             "pipeline": self.pipeline,

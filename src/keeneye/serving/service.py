@@ -14,10 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from keeneye.answering import Answering, StoredAnswer
-from keeneye.domain import Answer, AnswerJson, InvalidInput, ObservationStatus, Variant
+from keeneye.domain import Answer, AnswerJson, InvalidInput, JsonObject, ObservationStatus, Variant
 from keeneye.imaging import content_hash
 from keeneye.metrics import Metrics
 from keeneye.models import BatcherClosed
@@ -84,7 +84,7 @@ class PredictionService:
             self.metrics.observe_stage(pipeline, stage, time.perf_counter() - start)
 
     async def predict(
-        self, pipeline: str, data: bytes, metadata: dict[str, Any] | None = None, *, source: str = "http"
+        self, pipeline: str, data: bytes, metadata: JsonObject | None = None, *, source: str = "http"
     ) -> PredictionJson:
         """Answer one image; raises InvalidInput (with an HTTP status) for anything refused."""
         started = time.perf_counter()
@@ -215,7 +215,7 @@ class PredictionService:
         data: bytes,
         digest: str,
         fmt: str | None,
-        metadata: dict[str, Any],
+        metadata: JsonObject,
         source: str,
         answer: Answer,
         latency_ms: float,
@@ -244,7 +244,7 @@ class PredictionService:
         spec: PipelineSpec,
         data: bytes,
         digest: str,
-        metadata: dict[str, Any],
+        metadata: JsonObject,
         source: str,
         exc: InvalidInput,
     ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import delete, func, select, update
 
@@ -18,6 +18,7 @@ from keeneye.store.engine import Database, rowcount, utcnow
 from keeneye.store.records import (
     ALERT_STATES,
     OPEN_ALERT_STATES,
+    AlertChanges,
     AlertRecord,
     NotificationRecord,
     SilenceRecord,
@@ -175,7 +176,9 @@ class AlertRepository(Database):
             s.flush()
             return AlertRecord.from_row(row)
 
-    def update_alert(self, alert_id: int, now: datetime, **values: Any) -> AlertRecord | None:
+    def update_alert(
+        self, alert_id: int, now: datetime, **values: Unpack[AlertChanges]
+    ) -> AlertRecord | None:
         """Set columns of one alert; ``None`` when it was deleted meanwhile."""
         with self.session() as s:
             row = s.get(AlertRow, alert_id)

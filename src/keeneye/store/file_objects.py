@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
-from keeneye.domain import BackendHealth, ConfigError, InvalidInput, NotFound
+from keeneye.domain import BackendHealth, ConfigError, InvalidInput, JsonObject, NotFound
 from keeneye.store.objects import (
     OBJECTS_SETTING,
     RESERVED_PREFIX,
@@ -94,7 +94,7 @@ class FileObjectStore:
         folder, _, name = key.rpartition("/")
         return self._meta_root / folder / f"{RESERVED_PREFIX}.{name}.json"
 
-    def _read_meta(self, key: str) -> dict[str, Any]:
+    def _read_meta(self, key: str) -> JsonObject:
         try:
             meta = json.loads(self._meta_path(key).read_text("utf-8"))
         except (OSError, ValueError):

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
 
@@ -28,6 +28,17 @@ TERMINAL_STATUSES = frozenset({ObservationStatus.done, ObservationStatus.rejecte
 ID_CHUNK = 500  # ids per IN (…): below SQLite's bound-parameter limit
 # The variants whose answer a client got (a shadow's never leaves the process).
 ANSWERING_VARIANTS = (Variant.champion.value, Variant.canary.value)
+
+
+class _StatusValues(TypedDict):
+    """What :meth:`ObservationRepository.set_status` writes (``attempts`` as ``attempts + 1`` in SQL)."""
+
+    status: str
+    reason: str | None
+    updated_at: datetime
+    claimed_at: NotRequired[datetime]
+    attempts: NotRequired[ColumnElement[int]]
+    completed_at: NotRequired[datetime | None]
 
 
 @dataclass(frozen=True)
@@ -125,9 +136,11 @@ class ObservationRepository(Database):
         """
         status = ObservationStatus(status)
         now = utcnow()
-        values: dict[str, Any] = {"status": status.value, "reason": reason, "updated_at": now}
+        values: _StatusValues = {"status": status.value, "reason": reason, "updated_at": now}
         if status is ObservationStatus.processing:
-            values.update(claimed_at=now, attempts=ObservationRow.attempts + 1, completed_at=None)
+            values["claimed_at"] = now
+            values["attempts"] = ObservationRow.attempts + 1
+            values["completed_at"] = None
         elif status in TERMINAL_STATUSES:
             values["completed_at"] = now
         stmt = update(ObservationRow).where(ObservationRow.id == observation_id).values(**values)

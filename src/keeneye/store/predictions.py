@@ -12,12 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from keeneye.domain import Decision, NotFound, ObservationStatus, Variant
+from keeneye.domain import Decision, JsonObject, NotFound, ObservationStatus, Variant
 from keeneye.store.buckets import bucket_counts
 from keeneye.store.engine import Database, insert_ignoring_conflicts, rowcount, utcnow
 from keeneye.store.records import Completion, NewObservation, NewPrediction, PredictionRecord
@@ -28,7 +28,24 @@ PREDICTION_KEY = ("observation_id", "model_name", "model_version", "variant")
 ID_CHUNK = 500  # ids per IN (…): below SQLite's bound-parameter limit
 
 
-def prediction_row(observation_id: str, pipeline: str, p: NewPrediction) -> dict[str, Any]:
+class PredictionRowValues(TypedDict):
+    """The column values of one ``predictions`` row to insert (:class:`PredictionRow` attributes)."""
+
+    observation_id: str
+    pipeline: str
+    model_name: str
+    model_version: str
+    variant: str
+    task: str
+    result: JsonObject
+    decision: str | None
+    confidence: float | None
+    latency_ms: float
+    timings: JsonObject
+    created_at: datetime
+
+
+def prediction_row(observation_id: str, pipeline: str, p: NewPrediction) -> PredictionRowValues:
     """The ``predictions`` row of one answer (attribute names, normalised types)."""
     return {
         "observation_id": observation_id,

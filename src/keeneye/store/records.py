@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
-from keeneye.domain import Decision, ObservationStatus, Role, Variant
+from keeneye.domain import Decision, JsonObject, ObservationStatus, Role, Variant
 from keeneye.store.schema import (
     AlertNotificationRow,
     AlertRow,
@@ -87,7 +87,7 @@ class ObservationRecord:
     object_key: str | None
     content_type: str
     size_bytes: int
-    metadata: dict[str, Any]
+    metadata: JsonObject
     source: str
     attempts: int
     created_at: datetime
@@ -129,7 +129,7 @@ class PredictionRecord:
     decision: Decision | None
     confidence: float | None
     latency_ms: float
-    timings: dict[str, Any]
+    timings: JsonObject
     created_at: datetime
 
     @classmethod
@@ -155,7 +155,7 @@ class PredictionRecord:
 class FeedbackRecord:
     id: int
     observation_id: str
-    label: dict[str, Any]
+    label: JsonObject
     source: str
     author: str | None
     created_at: datetime
@@ -175,7 +175,7 @@ class ModelEventRecord:
     alias: str | None
     actor: str
     reason: str
-    details: dict[str, Any]
+    details: JsonObject
     created_at: datetime
 
     @classmethod
@@ -201,8 +201,8 @@ class AlertRecord:
     fingerprint: str
     severity: str
     state: str
-    labels: dict[str, Any]
-    annotations: dict[str, Any]
+    labels: JsonObject
+    annotations: JsonObject
     value: float | None
     started_at: datetime
     fired_at: datetime | None
@@ -235,6 +235,20 @@ class AlertRecord:
             last_notified_at=row.last_notified_at,
             updated_at=row.updated_at,
         )
+
+
+class AlertChanges(TypedDict, total=False):
+    """The columns of an alert that :meth:`ResultsDB.update_alert` may set."""
+
+    state: str
+    severity: str
+    value: float | None
+    annotations: dict[str, str]
+    fired_at: datetime
+    resolved_at: datetime
+    silenced_until: datetime | None
+    last_notified_at: datetime
+    escalation_level: int
 
 
 @dataclass(frozen=True)
@@ -322,7 +336,7 @@ class ReviewItemRecord:
     pipeline: str
     reason: str
     priority: float
-    details: dict[str, Any]
+    details: JsonObject
     created_at: datetime
     resolved_at: datetime | None
 
@@ -471,6 +485,7 @@ __all__ = [
     "EMBEDDING",
     "OPEN_ALERT_STATES",
     "TRAINING_RUN_ACTIVE",
+    "AlertChanges",
     "AlertRecord",
     "ApiKeyRecord",
     "Completion",

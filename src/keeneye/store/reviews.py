@@ -8,13 +8,14 @@ Reads page through the ``(pipeline, resolved_at, priority)`` index, never the wh
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any
+from datetime import datetime
+from typing import TypedDict
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from keeneye.domain import NotFound
+from keeneye.domain import JsonObject, NotFound
 from keeneye.store.engine import Database, insert_ignoring_conflicts, utcnow
 from keeneye.store.records import NewReviewItem, ReviewItemRecord
 from keeneye.store.schema import FeedbackRow, ReviewItemRow
@@ -23,7 +24,19 @@ REVIEW_KEY = ("observation_id", "reason")
 CHUNK = 500  # items per statement
 
 
-def _rows(items: Sequence[NewReviewItem]) -> list[dict[str, Any]]:
+class _ReviewItemValues(TypedDict):
+    """The column values of one ``review_items`` row to insert."""
+
+    observation_id: str
+    pipeline: str
+    reason: str
+    priority: float
+    details: JsonObject
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+def _rows(items: Sequence[NewReviewItem]) -> list[_ReviewItemValues]:
     now = utcnow()
     return [
         {

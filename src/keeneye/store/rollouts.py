@@ -15,12 +15,12 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from keeneye.domain import Variant
+from keeneye.domain import JsonObject, Variant
 from keeneye.store.engine import Database, insert_ignoring_conflicts, rowcount
 from keeneye.store.predictions import PREDICTION_KEY
 from keeneye.store.schema import ModelEventRow, PredictionRow, RolloutRow
@@ -33,6 +33,20 @@ class RolloutState(enum.StrEnum):
 
 
 ACTIVE = frozenset({RolloutState.shadow, RolloutState.canary})
+
+
+class RolloutValues(TypedDict):
+    """The columns of a ``rollouts`` row (:class:`RolloutRow` attributes)."""
+
+    pipeline: str
+    state: str
+    champion_version: str | None
+    challenger_version: str | None
+    canary_share: float
+    shadow_sample: float
+    started_at: datetime | None
+    details: JsonObject
+    updated_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ class RolloutRecord:
             updated_at=row.updated_at,
         )
 
-    def values(self) -> dict[str, Any]:
+    def values(self) -> RolloutValues:
         """The row's columns (for an insert or an update)."""
         return {
             "pipeline": self.pipeline,
@@ -104,7 +118,7 @@ class RolloutRecord:
             "updated_at": self.updated_at,
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "pipeline": self.pipeline,
             "state": self.state.value,

@@ -13,7 +13,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NotRequired, TypedDict
 from urllib.parse import unquote
 
 import boto3
@@ -115,6 +115,21 @@ def map_s3_error(exc: Exception, *, url: str, key: str | None = None) -> Keeneye
     return BackendUnavailable(OBJECTS_SETTING, url, detail, fix=fix or None)
 
 
+class _ClientArgs(TypedDict):
+    """The keyword arguments keeneye gives ``Session.client("s3", …)``."""
+
+    region_name: str
+    config: Config
+    endpoint_url: NotRequired[str]
+    aws_access_key_id: NotRequired[str]
+    aws_secret_access_key: NotRequired[str]
+
+
+class _CreateBucketArgs(TypedDict):
+    Bucket: str
+    CreateBucketConfiguration: NotRequired[dict[str, str]]
+
+
 def _client(s3: S3Settings, *, attempts: int, read_timeout: float) -> Any:
     config = Config(
         connect_timeout=2,
@@ -123,7 +138,7 @@ def _client(s3: S3Settings, *, attempts: int, read_timeout: float) -> Any:
         # Self-hosted servers (MinIO, moto) rarely resolve bucket subdomains; AWS accepts both.
         s3={"addressing_style": "path" if s3.endpoint_url else "auto"},
     )
-    kwargs: dict[str, Any] = {"region_name": s3.region, "config": config}
+    kwargs: _ClientArgs = {"region_name": s3.region, "config": config}
     if s3.endpoint_url:
         kwargs["endpoint_url"] = s3.endpoint_url
     if s3.access_key_id is not None and s3.secret_access_key is not None:
@@ -181,7 +196,7 @@ class S3ObjectStore:
             self._bucket_ready = True
 
     def _create_bucket(self) -> None:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        kwargs: _CreateBucketArgs = {"Bucket": self.bucket}
         if self.settings.region != "us-east-1":  # us-east-1 refuses an explicit LocationConstraint
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
         try:

@@ -32,6 +32,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
+from keeneye.domain import JsonObject
+
 # --------------------------------------------------------------------------------------------------
 # Column types
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class ObservationRow(Base):
     object_key: Mapped[str | None] = mapped_column(String(1024))
     content_type: Mapped[str] = mapped_column(String(128))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
+    metadata_: Mapped[JsonObject] = mapped_column("metadata", JSONType)
     source: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -125,11 +127,11 @@ class PredictionRow(Base):
     model_version: Mapped[str] = mapped_column(String(128))
     variant: Mapped[str] = mapped_column(String(16))
     task: Mapped[str] = mapped_column(String(16))
-    result: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    result: Mapped[JsonObject] = mapped_column(JSONType)
     decision: Mapped[str | None] = mapped_column(String(16))
     confidence: Mapped[float | None] = mapped_column(Double)
     latency_ms: Mapped[float] = mapped_column(Double)
-    timings: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    timings: Mapped[JsonObject] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     # Invariant 2: a re-delivered message can never record the same prediction twice.
@@ -154,7 +156,7 @@ class FeedbackRow(Base):
     observation_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("observations.id", ondelete="CASCADE"), index=True
     )
-    label: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    label: Mapped[JsonObject] = mapped_column(JSONType)
     source: Mapped[str] = mapped_column(String(32))
     author: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -177,7 +179,7 @@ class ModelEventRow(Base):
     alias: Mapped[str | None] = mapped_column(String(128))
     actor: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text)
-    details: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    details: Mapped[JsonObject] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -191,8 +193,8 @@ class AlertRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     severity: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16))
-    labels: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    annotations: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    labels: Mapped[JsonObject] = mapped_column(JSONType)
+    annotations: Mapped[JsonObject] = mapped_column(JSONType)
     value: Mapped[float | None] = mapped_column(Double)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -221,9 +223,9 @@ class DriftReportRow(Base):
     n: Mapped[int] = mapped_column(Integer)
     alarm: Mapped[bool] = mapped_column(Boolean)
     # {feature: {psi, ks, ks_p, alarm, reference: {quantiles…}, current: {quantiles, sample}}}
-    features: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    features: Mapped[JsonObject] = mapped_column(JSONType)
     # {source, dim, n_reference, n_current, mmd, p_value, alarm} or {} when there is no embedding
-    embedding: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    embedding: Mapped[JsonObject] = mapped_column(JSONType)
     source: Mapped[str] = mapped_column(String(128))  # which process closed the window (host:pid)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -237,7 +239,7 @@ class AlertSilenceRow(Base):
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     rule: Mapped[str | None] = mapped_column(String(256))  # None = any rule
-    matchers: Mapped[dict[str, Any]] = mapped_column(JSONType)  # label → exact value
+    matchers: Mapped[dict[str, str]] = mapped_column(JSONType)  # label → exact value
     created_by: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text)
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -270,8 +272,8 @@ class TrainingRunRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     dedup_key: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16))  # queued | running | succeeded | refused | failed
-    inputs: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    outcome: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    inputs: Mapped[JsonObject] = mapped_column(JSONType)
+    outcome: Mapped[JsonObject] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -292,7 +294,7 @@ class RolloutRow(Base):
     canary_share: Mapped[float] = mapped_column(Double)
     shadow_sample: Mapped[float] = mapped_column(Double)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    details: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    details: Mapped[JsonObject] = mapped_column(JSONType)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -308,7 +310,7 @@ class ReviewItemRow(Base):
     pipeline: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(String(32))  # low_confidence | drift | disagreement | audit
     priority: Mapped[float] = mapped_column(Double)
-    details: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    details: Mapped[JsonObject] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

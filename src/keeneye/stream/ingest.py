@@ -21,9 +21,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from keeneye.domain import InvalidInput, KeeneyeError, MessageTooLarge, ObservationStatus
+from keeneye.domain import InvalidInput, JsonObject, KeeneyeError, MessageTooLarge, ObservationStatus
 from keeneye.imaging import content_hash, sniff_format
 from keeneye.pipelines import PipelineCatalog, content_type_of, observation_key
 from keeneye.settings import Settings
@@ -88,7 +87,7 @@ class Ingestor:
         self,
         pipeline: str,
         data: bytes,
-        metadata: dict[str, Any] | None = None,
+        metadata: JsonObject | None = None,
         *,
         source: str = "http",
         observation_id: str | None = None,
@@ -113,7 +112,7 @@ class Ingestor:
         self,
         pipeline: str,
         data: bytes,
-        metadata: dict[str, Any] | None = None,
+        metadata: JsonObject | None = None,
         *,
         source: str = "http",
         observation_id: str | None = None,

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keeneye.domain import KeeneyeError
+from keeneye.domain import JsonObject, KeeneyeError
 from keeneye.stream.bus import Bus, Message, encode_headers
 
 REQUIRED_HEADERS = ("observation_id", "pipeline", "content_hash", "content_type")
@@ -61,7 +61,7 @@ class ObservationMessage:
     pipeline: str
     content_hash: str
     content_type: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: JsonObject = field(default_factory=dict)
     data: bytes | None = None  # inline image bytes; None = by reference
     object_key: str | None = None  # where the object store keeps it (required by reference)
     source: str = "bus"

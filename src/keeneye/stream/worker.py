@@ -35,12 +35,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from keeneye.answering import Answering, StoredAnswer
-from keeneye.domain import InvalidInput, KeeneyeError, NotFound, ObservationStatus, Variant
+from keeneye.domain import InvalidInput, JsonObject, KeeneyeError, NotFound, ObservationStatus, Variant
 from keeneye.imaging import content_hash, sniff_format
 from keeneye.metrics import Metrics
 from keeneye.models.manifest import ModelManifest
@@ -206,7 +205,7 @@ class PipelineWorker(WorkerBase):
         with contextlib.suppress(Exception):
             self.cache.close()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JsonObject:
         return {**super().status(), "pipeline": self.pipeline, "group": self.group, **self.counts}
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -26,10 +26,22 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
+
+from keeneye.domain import JsonObject, JsonValue
 
 SECTIONS = ("info", "licenses", "categories", "images", "annotations")
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "area", "segmentation", "iscrowd")
+
+
+class CocoCategory(TypedDict):
+    """A category as the synthetic generators declare it."""
+
+    id: int
+    name: str
+    supercategory: NotRequired[str]
+    label: NotRequired[str]  # a human name (species-id)
+    novel: NotRequired[bool]  # a class the model never saw (drift "new-class")
 
 
 @dataclass(frozen=True)
@@ -54,13 +66,16 @@ class CocoWriter:
         self, categories: Iterable[Mapping[str, Any]] = (), *, layout: CocoLayout | None = None
     ) -> None:
         self.layout = layout or CocoLayout()
-        self.categories: list[dict[str, Any]] = []
-        self.images: list[dict[str, Any]] = []
-        self.annotations: list[dict[str, Any]] = []
-        self._ids: dict[str, int] = {}
+        self.categories: list[JsonObject] = []
+        self.images: list[JsonObject] = []
+        self.annotations: list[JsonObject] = []
+        self._ids: dict[str, int] = {}  # name → id (the first category of a name)
+        self._names: dict[int, str] = {}  # id → name (the last category of an id)
+        self._image_categories: dict[int, set[int]] = {}  # image id → the category ids annotated on it
         for c in categories:
             self.categories.append(dict(c))
             self._ids.setdefault(str(c["name"]), int(c["id"]))
+            self._names[int(c["id"])] = str(c["name"])
 
     def category_id(self, name: str) -> int:
         """The id of category ``name``; ``KeyError`` when there is none."""
@@ -69,9 +84,10 @@ class CocoWriter:
     def add_category(self, name: str) -> int:
         """The id of category ``name``, added as ``{"id", "name"}`` with the next free id if it is new."""
         if name not in self._ids:
-            new_id = max((int(c["id"]) for c in self.categories), default=0) + 1
+            new_id = max(self._names, default=0) + 1
             self.categories.append({"id": new_id, "name": name})
             self._ids[name] = new_id
+            self._names[new_id] = name
         return self._ids[name]
 
     def add_image(self, file_name: str, width: int, height: int, **fields: Any) -> int:
@@ -94,7 +110,7 @@ class CocoWriter:
         **extra: Any,
     ) -> None:
         """One annotation of image ``image_id``; ``segmentation`` None = the box alone (``[]``)."""
-        values = {
+        values: JsonObject = {
             "id": len(self.annotations) + 1,
             "image_id": image_id,
             "category_id": category_id,
@@ -107,27 +123,24 @@ class CocoWriter:
         annotation.update((k, v) for k, v in values.items() if k not in annotation)
         annotation.update(extra)
         self.annotations.append(annotation)
+        self._image_categories.setdefault(image_id, set()).add(category_id)
 
     def class_counts(self) -> dict[str, int]:
         """Images per category name (an image with two instances of a class counts once)."""
-        per_image: dict[int, set[int]] = {}
-        for a in self.annotations:
-            per_image.setdefault(a["image_id"], set()).add(a["category_id"])
-        counts = {c["name"]: 0 for c in self.categories}
-        names = {c["id"]: c["name"] for c in self.categories}
-        for cats in per_image.values():
+        counts = dict.fromkeys(self._ids, 0)
+        for cats in self._image_categories.values():
             for cid in cats:
-                counts[names[cid]] += 1
+                counts[self._names[cid]] += 1
         return counts
 
-    def document(self, info: Mapping[str, Any]) -> dict[str, Any]:
+    def document(self, info: Mapping[str, Any]) -> JsonObject:
         """The COCO document, its sections in the layout's order."""
-        sections: dict[str, Any] = {
+        sections: JsonObject = {
             "info": dict(info),
             "licenses": [],
-            "categories": self.categories,
-            "images": self.images,
-            "annotations": self.annotations,
+            "categories": list[JsonValue](self.categories),
+            "images": list[JsonValue](self.images),
+            "annotations": list[JsonValue](self.annotations),
         }
         return {k: sections[k] for k in self.layout.sections}
 
@@ -139,4 +152,4 @@ class CocoWriter:
         return path
 
 
-__all__ = ["ANNOTATION_KEYS", "SECTIONS", "CocoLayout", "CocoWriter"]
+__all__ = ["ANNOTATION_KEYS", "SECTIONS", "CocoCategory", "CocoLayout", "CocoWriter"]

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -93,9 +93,20 @@ class ZoneAccumulator:
             self.truth[c] += int(g.sum())
 
 
+class ZoneMetrics(TypedDict):
+    """:func:`zone_metrics`: IoU per zone class and their mean, pixel precision / recall of "any zone"
+    (None where undefined), and the pixel confusion matrix (truth rows, predicted columns)."""
+
+    mean_iou: float | None
+    iou_per_class: dict[str, float | None]
+    pixel_precision: float | None
+    pixel_recall: float | None
+    confusion_matrix: list[list[int]]
+
+
 def zone_metrics(
     acc: ZoneAccumulator, class_names: Sequence[str], zone_classes: Sequence[int]
-) -> dict[str, Any]:
+) -> ZoneMetrics:
     """IoU per zone class, ``mean_iou`` over the zone classes present in the truth (None if none),
     and the precision / recall of "any zone" vs background at pixel level."""
     per_class = {
@@ -119,6 +130,41 @@ def zone_metrics(
     }
 
 
+class _PycocoRle(TypedDict):
+    """A mask as ``pycocotools.mask.encode`` returns it (compressed counts as bytes)."""
+
+    size: list[int]
+    counts: bytes
+
+
+class _EvalImage(TypedDict):
+    id: int
+    height: int
+    width: int
+
+
+class _EvalTruth(TypedDict):
+    """A ground-truth annotation as ``pycocotools.coco.COCO`` reads it."""
+
+    id: int
+    image_id: int
+    category_id: int
+    bbox: list[float]
+    iscrowd: int
+    segmentation: NotRequired[_PycocoRle]
+    area: float
+
+
+class _EvalDetection(TypedDict):
+    """A detection as ``COCO.loadRes`` reads it: a mask for ``segm``, a box for ``bbox``."""
+
+    image_id: int
+    category_id: int
+    score: float
+    segmentation: NotRequired[_PycocoRle]
+    bbox: NotRequired[list[float]]
+
+
 def coco_map(
     truth: Sequence[Instances],
     predictions: Sequence[Instances],
@@ -136,12 +182,12 @@ def coco_map(
     from pycocotools.cocoeval import COCOeval
 
     wanted = set(int(c) for c in class_ids)
-    images: list[dict[str, Any]] = []
-    gt_anns: list[dict[str, Any]] = []
-    dets: list[dict[str, Any]] = []
+    images: list[_EvalImage] = []
+    gt_anns: list[_EvalTruth] = []
+    dets: list[_EvalDetection] = []
 
-    def encode(m: AnyArray) -> dict[str, Any]:
-        rle: dict[str, Any] = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    def encode(m: AnyArray) -> _PycocoRle:
+        rle: _PycocoRle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         return rle
 
     for image_id, (gt, pr) in enumerate(zip(truth, predictions, strict=True), start=1):
@@ -159,26 +205,25 @@ def coco_map(
             if cls not in wanted:
                 continue
             x1, y1, x2, y2 = (float(v) for v in gt.boxes[k])
-            ann: dict[str, Any] = {
+            ann: _EvalTruth = {
                 "id": len(gt_anns) + 1,
                 "image_id": image_id,
                 "category_id": cls,
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "iscrowd": 0,
+                "area": (x2 - x1) * (y2 - y1),
             }
             if iou_type == "segm":
                 assert gt.masks is not None, "segm mAP needs ground-truth masks"
                 ann["segmentation"] = encode(gt.masks[k])
                 ann["area"] = float(gt.masks[k].sum())
-            else:
-                ann["area"] = (x2 - x1) * (y2 - y1)
             gt_anns.append(ann)
         for k in range(len(pr)):
             cls = int(pr.class_ids[k])
             if cls not in wanted:
                 continue
             x1, y1, x2, y2 = (float(v) for v in pr.boxes[k])
-            det: dict[str, Any] = {"image_id": image_id, "category_id": cls, "score": float(pr.scores[k])}
+            det: _EvalDetection = {"image_id": image_id, "category_id": cls, "score": float(pr.scores[k])}
             if iou_type == "segm":
                 assert pr.masks is not None, "segm mAP needs predicted masks"
                 det["segmentation"] = encode(pr.masks[k])

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,29 @@ PROFILE_QUANTILES = tuple(np.linspace(0.0, 1.0, 21).tolist())  # every 5 %
 FloatArray = npt.NDArray[np.float32]
 
 
+class ParityReportJson(TypedDict):
+    """:meth:`ParityReport.to_dict` (the manifest's ``extra.parity``, the training report's ``parity``)."""
+
+    max_abs_diff: float
+    per_output: dict[str, float]
+    n_inputs: int
+    tolerance: float
+    limits: dict[str, float]
+    max_probability_diff: float
+    decision_mismatches: int
+    decisions: int
+
+
+class DistributionJson(TypedDict):
+    """:func:`distribution`: a 1-D distribution in the drift reference profile."""
+
+    n: int
+    quantiles: list[float]
+    sample: list[float]
+    mean: float
+    std: float
+
+
 @dataclass(frozen=True)
 class ParityReport:
     """How far ONNX Runtime's outputs are from torch's on the same inputs, and whether that is allowed.
@@ -102,7 +125,7 @@ class ParityReport:
     def ok(self) -> bool:
         return not self.failures
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ParityReportJson:
         return {
             "max_abs_diff": self.max_abs_diff,
             "per_output": self.per_output,
@@ -240,7 +263,7 @@ def _round(values: npt.ArrayLike, digits: int = 5) -> list[Any]:
 
 def distribution(
     values: Sequence[float], *, rng: np.random.Generator, max_sample: int = PROFILE_MAX_SAMPLE
-) -> dict[str, Any]:
+) -> DistributionJson:
     """Quantiles (every 5 %), mean, std and a random sample of a 1-D distribution."""
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[np.isfinite(arr)]

@@ -14,12 +14,34 @@ A metric that was not measured fails its absolute check: an unmeasurable model d
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
 
 from keeneye.pipelines import GatesSection
 
 CheckKind = Literal["absolute", "regression", "subgroup"]
+
+
+class GateCheckJson(TypedDict):
+    """:meth:`GateCheck.to_dict`: the dataclass's fields, in order."""
+
+    kind: CheckKind
+    metric: str
+    value: float | None
+    threshold: float
+    passed: bool
+    message: str
+    group: str | None
+
+
+class GateResultJson(TypedDict):
+    """:meth:`GateResult.to_dict` (``gates.json``, the manifest's ``gates``)."""
+
+    passed: bool
+    reasons: list[str]
+    checks: list[GateCheckJson]
+    notes: list[str]
+    champion_version: str | None
 
 
 @dataclass(frozen=True)
@@ -34,8 +56,16 @@ class GateCheck:
     message: str
     group: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> GateCheckJson:
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "message": self.message,
+            "group": self.group,
+        }
 
 
 @dataclass(frozen=True)
@@ -50,7 +80,7 @@ class GateResult:
         """One line per failed check, naming metric, value and threshold."""
         return [c.message for c in self.checks if not c.passed]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> GateResultJson:
         return {
             "passed": self.passed,
             "reasons": self.reasons,

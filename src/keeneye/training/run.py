@@ -643,7 +643,14 @@ def _log_run(
     now = int(time.time() * 1000)
     params = {**config.to_params(), "data_version": data_version, "pipeline": spec.name}
     if found is not None:
-        params.update({f"search.{k}": v for k, v in found.best_params.items()})
+        best = found.best_params
+        params.update(
+            {
+                "search.learning_rate": best["learning_rate"],
+                "search.batch_size": best["batch_size"],
+                "search.augment_strength": best["augment_strength"],
+            }
+        )
     metric_key = re.compile(r"^[\w\-./ ]{1,250}$")
     metrics = [
         Metric(f"test.{k}", float(v), now, 0) for k, v in evaluation.metrics.items() if metric_key.match(k)

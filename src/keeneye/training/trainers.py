@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ class TrainConfig:
     spectral_jitter: bool = False
     max_seconds: float | None = None  # stop after the epoch that crosses this budget
 
-    def to_params(self) -> dict[str, Any]:
+    def to_params(self) -> dict[str, str | int | float | bool]:
         """Flat, MLflow-friendly parameters."""
         out = asdict(self)
         out["task"] = self.task.value
@@ -121,12 +121,20 @@ class FitResult:
 # --------------------------------------------------------------------------------------------------
 
 
+class _TimmKwargs(TypedDict):
+    """What :func:`build_model` passes to ``timm.create_model`` besides the name and ``pretrained``."""
+
+    num_classes: int
+    in_chans: int
+    pretrained_cfg_overlay: NotRequired[dict[str, str]]  # {"file": local weights}
+
+
 def build_model(config: TrainConfig) -> nn.Module:
     """A classifier (timm) or a U-Net-family segmenter (smp); nothing is ever downloaded."""
     if config.task is Task.classify:
         import timm
 
-        kwargs: dict[str, Any] = {"num_classes": config.num_classes, "in_chans": config.in_channels}
+        kwargs: _TimmKwargs = {"num_classes": config.num_classes, "in_chans": config.in_channels}
         if config.weights is not None:
             if not config.weights.is_file():
                 raise KeeneyeError(
@@ -158,18 +166,18 @@ def build_model(config: TrainConfig) -> nn.Module:
             f"unknown segmentation architecture {config.architecture!r}",
             fix="use one of: " + ", ".join(archs),
         )
-    kwargs = {}
+    seg_kwargs = {}
     if arch in (smp.Unet, smp.UnetPlusPlus):
         # The full-resolution end of the decoder dominates the cost on CPU; half smp's default widths
         # train 1.5x faster at the same accuracy on these small inputs.
-        kwargs["decoder_channels"] = LIGHT_DECODER
+        seg_kwargs["decoder_channels"] = LIGHT_DECODER
     try:
         seg: nn.Module = arch(
             encoder_name=config.backbone,
             encoder_weights=None,
             in_channels=config.in_channels,
             classes=config.num_classes,
-            **kwargs,
+            **seg_kwargs,
         )
     except (KeyError, ValueError) as exc:
         raise KeeneyeError(
@@ -436,11 +444,29 @@ def _augment(
 # --------------------------------------------------------------------------------------------------
 
 
+class SearchParams(TypedDict):
+    """The hyper-parameters :func:`search` tunes (``TrainConfig`` field names)."""
+
+    learning_rate: float
+    batch_size: int
+    augment_strength: float
+
+
+class TrialRecord(TypedDict):
+    """One search trial: its number, parameters and validation metric (``search.json``)."""
+
+    trial: int
+    learning_rate: float
+    batch_size: int
+    augment_strength: float
+    value: float
+
+
 @dataclass(frozen=True)
 class SearchResult:
-    best_params: dict[str, Any]
+    best_params: SearchParams
     best_value: float
-    trials: list[dict[str, Any]]
+    trials: list[TrialRecord]
 
 
 def search(
@@ -465,10 +491,10 @@ def search(
     per_trial = epochs_per_trial or max(1, config.epochs // 4)
     n = x_train.shape[0]
     sizes = [b for b in (8, 16, 32, 64) if b <= max(8, n // 2)]
-    records: list[dict[str, Any]] = []
+    records: list[TrialRecord] = []
 
     def objective(trial: Any) -> float:
-        params = {
+        params: SearchParams = {
             "learning_rate": trial.suggest_float("learning_rate", 3e-4, 3e-2, log=True),
             "batch_size": trial.suggest_categorical("batch_size", sizes),
             "augment_strength": trial.suggest_float("augment_strength", 0.0, 1.0),
@@ -488,6 +514,10 @@ def search(
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     _emit(progress, ProgressEvent("search", f"searching {trials} trials", 0, trials))
     study.optimize(objective, n_trials=trials)
-    return SearchResult(
-        best_params=dict(study.best_params), best_value=float(study.best_value), trials=records
-    )
+    best = study.best_params  # optuna: the suggestions of the best trial, in the order suggested
+    best_params: SearchParams = {
+        "learning_rate": float(best["learning_rate"]),
+        "batch_size": int(best["batch_size"]),
+        "augment_strength": float(best["augment_strength"]),
+    }
+    return SearchResult(best_params=best_params, best_value=float(study.best_value), trials=records)

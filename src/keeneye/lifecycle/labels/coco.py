@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
-from keeneye.domain import Task
+from keeneye.domain import JsonObject, Task
 from keeneye.lifecycle.labels.queue import ReviewEntry
 from keeneye.lifecycle.labels.schema import LabelSchema
 from keeneye.training import CocoLayout, CocoWriter
@@ -22,6 +22,17 @@ OBSERVATION_FIELD = "keeneye_observation_id"
 PIXEL_CENTRE = 0.5  # model polygons trace pixel centres; COCO polygons pixel edges
 # Indented for the person who opens it; sections in the order exports have always had.
 COCO_LAYOUT = CocoLayout(sections=("info", "licenses", "images", "annotations", "categories"), indent=1)
+
+
+class CocoAnnotationJson(TypedDict):
+    """One COCO annotation of an exported image, with the model's score."""
+
+    category_id: int
+    bbox: list[float]
+    area: float
+    segmentation: list[list[float]]
+    iscrowd: int
+    score: float | None
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class ExportRecord:
         return self.entry.prediction
 
 
-def coco_document(schema: LabelSchema, records: Sequence[ExportRecord]) -> tuple[CocoWriter, dict[str, Any]]:
+def coco_document(schema: LabelSchema, records: Sequence[ExportRecord]) -> tuple[CocoWriter, JsonObject]:
     """The images and annotations of ``records`` in a :class:`CocoWriter`, and the document's ``info``."""
     writer = CocoWriter(
         [
@@ -49,7 +60,7 @@ def coco_document(schema: LabelSchema, records: Sequence[ExportRecord]) -> tuple
         layout=COCO_LAYOUT,
     )
     for r in records:
-        fields: dict[str, Any] = {
+        fields: JsonObject = {
             OBSERVATION_FIELD: r.entry.observation_id,
             "keeneye_model_version": r.entry.model_version,
             "keeneye_reasons": list(r.entry.reasons),
@@ -68,15 +79,15 @@ def coco_document(schema: LabelSchema, records: Sequence[ExportRecord]) -> tuple
                 score=ann["score"],
             )
     versions = sorted({r.entry.model_version for r in records if r.entry.model_version})
-    info = {
+    info: JsonObject = {
         "description": f"keeneye {schema.pipeline}: the model's answers as pre-annotations",
         "version": ",".join(versions),
-        "keeneye": {"pipeline": schema.pipeline, "task": schema.task.value, "model_versions": versions},
+        "keeneye": {"pipeline": schema.pipeline, "task": schema.task.value, "model_versions": list(versions)},
     }
     return writer, info
 
 
-def coco_annotations(schema: LabelSchema, r: ExportRecord) -> list[dict[str, Any]]:
+def coco_annotations(schema: LabelSchema, r: ExportRecord) -> list[CocoAnnotationJson]:
     """Classification: one whole-image box of the top class (CVAT shows it as a rectangle whose label
     is the class; keeneye training reads it as the image's class). Instances: box, polygons, area."""
     result = r.result
@@ -94,7 +105,7 @@ def coco_annotations(schema: LabelSchema, r: ExportRecord) -> list[dict[str, Any
                 "score": result.get("confidence"),
             }
         ]
-    out = []
+    out: list[CocoAnnotationJson] = []
     for inst in result.get("instances") or []:
         if inst.get("class") not in schema.names:
             continue

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from keeneye.domain import InvalidInput, NotFound
+from keeneye.domain import InvalidInput, JsonObject, NotFound
 from keeneye.lifecycle.labels.coco import COCO_FILE, ExportRecord, coco_document
 from keeneye.lifecycle.labels.label_studio import (
     LABEL_STUDIO_CONFIG,
@@ -39,7 +39,7 @@ class ExportReport:
     n_annotations: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (observation id, why)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "out_dir": str(self.out_dir),
             "format": self.format,
@@ -152,8 +152,8 @@ def _copy_image(objects: ObjectStore, key: str, target: Path) -> str | None:
 
 
 def _image_size(entry: ReviewEntry, path: Path) -> tuple[int, int]:
-    image = (entry.prediction or {}).get("image") or {}
-    w, h = image.get("width"), image.get("height")
+    image = (entry.prediction or {}).get("image")
+    w, h = (image.get("width"), image.get("height")) if isinstance(image, dict) else (None, None)
     if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
         return w, h
     try:  # an answer without image facts (a fail-safe one): read the file's header

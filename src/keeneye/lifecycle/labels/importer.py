@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from keeneye.domain import BoolArray, Decision, InvalidInput, NotFound, Task
+from keeneye.domain import BoolArray, Decision, InvalidInput, JsonObject, JsonValue, NotFound, Task
 from keeneye.geometry import decode_rle, mask_to_polygons
 from keeneye.lifecycle.labels.coco import OBSERVATION_FIELD
 from keeneye.lifecycle.labels.export import ProgressFn
@@ -49,15 +49,15 @@ class ImportReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "ok": self.ok,
             "source": str(self.source),
             "images": self.n_images,
             "written": self.written,
             "unchanged": self.unchanged,
-            "not_labelled": self.not_labelled,
-            "skipped": self.skipped,
+            "not_labelled": list(self.not_labelled),
+            "skipped": list(self.skipped),
             "errors": len(self.errors),
             "problems": [p.__dict__ for p in self.problems],
         }
@@ -314,13 +314,13 @@ def _check_candidates(
     manifests: ManifestLookup,
     source: str,
     report: ImportReport,
-) -> list[tuple[str, dict[str, Any], str]]:
+) -> list[tuple[str, JsonObject, str]]:
     """Map each candidate to its observation and validate its label; problems go into the report."""
 
     classify = catalog.get(pipeline).task is Task.classify
     mapped = _resolve_observations(db, pipeline, candidates)
     observations = db.get_observations(set(mapped.values()))
-    labels: list[tuple[str, dict[str, Any], str]] = []
+    labels: list[tuple[str, JsonObject, str]] = []
     claimed: dict[str, str] = {}
     for cand in candidates:
         obs_id = mapped.get(id(cand))
@@ -355,7 +355,7 @@ def _check_candidates(
     return labels
 
 
-def _feedback_body(cand: _Candidate, classify: bool, problems: list[Problem]) -> dict[str, Any]:
+def _feedback_body(cand: _Candidate, classify: bool, problems: list[Problem]) -> JsonObject:
     """The feedback API's body for one image: a class, a decision, or the regions as instances."""
     if classify:
         names = sorted(set(cand.classes))
@@ -377,13 +377,13 @@ def _feedback_body(cand: _Candidate, classify: bool, problems: list[Problem]) ->
         return {}
     if not cand.regions and cand.decision == Decision.defect.value:
         return {"decision": cand.decision}  # DEFECT without drawing where
-    instances = []
+    instances: list[JsonValue] = []
     for r in cand.regions:
-        item: dict[str, Any] = {"class": r.name}
+        item: JsonObject = {"class": r.name}
         if r.bbox is not None:
             item["bbox"] = [round(float(v), 2) for v in r.bbox]
         if r.polygons:
-            item["segmentation"] = r.polygons
+            item["segmentation"] = [list(p) for p in r.polygons]
         instances.append(item)
     return {"instances": instances}  # none drawn: nothing there (OK)
 

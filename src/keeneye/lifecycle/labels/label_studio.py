@@ -5,12 +5,16 @@ import of corrected tasks — use.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TypedDict
 from xml.sax.saxutils import quoteattr
 
-from keeneye.domain import Decision, Task
-from keeneye.lifecycle.labels.coco import OBSERVATION_FIELD, ExportRecord, coco_annotations
+from keeneye.domain import Decision, JsonObject, JsonValue, Task
+from keeneye.lifecycle.labels.coco import (
+    OBSERVATION_FIELD,
+    CocoAnnotationJson,
+    ExportRecord,
+    coco_annotations,
+)
 from keeneye.lifecycle.labels.queue import is_number
 from keeneye.lifecycle.labels.schema import LabelSchema
 
@@ -20,9 +24,24 @@ LABEL_STUDIO_CONFIG = "label_config.xml"
 LS_IMAGE, LS_CLASS, LS_DECISION, LS_POLYGON, LS_BOX = "image", "class", "decision", "label", "box"
 
 
-def label_studio_task(schema: LabelSchema, r: ExportRecord, image_root: str) -> dict[str, Any]:
+class LabelStudioPredictionJson(TypedDict):
+    """The model's answer to one task, as Label Studio pre-annotations."""
+
+    model_version: str
+    score: float
+    result: list[JsonObject]
+
+
+class LabelStudioTaskJson(TypedDict):
+    """One Label Studio task: the image (and the observation it came from) and the model's answer."""
+
+    data: JsonObject
+    predictions: list[LabelStudioPredictionJson]
+
+
+def label_studio_task(schema: LabelSchema, r: ExportRecord, image_root: str) -> LabelStudioTaskJson:
     result = r.result
-    items: list[dict[str, Any]] = []
+    items: list[JsonObject] = []
     if schema.task is Task.classify:
         if result.get("predicted_class") in schema.names:
             items.append(_ls_choice(LS_CLASS, result["predicted_class"]))
@@ -48,19 +67,25 @@ def label_studio_task(schema: LabelSchema, r: ExportRecord, image_root: str) -> 
     }
 
 
-def _ls_choice(control: str, value: str) -> dict[str, Any]:
+def _ls_choice(control: str, value: str) -> JsonObject:
     return {"from_name": control, "to_name": LS_IMAGE, "type": "choices", "value": {"choices": [value]}}
 
 
-def _ls_region(schema: LabelSchema, ann: Mapping[str, Any], w: int, h: int, rid: str) -> dict[str, Any]:
+def _ls_region(schema: LabelSchema, ann: CocoAnnotationJson, w: int, h: int, rid: str) -> JsonObject:
     name = schema.names[int(ann["category_id"]) - 1]
-    base = {"id": rid, "to_name": LS_IMAGE, "original_width": w, "original_height": h, "image_rotation": 0}
+    base: JsonObject = {
+        "id": rid,
+        "to_name": LS_IMAGE,
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+    }
     if ann["segmentation"]:
         flat = ann["segmentation"][0]
-        points = [
+        points: list[JsonValue] = [
             [round(flat[i] * 100 / w, 6), round(flat[i + 1] * 100 / h, 6)] for i in range(0, len(flat), 2)
         ]
-        value: dict[str, Any] = {"points": points, "closed": True, "polygonlabels": [name]}
+        value: JsonObject = {"points": points, "closed": True, "polygonlabels": [name]}
         return {
             **base,
             "from_name": LS_POLYGON,

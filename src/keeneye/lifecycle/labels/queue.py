@@ -17,9 +17,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
-from keeneye.domain import Answer, Task
+from keeneye.domain import Answer, JsonObject, Task
 from keeneye.pipelines import PipelineSpec
 from keeneye.store import NewReviewItem, ResultsDB, ReviewItemRecord
 
@@ -37,7 +37,7 @@ DEFAULT_AUDIT_SHARE = 0.02
 DEFAULT_DECISION_THRESHOLD = 0.5
 AUDIT_PRIORITY = 0.0  # audit items come after every uncertain one; they are a sample, not a worry
 
-ReviewReason = tuple[str, float, dict[str, Any]]
+ReviewReason = tuple[str, float, JsonObject]
 
 
 def audit_draw(key: str) -> float:
@@ -92,7 +92,7 @@ def review_reasons(
 
 def _uncertainty(
     spec: PipelineSpec, answer: Answer, min_confidence: float, min_margin: float, band: float
-) -> tuple[float, dict[str, Any]] | None:
+) -> tuple[float, JsonObject] | None:
     if answer.task is Task.classify:
         return _classify_uncertainty(answer, min_confidence, min_margin)
     scores = [round(float(s), 6) for s in answer.instances.scores]
@@ -103,7 +103,7 @@ def _uncertainty(
             return None
         distance = abs(top - threshold)
         decision = answer.decision.value if answer.decision is not None else None
-        details = {"score": top, "threshold": threshold, "band": band, "decision": decision}
+        details: JsonObject = {"score": top, "threshold": threshold, "band": band, "decision": decision}
         return round(1.0 - distance / band, 6), details
     low = [s for s in scores if s < min_confidence]
     if not low:
@@ -113,12 +113,12 @@ def _uncertainty(
 
 def _classify_uncertainty(
     answer: Answer, min_confidence: float, min_margin: float
-) -> tuple[float, dict[str, Any]] | None:
+) -> tuple[float, JsonObject] | None:
     top = [round(float(p), 6) for p in answer.instances.scores[:3]]
     confidence = answer.confidence if answer.confidence is not None else 1.0
     margin = top[0] - top[1] if len(top) >= 2 else None
     priorities: list[float] = []
-    details: dict[str, Any] = {"confidence": confidence}
+    details: JsonObject = {"confidence": confidence}
     if confidence < min_confidence:
         priorities.append(1.0 - confidence)
         details["threshold"] = min_confidence
@@ -191,18 +191,18 @@ class ReviewEntry:
     pipeline: str
     priority: float
     reasons: tuple[str, ...]
-    details: dict[str, Any]  # reason → details
+    details: JsonObject  # reason → details
     queued_at: datetime | None  # first reason; None for an answer listed without a queue item
     resolved_at: datetime | None  # None while any of its items is open
     object_key: str | None
     content_type: str
     content_hash: str
     observed_at: datetime
-    prediction: dict[str, Any] | None  # the champion's result
+    prediction: JsonObject | None  # the champion's result
     model_version: str | None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: JsonObject = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "observation_id": self.observation_id,
             "pipeline": self.pipeline,

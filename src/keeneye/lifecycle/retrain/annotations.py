@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from keeneye.domain import Task
+from keeneye.domain import JsonObject, JsonValue, Task
 
 PSEUDO_MIN_CONFIDENCE: Final = 0.95
 PIXEL_CENTRE: Final = 0.5  # model polygons trace pixel centres; COCO polygons pixel edges
@@ -109,7 +109,7 @@ def label_annotations(
     return out
 
 
-def pseudo_label(result: Mapping[str, Any], task: Task) -> dict[str, Any] | None:
+def pseudo_label(result: Mapping[str, Any], task: Task) -> JsonObject | None:
     """A confident champion answer as a label in the feedback's shape; None when it is not confident.
 
     Classification: top-1 probability ≥ :data:`PSEUDO_MIN_CONFIDENCE` → ``{"class"}``. Segmentation:
@@ -125,7 +125,7 @@ def pseudo_label(result: Mapping[str, Any], task: Task) -> dict[str, Any] | None
     items = result.get("instances")
     if not isinstance(items, list) or not items:
         return None
-    instances = []
+    instances: list[JsonValue] = []
     for item in items:
         score = finite_number(item.get("score")) if isinstance(item, Mapping) else None
         box = item.get("box") if isinstance(item, Mapping) else None

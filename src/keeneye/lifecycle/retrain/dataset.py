@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final
 
-from keeneye.domain import InvalidInput, NotFound, Task
+from keeneye.domain import InvalidInput, JsonObject, NotFound, Task
 from keeneye.lifecycle.retrain.annotations import (
     CocoAnnotation,
     finite_number,
@@ -38,7 +38,7 @@ from keeneye.lifecycle.retrain.sources import (
 from keeneye.pipelines import PipelineSpec
 from keeneye.registry import ModelVersionInfo
 from keeneye.store import ObjectStore, ResultsDB
-from keeneye.training import ANNOTATIONS_FILE, DATASET_INFO_FILE, CocoLayout, CocoWriter, Dataset
+from keeneye.training import ANNOTATIONS_FILE, DATASET_INFO_FILE, Category, CocoLayout, CocoWriter, Dataset
 
 # keeneye.training.run / trainers import torch (the optional `train` extra): the scheduler and the API
 # import this module without it, so those names are imported where a retraining run uses them.
@@ -150,10 +150,14 @@ class _DatasetFolder:
 
     def __init__(self, root: Path, base: Dataset | None) -> None:
         self.root = root
-        categories: dict[str, dict[str, Any]] = {}
+        newest: dict[str, Category] = {}  # a repeated name: the newest entry wins
         for c in base.categories if base is not None else []:
-            categories[c.name] = {"id": c.id, "name": c.name, "supercategory": c.supercategory, **c.extra}
-        self.coco = CocoWriter(sorted(categories.values(), key=lambda c: int(c["id"])), layout=COCO_LAYOUT)
+            newest[c.name] = c
+        categories = [
+            {"id": c.id, "name": c.name, "supercategory": c.supercategory, **c.extra}  # extra has no id
+            for c in sorted(newest.values(), key=lambda c: c.id)
+        ]
+        self.coco = CocoWriter(categories, layout=COCO_LAYOUT)
 
     def add(
         self,
@@ -198,7 +202,7 @@ class BuiltDataset:
     def skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "dir": str(self.path),
             "base_dir": str(self.base_dir) if self.base_dir else None,

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from keeneye.domain import InvalidInput, KeeneyeError, Task
+from keeneye.domain import InvalidInput, JsonObject, KeeneyeError, Task
 from keeneye.lifecycle.retrain.dataset import TIME_KEY, build_dataset, jsonable
 from keeneye.lifecycle.retrain.sources import MAX_FEEDBACK
 from keeneye.lifecycle.runs import TrainingRunRecord, finish, start
@@ -146,7 +146,9 @@ def run_retraining(
     except BaseException:  # Ctrl-C, SystemExit: leave no run "running" behind
         _failed(db, run, "interrupted", started, metrics)
         raise
-    outcome["timings_s"]["total"] = round(time.perf_counter() - started, 2)
+    timings = outcome["timings_s"]
+    assert isinstance(timings, dict)  # _execute writes it
+    timings["total"] = round(time.perf_counter() - started, 2)
     return finish(db, run.id, status, jsonable(outcome), metrics=metrics)
 
 
@@ -165,7 +167,7 @@ def _execute(
     registry: ModelRegistry | None,
     objects: ObjectStore,
     progress: ProgressCallback | None,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[JsonObject, str]:
     from keeneye.training.run import train_pipeline
 
     spec = PipelineCatalog(settings).get(run.pipeline)
@@ -209,18 +211,21 @@ def _execute(
         splits=time_splits(spec),
     )
     gates = result.gates
-    outcome: dict[str, Any] = {
+    outcome: JsonObject = {
         "version": result.version,
         "alias": result.alias,
-        "gates": {"passed": gates.passed, "reasons": gates.reasons, "notes": list(gates.notes)},
-        "metrics": result.metrics,
-        "champion": {"version": gates.champion_version, "metrics": result.champion_metrics},
+        "gates": {"passed": gates.passed, "reasons": list(gates.reasons), "notes": list(gates.notes)},
+        "metrics": dict(result.metrics),
+        "champion": {
+            "version": gates.champion_version,
+            "metrics": None if result.champion_metrics is None else dict(result.champion_metrics),
+        },
         "data_version": result.data_version,
         "dataset": {**built.to_dict(), "skipped_invalid": list(result.validation.skipped)},
         "split_sizes": list(result.split_sizes),
         "fine_tuned_from": fine_tuned_from,
         "weights": str(weights) if weights is not None else None,
-        "notes": notes,
+        "notes": list(notes),
         "run_dir": str(result.run_dir),
         "mlflow_run_id": result.run_id,
         "timings_s": {

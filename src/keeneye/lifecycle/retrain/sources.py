@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
-from keeneye.domain import Variant
+from keeneye.domain import JsonObject, Variant
 from keeneye.lifecycle.retrain.annotations import PSEUDO_MIN_CONFIDENCE
 from keeneye.pipelines import PipelineSpec
 from keeneye.store import FeedbackRecord, ObservationRecord, ResultsDB
@@ -29,14 +29,14 @@ class LabelledObservation:
 
     observation_id: str
     feedback_id: int
-    label: dict[str, Any]
+    label: JsonObject
     source: str
     labelled_at: datetime
     object_key: str | None
     content_hash: str
     content_type: str
     observed_at: datetime
-    metadata: dict[str, Any]
+    metadata: JsonObject
 
 
 def _observations(db: ResultsDB, ids: Sequence[str]) -> dict[str, ObservationRecord]:
@@ -90,12 +90,12 @@ def latest_labels(db: ResultsDB, pipeline: str, *, limit: int = MAX_FEEDBACK) ->
 @dataclass(frozen=True)
 class ConfidentAnswer:
     observation_id: str
-    result: dict[str, Any]
+    result: JsonObject
     object_key: str | None
     content_hash: str
     content_type: str
     observed_at: datetime
-    metadata: dict[str, Any]
+    metadata: JsonObject
 
 
 def confident_answers(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from keeneye.domain import InvalidInput, KeeneyeError, NotFound
+from keeneye.domain import InvalidInput, JsonObject, JsonValue, KeeneyeError, NotFound
 from keeneye.lifecycle.rollout.errors import (
     bad_rollout,
     conflict,
@@ -98,13 +98,13 @@ class RolloutController:
             spec.name, canary_share=spec.rollout.canary_share, shadow_sample=spec.rollout.shadow_sample
         )
 
-    def report(self, pipeline: str, *, events: int = 10) -> dict[str, Any]:
+    def report(self, pipeline: str, *, events: int = 10) -> JsonObject:
         """Everything ``GET …/rollout`` and ``keeneye models rollout P --status`` show."""
         spec = self.catalog.get(pipeline)
         record = self.status(pipeline)
         champion = self.registry.resolve(spec.model_name, CHAMPION)
         challenger = self.registry.resolve(spec.model_name, CHALLENGER)
-        out = record.to_dict()
+        out: JsonObject = record.to_dict()
         out["registry"] = {
             "model": spec.model_name,
             "champion": champion.version if champion else None,
@@ -120,7 +120,7 @@ class RolloutController:
         else:
             out["evaluation"] = None
             out["next"] = None
-        out["events"] = [
+        recent: list[JsonValue] = [
             {
                 "event": e.event,
                 "model_version": e.model_version,
@@ -131,7 +131,8 @@ class RolloutController:
             }
             for e in self.db.model_events(spec.name, limit=events * 3)
             if e.event.startswith("rollout_")
-        ][:events]
+        ]
+        out["events"] = recent[:events]
         return out
 
     # --- manual moves ------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class RolloutController:
         share = spec.rollout.canary_share if share is None else fraction("share", share)
         if share <= 0:
             raise bad_rollout("a canary share must be above 0", fix="e.g. --canary 10 (percent) or share 0.1")
-        details: dict[str, Any] = {"share": share, "forced": force}
+        details: JsonObject = {"share": share, "forced": force}
         if evaluation is not None:
             details["evaluation"] = evaluation.to_dict()
         if before.state is RolloutState.canary:
@@ -288,7 +289,7 @@ class RolloutController:
             self.registry.promote(
                 spec.model_name, before.challenger_version, actor=actor, reason=reason, force=force
             )
-        details: dict[str, Any] = {
+        details: JsonObject = {
             "promoted": {
                 "version": before.challenger_version,
                 "previous": before.champion_version,
@@ -331,7 +332,7 @@ class RolloutController:
         if before.state is RolloutState.stable:
             return self._undo_promotion(spec, before, actor=actor, reason=reason)
         self._drop_challenger_alias(spec, before, actor=actor, reason=reason or "rollout aborted")
-        details: dict[str, Any] = {"from_state": before.state.value, "challenger": before.challenger_version}
+        details: JsonObject = {"from_state": before.state.value, "challenger": before.challenger_version}
         if evaluation is not None:
             details["evaluation"] = evaluation.to_dict()
         return self._move(

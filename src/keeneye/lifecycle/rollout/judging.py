@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
-from keeneye.domain import Answer
+from keeneye.domain import Answer, JsonObject
 from keeneye.geometry import mean_pair_iou
 from keeneye.store import RolloutRecord, RolloutState
 
@@ -82,7 +82,7 @@ class VariantStats:
         attempts = self.predictions + self.failed
         return self.failed / attempts if attempts else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "variant": self.variant,
             "version": self.version,
@@ -104,7 +104,7 @@ class Agreement:
     def share(self) -> float | None:
         return self.agreeing / self.n if self.n else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {"n": self.n, "agreeing": self.agreeing, "share": round_finite(self.share, 6)}
 
 
@@ -126,7 +126,7 @@ class Evaluation:
         total = self.champion.predictions + self.challenger.predictions
         return self.challenger.predictions / total if total else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {
             "state": self.state.value,
             "window_start": iso_or_none(self.window_start),
@@ -151,7 +151,7 @@ class Verdict:
     def reason(self) -> str:
         return "; ".join(self.reasons)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return {"action": self.action, "reasons": list(self.reasons)}
 
 

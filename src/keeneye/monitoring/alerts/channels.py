@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from keeneye.domain import JsonObject
 from keeneye.settings import AlertingSettings, ChannelSettings
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,13 @@ class Notification:
             lines += ["", f"Acknowledge (stops escalation): keeneye alerts ack {self.alert_id}"]
         return "\n".join(lines) + "\n"
 
-    def webhook_body(self, receiver: str) -> dict[str, Any]:
+    def webhook_body(self, receiver: str) -> JsonObject:
         """Alertmanager's webhook shape (version 4) with one alert, plus keeneye's own fields."""
-        labels = {"alertname": self.rule, "severity": self.severity, **self.labels}
-        alert = {
+        labels: JsonObject = {"alertname": self.rule, "severity": self.severity, **self.labels}
+        alert: JsonObject = {
             "status": self.status,
             "labels": labels,
-            "annotations": dict(self.annotations),
+            "annotations": {**self.annotations},
             "startsAt": _iso(self.starts_at),
             "endsAt": _iso(self.ends_at) if self.ends_at else _ZERO_TIME,
             "fingerprint": self.fingerprint,
@@ -107,7 +108,7 @@ class Notification:
             "alerts": [alert],
             "groupLabels": {"alertname": self.rule},
             "commonLabels": labels,
-            "commonAnnotations": dict(self.annotations),
+            "commonAnnotations": {**self.annotations},
             "level": self.level,
             "kind": self.kind,
             **self.extra,

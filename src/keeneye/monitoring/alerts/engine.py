@@ -39,9 +39,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from keeneye.domain import parse_duration
+from keeneye.domain import JsonObject, parse_duration
 from keeneye.metrics import Metrics
 from keeneye.monitoring.alerts.channels import (
     Channel,
@@ -55,7 +54,7 @@ from keeneye.monitoring.alerts.source import MetricSource, Sample, default_sourc
 from keeneye.monitoring.alerts.store import AlertStore, SilenceRecord
 from keeneye.pipelines import PipelineCatalog, PipelineSpec
 from keeneye.settings import AlertingSettings, Settings
-from keeneye.store import AlertRecord, ResultsDB, open_results_db
+from keeneye.store import AlertChanges, AlertRecord, ResultsDB, open_results_db
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +273,8 @@ class AlertState:
     fingerprint: str
     severity: str
     state: str
-    labels: dict[str, Any]
-    annotations: dict[str, Any]
+    labels: JsonObject
+    annotations: JsonObject
     value: float | None
     started_at: datetime
     fired_at: datetime | None
@@ -481,9 +480,9 @@ class RulesEngine:
                 value=result.value,
                 now=ts,
             )
-        changes: dict[str, Any] = {}
+        changes: AlertChanges = {}
         if record.state == "pending" and (ts - record.started_at).total_seconds() >= result.for_seconds:
-            changes.update(state="firing", fired_at=ts)
+            changes["state"], changes["fired_at"] = "firing", ts
             log.info("alert firing", extra={"rule": rule.name, "labels": labels, "value": result.value})
         if record.value != result.value:
             changes["value"] = result.value

@@ -12,8 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from keeneye.domain import JsonObject, JsonValue
 from keeneye.monitoring.alerts.export import write_files
 from keeneye.monitoring.alerts.promql import promql_number, promql_string
 from keeneye.monitoring.alerts.rules import AlertRule, load_rules
@@ -23,7 +23,7 @@ from keeneye.pipelines import PipelineSpec, builtin_specs
 # Grafana dashboards
 # --------------------------------------------------------------------------------------------------
 
-DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+DATASOURCE: JsonObject = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 PIPELINE_VARIABLE_QUERY = "label_values(keeneye_requests_total, pipeline)"
 _SEL = 'pipeline=~"$pipeline"'  # every query follows the dashboard's pipeline variable
 _RATE = "$__rate_interval"
@@ -51,8 +51,8 @@ class Panel:
     max_value: float | None = None
 
 
-def _target(t: Target, ref: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"refId": ref, "datasource": DATASOURCE, "expr": t.expr, "legendFormat": t.legend}
+def _target(t: Target, ref: str) -> JsonObject:
+    out: JsonObject = {"refId": ref, "datasource": DATASOURCE, "expr": t.expr, "legendFormat": t.legend}
     if t.table:
         out.update(instant=True, range=False, format="table")
     else:
@@ -60,14 +60,14 @@ def _target(t: Target, ref: str) -> dict[str, Any]:
     return out
 
 
-def _thresholds(lines: Sequence[float]) -> dict[str, Any]:
+def _thresholds(lines: Sequence[float]) -> JsonObject:
     colours = ["red"] if len(lines) == 1 else ["orange", "red"]
-    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    steps: list[JsonValue] = [{"color": "green", "value": None}]
     steps += [{"color": colours[min(i, len(colours) - 1)], "value": v} for i, v in enumerate(lines)]
     return {"mode": "absolute", "steps": steps}
 
 
-_SLO_OVERRIDE = {
+_SLO_OVERRIDE: JsonObject = {
     "matcher": {"id": "byRegexp", "options": ".*SLO.*"},
     "properties": [
         {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
@@ -76,8 +76,8 @@ _SLO_OVERRIDE = {
 }
 
 
-def _panel(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"unit": p.unit, "thresholds": _thresholds(p.lines)}
+def _panel(p: Panel, panel_id: int, x: int, y: int) -> JsonObject:
+    defaults: JsonObject = {"unit": p.unit, "thresholds": _thresholds(p.lines)}
     if p.max_value is not None:
         defaults.update(min=0, max=p.max_value)
     if p.mappings:
@@ -87,7 +87,7 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
                 "options": {k: {"text": v, "index": i} for i, (k, v) in enumerate(p.mappings.items())},
             }
         ]
-    options: dict[str, Any]
+    options: JsonObject
     if p.kind == "timeseries":
         defaults["custom"] = {
             "drawStyle": "line",
@@ -121,8 +121,8 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             "cellHeight": "sm",
             "footer": {"show": False, "reducer": ["sum"], "fields": ""},
         }
-    overrides = [_SLO_OVERRIDE] if any("SLO" in t.legend for t in p.targets) else []
-    panel: dict[str, Any] = {
+    overrides: list[JsonValue] = [_SLO_OVERRIDE] if any("SLO" in t.legend for t in p.targets) else []
+    panel: JsonObject = {
         "id": panel_id,
         "type": p.kind,
         "title": p.title,
@@ -140,9 +140,10 @@ def _panel(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     return panel
 
 
-def _layout(panels: Sequence[Panel]) -> list[dict[str, Any]]:
+def _layout(panels: Sequence[Panel]) -> list[JsonValue]:
     """Left to right, wrapping at Grafana's 24 columns; a row is as tall as its tallest panel."""
-    out, x, y, row_height = [], 0, 0, 0
+    out: list[JsonValue] = []
+    x, y, row_height = 0, 0, 0
     for i, p in enumerate(panels, start=1):
         if x + p.width > _GRID_WIDTH:
             x, y, row_height = 0, y + row_height, 0
@@ -154,8 +155,11 @@ def _layout(panels: Sequence[Panel]) -> list[dict[str, Any]]:
 _PANEL_NAMES = {"timeseries": "Time series", "stat": "Stat", "table": "Table"}
 
 
-def _dashboard(uid: str, title: str, description: str, panels: Sequence[Panel]) -> dict[str, Any]:
+def _dashboard(uid: str, title: str, description: str, panels: Sequence[Panel]) -> JsonObject:
     kinds = sorted({p.kind for p in panels})
+    plugins: list[JsonValue] = [
+        {"type": "panel", "id": k, "name": _PANEL_NAMES[k], "version": ""} for k in kinds
+    ]
     return {
         "__inputs": [
             {
@@ -170,7 +174,7 @@ def _dashboard(uid: str, title: str, description: str, panels: Sequence[Panel]) 
         "__requires": [
             {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
             {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
-            *({"type": "panel", "id": k, "name": _PANEL_NAMES[k], "version": ""} for k in kinds),
+            *plugins,
         ],
         "annotations": {"list": []},
         "description": description,
@@ -202,7 +206,7 @@ def _dashboard(uid: str, title: str, description: str, panels: Sequence[Panel]) 
     }
 
 
-def _pipeline_variable() -> dict[str, Any]:
+def _pipeline_variable() -> JsonObject:
     return {
         "name": "pipeline",
         "label": "pipeline",
@@ -541,7 +545,7 @@ def _scaling(load_threshold: float) -> list[Panel]:
 
 def grafana_dashboards(
     specs: Sequence[PipelineSpec] | None = None, rules: Sequence[AlertRule] | None = None
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, JsonObject]:
     """The four dashboards of ``deploy/grafana``, by file name (SLO lines from ``specs``, the load
     line from ``rules``' WorkerLoadHigh; both default to what keeneye ships)."""
     if specs is None:
@@ -577,7 +581,7 @@ def grafana_dashboards(
     }
 
 
-def dashboard_json(dashboard: Mapping[str, Any]) -> str:
+def dashboard_json(dashboard: Mapping[str, JsonValue]) -> str:
     return json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n"
 
 

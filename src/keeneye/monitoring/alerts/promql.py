@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 from prometheus_client import CollectorRegistry
@@ -138,6 +138,24 @@ def _over_window(function: str, sel: Selector, window: str, scope: Scope) -> str
 # --------------------------------------------------------------------------------------------------
 
 
+# ``for`` is a Python keyword, hence the functional TypedDict form.
+PrometheusRuleJson = TypedDict(
+    "PrometheusRuleJson",
+    {"alert": str, "expr": str, "for": str, "labels": dict[str, str], "annotations": dict[str, str]},
+)
+
+
+class RuleGroupJson(TypedDict):
+    name: str
+    rules: list[PrometheusRuleJson]
+
+
+class RuleFileJson(TypedDict):
+    """A Prometheus rule file (``rule_files:`` of prometheus.yml)."""
+
+    groups: list[RuleGroupJson]
+
+
 @dataclass(frozen=True)
 class PrometheusRule:
     """One alerting rule of the exported file."""
@@ -148,7 +166,7 @@ class PrometheusRule:
     labels: dict[str, str]
     annotations: dict[str, str]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PrometheusRuleJson:
         return {
             "alert": self.alert,
             "expr": self.expr,
@@ -228,7 +246,7 @@ def prometheus_rules(rules: Sequence[AlertRule], specs: Sequence[PipelineSpec]) 
     return [p for rule in rules for p in expand_rule(rule, specs)]
 
 
-def rule_file(rules: Sequence[AlertRule], specs: Sequence[PipelineSpec]) -> dict[str, Any]:
+def rule_file(rules: Sequence[AlertRule], specs: Sequence[PipelineSpec]) -> RuleFileJson:
     """The Prometheus rule file (``groups:`` → one ``keeneye`` group)."""
     return {"groups": [{"name": RULE_GROUP, "rules": [r.to_dict() for r in prometheus_rules(rules, specs)]}]}
 

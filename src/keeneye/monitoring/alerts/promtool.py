@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TypedDict
 
 from keeneye.metrics import LATENCY_BUCKETS
 from keeneye.monitoring.alerts.promql import (
@@ -277,26 +277,58 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // STEP)}m"
 
 
-def _test_group(case: _Case) -> dict[str, Any] | None:
+class AlertExpectationJson(TypedDict):
+    exp_labels: dict[str, str]
+    exp_annotations: dict[str, str]
+
+
+class AlertRuleTestJson(TypedDict):
+    eval_time: str
+    alertname: str
+    exp_alerts: list[AlertExpectationJson]
+
+
+class InputSeriesJson(TypedDict):
+    series: str
+    values: str
+
+
+class RuleTestGroupJson(TypedDict):
+    name: str
+    interval: str
+    input_series: list[InputSeriesJson]
+    alert_rule_test: list[AlertRuleTestJson]
+
+
+class RuleTestsJson(TypedDict):
+    """A promtool unit test file (``promtool test rules``)."""
+
+    rule_files: list[str]
+    evaluation_interval: str
+    tests: list[RuleTestGroupJson]
+
+
+def _test_group(case: _Case) -> RuleTestGroupJson | None:
     """The promtool test group: no alert one evaluation before each pipeline's firing time, then
     every pipeline that fired by then, with its exact labels and expanded annotations."""
     rule = case.rule
     if not case.fires:
         return None
     times = {f.at for f in case.fires.values()} | {f.at - STEP for f in case.fires.values() if f.at >= STEP}
-    checks = []
+    checks: list[AlertRuleTestJson] = []
     for t in sorted(times):
-        expected = []
+        expected: list[AlertExpectationJson] = []
         for pipeline in sorted(p for p, f in case.fires.items() if f.at <= t):
             fire = case.fires[pipeline]
             labels = {**fire.labels, **rule_labels(rule)}
-            annotations = {k: expand_template(v, labels, fire.value) for k, v in rule.annotations.items()}
-            if any(a is None for a in annotations.values()):
+            expanded = {k: expand_template(v, labels, fire.value) for k, v in rule.annotations.items()}
+            annotations = {k: a for k, a in expanded.items() if a is not None}
+            if len(annotations) < len(expanded):
                 return None  # a template this generator cannot predict: no test for this rule
             expected.append({"exp_labels": labels, "exp_annotations": annotations})
         checks.append({"eval_time": _minutes(t), "alertname": rule.name, "exp_alerts": expected})
     horizon = str(int(max(times) // STEP) + 5)
-    series = [
+    series: list[InputSeriesJson] = [
         {"series": selector(m, labels), "values": v.replace("{N}", horizon)} for m, labels, v in case.series
     ]
     return {"name": rule.name, "interval": "1m", "input_series": series, "alert_rule_test": checks}
@@ -304,7 +336,7 @@ def _test_group(case: _Case) -> dict[str, Any] | None:
 
 def rule_tests(
     rules: Sequence[AlertRule], specs: Sequence[PipelineSpec], rules_file: str = RULES_FILE
-) -> dict[str, Any]:
+) -> RuleTestsJson:
     """promtool unit tests (``promtool test rules``) for the packaged rules found in ``rules``.
 
     One test group per rule: every pipeline the rule applies to gets series that break it; the alert
@@ -312,7 +344,7 @@ def rule_tests(
     pipeline (after SLOs and overrides), with its labels and expanded annotations. Rules keeneye does
     not ship (or whose matchers are regular expressions with no known value) get no test here.
     """
-    groups = []
+    groups: list[RuleTestGroupJson] = []
     for rule in rules:
         scenario = SCENARIOS.get(rule.name)
         if scenario is None:

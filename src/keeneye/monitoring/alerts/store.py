@@ -10,20 +10,27 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
-from keeneye.domain import InvalidInput, NotFound, parse_duration
-from keeneye.store import OPEN_ALERT_STATES, AlertRecord, NotificationRecord, ResultsDB, SilenceRecord
+from keeneye.domain import InvalidInput, JsonObject, NotFound, parse_duration
+from keeneye.store import (
+    OPEN_ALERT_STATES,
+    AlertChanges,
+    AlertRecord,
+    NotificationRecord,
+    ResultsDB,
+    SilenceRecord,
+)
 
 OPEN_STATES = OPEN_ALERT_STATES
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 10_000
 
 
-def alert_json(record: Any) -> dict[str, Any]:
+def alert_json(record: Any) -> JsonObject:
     """An alert (:class:`AlertRecord` or the engine's ``AlertState``) as the API and ``--json`` show
     it, timestamps in ISO 8601 (UTC)."""
-    data = asdict(record)
+    data: JsonObject = asdict(record)
     for key, value in data.items():
         if isinstance(value, datetime):
             data[key] = value.isoformat()
@@ -78,7 +85,7 @@ class AlertStore:
             now=now,
         )
 
-    def update(self, alert_id: int, now: datetime, **values: Any) -> AlertRecord | None:
+    def update(self, alert_id: int, now: datetime, **values: Unpack[AlertChanges]) -> AlertRecord | None:
         """Set columns of one alert; ``None`` when it was deleted meanwhile."""
         return self.db.update_alert(alert_id, now, **values)
 

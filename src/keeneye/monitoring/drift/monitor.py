@@ -37,6 +37,9 @@ from keeneye.monitoring.drift.samples import (
 )
 from keeneye.monitoring.drift.window import (
     CLASS_MIX,
+    ClassMixDriftJson,
+    EmbeddingDriftJson,
+    FeatureDriftJson,
     Reference,
     Window,
     compare_class_mix,
@@ -203,12 +206,14 @@ class DriftMonitor:
 
     # -- closing --------------------------------------------------------------------------------------
 
-    def compare(self, window: Window) -> tuple[dict[str, Any], dict[str, Any]]:
+    def compare(
+        self, window: Window
+    ) -> tuple[dict[str, FeatureDriftJson | ClassMixDriftJson], EmbeddingDriftJson]:
         """``(features, embedding)`` report parts of a window (pure: no I/O, reproducible per window)."""
         ref = self.reference
         assert ref is not None
         rng = np.random.default_rng((self._seed, window.index))  # own generator: closes may overlap
-        features: dict[str, Any] = {}
+        features: dict[str, FeatureDriftJson | ClassMixDriftJson] = {}
         tested = {
             name: dist
             for name, dist in ref.distributions.items()
@@ -220,13 +225,14 @@ class DriftMonitor:
         ks_alpha = stats.KS_P_ALARM / max(1, n_tests)
         for name, dist in tested.items():
             reservoir = window.values[name]
-            features[name] = compare_feature(dist, reservoir.values(), rng, ks_alpha=ks_alpha)
-            features[name]["n"] = reservoir.seen
+            feature = compare_feature(dist, reservoir.values(), rng, ks_alpha=ks_alpha)
+            feature["n"] = reservoir.seen
+            features[name] = feature
         if ref.class_mix is not None and window.classes:
             features[CLASS_MIX] = compare_class_mix(ref.class_mix, window.classes)
         return features, self._compare_embeddings(window, alpha=stats.MMD_P_ALARM / max(1, n_tests))
 
-    def _compare_embeddings(self, window: Window, *, alpha: float = stats.MMD_P_ALARM) -> dict[str, Any]:
+    def _compare_embeddings(self, window: Window, *, alpha: float = stats.MMD_P_ALARM) -> EmbeddingDriftJson:
         ref = self.reference
         assert ref is not None
         current = window.embeddings

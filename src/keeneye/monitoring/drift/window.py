@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NotRequired, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,64 @@ def prewarm() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+class DistributionJson(TypedDict):
+    """A distribution as a drift report shows it (the reference's or the window's)."""
+
+    n: int
+    quantiles: list[float]
+    mean: float
+    std: float
+
+
+class ReferenceSummaryJson(DistributionJson):
+    levels: list[float]
+
+
+class CurrentSummaryJson(DistributionJson):
+    sample: list[float]
+
+
+class FeatureDriftJson(TypedDict):
+    """One numeric feature's drift in a report (``n``: values the window saw, set by the monitor)."""
+
+    psi: float
+    bins: int
+    ks: float
+    ks_p: float
+    ks_alpha: float
+    alarm: bool
+    reference: ReferenceSummaryJson
+    current: CurrentSummaryJson
+    n: NotRequired[int]
+
+
+class ClassMixDriftJson(TypedDict):
+    """The predicted-class mix's drift in a report (no KS for categories)."""
+
+    psi: float
+    ks: None
+    ks_p: None
+    alarm: bool
+    n: int
+    reference: dict[str, float]
+    current: dict[str, float]
+
+
+class EmbeddingDriftJson(TypedDict, total=False):
+    """The embedding MMD test of a report; empty when the window or the reference has no embeddings."""
+
+    source: str | None
+    dim: int | None
+    reduced_dim: int
+    n_reference: int
+    n_current: int
+    mmd: float
+    p_value: float
+    permutations: int
+    alpha: float
+    alarm: bool
+
+
 @dataclass(frozen=True)
 class _Distribution:
     quantiles: list[float]
@@ -79,7 +137,7 @@ class _Distribution:
     mean: float
     std: float
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> DistributionJson:
         return {
             "n": self.n,
             "quantiles": self.quantiles,
@@ -212,7 +270,7 @@ def utc_datetime(ts: float) -> datetime:
 
 def _current_summary(
     values: npt.NDArray[np.float64], levels: Sequence[float], rng: np.random.Generator
-) -> dict[str, Any]:
+) -> CurrentSummaryJson:
     sample = values if values.size <= REPORT_SAMPLE else rng.choice(values, size=REPORT_SAMPLE, replace=False)
     return {
         "n": int(values.size),
@@ -229,7 +287,7 @@ def compare_feature(
     rng: np.random.Generator,
     *,
     ks_alpha: float = stats.KS_P_ALARM,
-) -> dict[str, Any]:
+) -> FeatureDriftJson:
     """PSI and KS of one feature's window against its reference, with what the plots need.
 
     ``ks_alpha`` is the KS significance level for this feature: the monitor passes 0.05 divided by
@@ -251,7 +309,7 @@ def compare_feature(
     }
 
 
-def compare_class_mix(reference: Mapping[str, float], counts: Mapping[str, int]) -> dict[str, Any]:
+def compare_class_mix(reference: Mapping[str, float], counts: Mapping[str, int]) -> ClassMixDriftJson:
     total = sum(counts.values())
     current = {k: v / total for k, v in sorted(counts.items())}
     p = stats.category_psi(reference, current)

@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, TypedDict, TypeGuard
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from keeneye.domain import (
     Decision,
     Instances,
     InvalidInput,
+    JsonObject,
+    JsonValue,
     KeeneyeError,
     NotFound,
     ObservationStatus,
@@ -133,9 +135,19 @@ class FeedbackTarget:
 
 @dataclass(frozen=True)
 class ParsedFeedback:
-    label: dict[str, Any]
+    label: JsonObject  # {"class": …}, {"decision": …} or {"instances": […], "decision"?: …}
     author: str | None
     source: str
+
+
+class FeedbackReceiptJson(TypedDict):
+    id: int
+    observation_id: str
+    pipeline: str
+    model_version: str
+    source: str
+    author: str | None
+    label: JsonObject
 
 
 @dataclass(frozen=True)
@@ -148,9 +160,9 @@ class FeedbackReceipt:
     model_version: str
     source: str
     author: str | None
-    label: dict[str, Any]
+    label: JsonObject
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> FeedbackReceiptJson:
         return {
             "id": self.id,
             "observation_id": self.observation_id,
@@ -262,12 +274,12 @@ def parse_feedback(body: Any, target: FeedbackTarget, *, default_source: str = "
             fix=_example(accepted[0]),
         )
     if kind == "class":
-        label: dict[str, Any] = {"class": _class_name(body["class"], target.manifest, "class")}
+        label: JsonObject = {"class": _class_name(body["class"], target.manifest, "class")}
     elif kind == "decision":
         label = {"decision": _decision(body["decision"]).value}
     else:
         instances = _instances(body["instances"], target)
-        label = {"instances": instances}
+        label = {"instances": list[JsonValue](instances)}
         if target.spec.decision.kind == "ok-defect":
             label["decision"] = truth_decision(instances, target.manifest).value
     return ParsedFeedback(label, _author(body.get("author")), _source(body.get("source", default_source)))
@@ -415,7 +427,7 @@ def _bad_geometry(index: int, message: str) -> InvalidInput:
     )
 
 
-def _instances(value: Any, target: FeedbackTarget) -> list[dict[str, Any]]:
+def _instances(value: Any, target: FeedbackTarget) -> list[JsonObject]:
     if not isinstance(value, list):
         raise InvalidInput("bad_instances", f"instances must be an array, got {_json_type(value)}")
     if len(value) > MAX_INSTANCES:
@@ -427,7 +439,7 @@ def _instances(value: Any, target: FeedbackTarget) -> list[dict[str, Any]]:
         )
     width, height = target.image_size
     points = 0
-    out = []
+    out: list[JsonObject] = []
     for k, item in enumerate(value):
         if not isinstance(item, Mapping):
             raise InvalidInput("bad_instances", f"instances[{k}] must be an object, got {_json_type(item)}")
@@ -440,7 +452,7 @@ def _instances(value: Any, target: FeedbackTarget) -> list[dict[str, Any]]:
             )
         if "bbox" not in item and "segmentation" not in item:
             raise InvalidInput("bad_instances", f"instances[{k}] needs a bbox or a segmentation")
-        normalised: dict[str, Any] = {
+        normalised: JsonObject = {
             "class": _class_name(item.get("class"), target.manifest, f"instances[{k}].class")
         }
         if "segmentation" in item:
@@ -453,12 +465,12 @@ def _instances(value: Any, target: FeedbackTarget) -> list[dict[str, Any]]:
                     status=413,
                     fix="simplify the outlines",
                 )
-            normalised["segmentation"] = polygons
+            normalised["segmentation"] = [list[JsonValue](p) for p in polygons]
             xs = [v for p in polygons for v in p[0::2]]
             ys = [v for p in polygons for v in p[1::2]]
             normalised["bbox"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
         if "bbox" in item:
-            normalised["bbox"] = _bbox(k, item["bbox"], width, height)
+            normalised["bbox"] = list[JsonValue](_bbox(k, item["bbox"], width, height))
         out.append(normalised)
     return out
 

@@ -19,11 +19,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from keeneye.domain import (
     Answer,
     Decision,
+    JsonObject,
     KeeneyeError,
     NotFound,
     Task,
@@ -79,6 +80,20 @@ def quality_kind(spec: PipelineSpec) -> QualityKind:
 # ==================================================================================================
 
 
+class QualityWindowJson(TypedDict):
+    pipeline: str
+    model_version: str
+    variant: str
+    kind: QualityKind
+    n: int
+    metrics: dict[str, float | None]
+    reference: dict[str, float]
+    relative_drops: dict[str, float]
+    drop: bool
+    window_start: str
+    window_end: str
+
+
 @dataclass(frozen=True)
 class QualityWindow:
     """One model version (in one variant) on the labelled observations of one window."""
@@ -95,7 +110,7 @@ class QualityWindow:
     window_start: datetime
     window_end: datetime
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> QualityWindowJson:
         return {
             "pipeline": self.pipeline,
             "model_version": self.model_version,
@@ -295,7 +310,7 @@ def _window(
 
 def _latest_feedback(
     db: ResultsDB, pipeline: str, start: datetime, end: datetime
-) -> Iterator[dict[str, dict[str, Any]]]:
+) -> Iterator[dict[str, JsonObject]]:
     """``{observation_id: label}`` per page of the window's feedback, newest first, each observation
     once (its newest label). Keyset pages on ``ix_feedback_pipeline_created_at``."""
     seen: set[str] = set()
@@ -313,7 +328,7 @@ def _latest_feedback(
             return
         read += len(rows)
         cursor = (rows[-1].created_at, rows[-1].id)
-        page: dict[str, dict[str, Any]] = {}
+        page: dict[str, JsonObject] = {}
         for row in rows:
             if row.observation_id not in seen and isinstance(row.label, dict):
                 seen.add(row.observation_id)

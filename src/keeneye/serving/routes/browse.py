@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from keeneye.domain import ObservationStatus
+from keeneye.domain import JsonObject, ObservationStatus
 from keeneye.lifecycle.runs import list_runs
 from keeneye.lifecycle.triggers import retrain_log_path
 from keeneye.monitoring.alerts.rules import AlertRule, load_rules
@@ -36,8 +35,8 @@ LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 64 * 1024
 
 
-def _models(state: StateDep) -> list[dict[str, Any]]:
-    out = []
+def _models(state: StateDep) -> list[JsonObject]:
+    out: list[JsonObject] = []
     for name in state.catalog.names():
         spec = state.catalog.get(name)
         served = state.runtime.served().get(name)
@@ -54,11 +53,11 @@ def _models(state: StateDep) -> list[dict[str, Any]]:
                     {
                         **v.to_dict(),
                         "data_version": v.tags.get(TAG_DATA_VERSION),
-                        "forced": sorted(
+                        "forced": [  # the prefix is common, so sorting the tags sorts the names
                             k.removeprefix(FORCED_TAG_PREFIX)
-                            for k in v.tags
+                            for k in sorted(v.tags)
                             if k.startswith(FORCED_TAG_PREFIX)
-                        ),
+                        ],
                     }
                     for v in versions
                 ],
@@ -86,7 +85,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str | None:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _run_view(settings: Settings, run: TrainingRunRecord) -> dict[str, Any]:
+def _run_view(settings: Settings, run: TrainingRunRecord) -> JsonObject:
     """A run as the page shows it: its record, and the tail of its log when the scheduler started it."""
     return {**run.to_dict(), "log": log_tail(retrain_log_path(settings, run.pipeline, run.id))}
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from keeneye.domain import JsonObject
 from keeneye.monitoring.drift import MAX_REPORTS, latest_reports, no_report_note
 from keeneye.serving.routes.deps import VIEWER, DbDep, StateDep
 
@@ -28,7 +29,7 @@ async def get_drift(
     state.catalog.get(name)  # NotFound → 404 with the known names
     reports = await asyncio.to_thread(latest_reports, db, name, limit=limit, model_version=model_version)
     window = state.settings.monitoring
-    body: dict[str, Any] = {
+    body: JsonObject = {
         "pipeline": name,
         "window": {
             "size": window.drift_window_size,

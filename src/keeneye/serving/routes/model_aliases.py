@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, JsonObject
 from keeneye.registry import ModelVersionInfo
 from keeneye.serving.routes.deps import AdminDep, StateDep, ViewerDep, audit_name
 from keeneye.serving.schemas import AliasMoveRequest
@@ -102,7 +102,7 @@ async def model_events(
     return {"pipeline": name, "model": model, "events": [event_json(e) for e in events]}
 
 
-def event_json(e: ModelEventRecord) -> dict[str, Any]:
+def event_json(e: ModelEventRecord) -> JsonObject:
     """One ``model_events`` row as JSON."""
     return {
         "id": e.id,

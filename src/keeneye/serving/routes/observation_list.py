@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from keeneye.domain import Decision, InvalidInput, NotFound, ObservationStatus, Variant
+from keeneye.domain import Decision, InvalidInput, JsonObject, NotFound, ObservationStatus, Variant
 from keeneye.serving.routes.deps import VIEWER, ClientDep, StateDep
 from keeneye.store import ObservationFilter, ObservationRecord, PredictionRecord
 
@@ -56,7 +56,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # a time without zone is UTC
 
 
-def answer_json(p: PredictionRecord) -> dict[str, Any]:
+def answer_json(p: PredictionRecord) -> JsonObject:
     """The short form of an answer in a list row."""
     result = p.result
     return {
@@ -82,7 +82,7 @@ def _links(obs: ObservationRecord) -> dict[str, str | None]:
     }
 
 
-def _row(obs: ObservationRecord, answer: PredictionRecord | None) -> dict[str, Any]:
+def _row(obs: ObservationRecord, answer: PredictionRecord | None) -> JsonObject:
     return {
         "id": obs.id,
         "pipeline": obs.pipeline,
@@ -92,7 +92,7 @@ def _row(obs: ObservationRecord, answer: PredictionRecord | None) -> dict[str, A
         "created_at": obs.created_at.isoformat(),
         "updated_at": obs.updated_at.isoformat(),
         "answer": answer_json(answer) if answer else None,
-        "links": _links(obs),
+        "links": dict(_links(obs)),
     }
 
 
@@ -148,7 +148,7 @@ async def list_observations(
     }
 
 
-def _trace(state: StateDep, observation_id: str) -> dict[str, Any]:
+def _trace(state: StateDep, observation_id: str) -> JsonObject:
     db = state.db
     obs = db.get_observation(observation_id)
     if obs is None:

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from keeneye.domain import JsonObject
 from keeneye.monitoring.summary import pipeline_summary
 from keeneye.scaling import SystemStatus, read_status
 from keeneye.serving.routes.deps import VIEWER, StateDep
@@ -41,7 +42,7 @@ class PipelineCard:
     slo_ms: float | None
     within_slo: bool | None
     errors: int
-    firing: list[dict[str, Any]]
+    firing: list[JsonObject]  # the firing alerts, as the alerts API lists them
     pending: int
     workers: Any  # the supervisor's PipelineView (replicas, lag, utilisation); None without keeneye up
     series: dict[str, list[Any]]

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, JsonObject
 from keeneye.serving.routes.deps import OPERATOR, AdmitDep, StateDep
 from keeneye.serving.schemas import ErrorResponse, PredictResponse
 from keeneye.serving.service import PredictionJson
@@ -86,7 +86,7 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_metadata(raw: str | bytes | None) -> dict[str, Any]:
+def parse_metadata(raw: str | bytes | None) -> JsonObject:
     if raw is None or raw in ("", b""):
         return {}
     try:
@@ -103,7 +103,7 @@ def parse_metadata(raw: str | bytes | None) -> dict[str, Any]:
     return value
 
 
-async def extract_image(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
+async def extract_image(request: Request, limit: int) -> tuple[bytes, JsonObject]:
     """Image bytes and metadata from a multipart form (field ``file``) or a raw image body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":

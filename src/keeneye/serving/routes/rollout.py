@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from keeneye.domain import Role
+from keeneye.domain import JsonObject, Role
 from keeneye.lifecycle.rollout import RolloutController
 from keeneye.serving.routes.deps import ClientDep, OperatorDep, StateDep, ViewerDep, audit_name, ensure_role
 from keeneye.serving.schemas import RolloutRequest
@@ -26,7 +26,7 @@ def _controller(state: AppState) -> RolloutController:
     return RolloutController(state.settings, state.db, state.registry, state.catalog, state.metrics)
 
 
-def _serving(state: AppState, name: str) -> dict[str, Any]:
+def _serving(state: AppState, name: str) -> JsonObject:
     """What this process serves for the pipeline right now (others follow at their next poll)."""
     runtime = state.runtime
     champion = runtime.served().get(name)

@@ -7,11 +7,10 @@ switched). ``?pipeline=NAME`` opens it on a pipeline; unknown names get the 404 
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from keeneye.domain import JsonObject
 from keeneye.serving.routes.deps import VIEWER, StateDep
 from keeneye.serving.routes.shell import templates
 from keeneye.serving.state import AppState
@@ -22,7 +21,7 @@ router = APIRouter(include_in_schema=False, dependencies=[VIEWER])
 _ACCEPT = {"jpeg": "image/jpeg,.jpg,.jpeg", "png": "image/png,.png", "tiff": "image/tiff,.tif,.tiff"}
 
 
-def pipeline_card(state: AppState, name: str) -> dict[str, Any]:
+def pipeline_card(state: AppState, name: str) -> JsonObject:
     """What the page shows of one pipeline (also embedded as JSON for switching without a reload)."""
     spec = state.catalog.get(name)
     served = state.runtime.served().get(name)

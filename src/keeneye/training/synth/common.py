@@ -12,18 +12,18 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from keeneye.domain import InvalidInput
-from keeneye.training.coco import CocoWriter
+from keeneye.training.coco import CocoCategory, CocoWriter
 from keeneye.training.datasets import (
     ANNOTATIONS_FILE,
     DATASET_INFO_FILE,
@@ -111,6 +111,101 @@ def epoch_plus(seconds: float) -> str:
     return iso(EPOCH + timedelta(seconds=seconds))
 
 
+class SynthInfo(TypedDict):
+    """``dataset.json`` of a synthetic folder, as a generator hands it to :meth:`SynthWriter.finish`
+    (which adds ``n``); the keys after ``novel_classes`` belong to one generator each."""
+
+    generator: str
+    task: str
+    seed: int
+    drift: str | None
+    size: int
+    classes: list[str]
+    labels: NotRequired[dict[str, str]]  # species-id
+    novel_classes: list[str]
+    defect_rate: NotRequired[float]  # line-inspection
+    batch_size: NotRequired[int]  # line-inspection
+    bands: NotRequired[list[str]]  # crop-health
+    epsg: NotRequired[int]  # crop-health
+    gsd_m: NotRequired[float]  # crop-health
+    format: NotRequired[str]
+
+
+class LineFrameMeta(TypedDict):
+    """Metadata of one line-inspection frame."""
+
+    line_id: str
+    camera_id: str
+    sku: str
+    surface: str
+    batch: str
+    lighting: str
+    captured_at: str
+    defective: bool
+    defects: list[str]
+    source: str
+    drift: str | None
+    novel: bool
+
+
+class CropTileMeta(TypedDict):
+    """Metadata of one crop-health tile."""
+
+    field_id: str
+    crop: str
+    region: str
+    flight_time: str
+    captured_at: str
+    tile_row: int
+    tile_col: int
+    epsg: int
+    gsd_m: float
+    geotransform: list[float]
+    band_order: list[str]
+    diseases: list[str]
+    source: str
+    drift: str | None
+    novel: bool
+
+
+class SpeciesPhotoMeta(TypedDict):
+    """Metadata of one species-id photo: the nuisance parameters drawn while rendering, then where the
+    photo sits in the data set (added by the generator)."""
+
+    species: str
+    label: str
+    background: str
+    angle_deg: float
+    flipped: bool
+    scale: float
+    gain: float
+    gamma: float
+    blur_sigma: float
+    noise_sigma: float
+    captured_at: NotRequired[str]
+    source: NotRequired[str]
+    drift: NotRequired[str | None]
+    novel: NotRequired[bool]
+
+
+ImageMeta = LineFrameMeta | CropTileMeta | SpeciesPhotoMeta
+
+
+class SynthResultJson(TypedDict):
+    """:meth:`SynthResult.to_dict` (``keeneye synth … --json``)."""
+
+    generator: str
+    out_dir: str
+    n_images: int
+    n_annotations: int
+    seconds: float
+    images_per_second: float
+    classes: list[str]
+    class_counts: dict[str, int]
+    drift: str | None
+    seed: int
+
+
 @dataclass
 class SynthResult:
     """What a generator wrote."""
@@ -129,7 +224,7 @@ class SynthResult:
     def images_per_second(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else float("inf")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SynthResultJson:
         return {
             "generator": self.generator,
             "out_dir": str(self.out_dir),
@@ -149,16 +244,16 @@ class SynthWriter:
     :class:`~keeneye.training.coco.CocoWriter`, compact), ``metadata.jsonl`` and ``dataset.json``
     (deterministic JSON: no timestamps of the run itself)."""
 
-    def __init__(self, out_dir: Path, categories: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, out_dir: Path, categories: Sequence[CocoCategory]) -> None:
         self.out_dir = out_dir
         self.coco = CocoWriter(categories)
+        self._metadata: list[tuple[str, ImageMeta]] = []  # (file name, metadata) per image, in order
         self._t0 = time.perf_counter()
 
-    def add_image(
-        self, file_name: str, data: bytes, width: int, height: int, metadata: dict[str, Any]
-    ) -> int:
+    def add_image(self, file_name: str, data: bytes, width: int, height: int, metadata: ImageMeta) -> int:
         """Write the image bytes and register it; returns the image id (1-based)."""
         (self.out_dir / file_name).write_bytes(data)
+        self._metadata.append((file_name, metadata))
         return self.coco.add_image(file_name, width, height, metadata=metadata)
 
     def add_instance(self, image_id: int, category: str, mask: npt.NDArray[Any]) -> None:
@@ -174,15 +269,15 @@ class SynthWriter:
             mask_to_segmentation(mask),
         )
 
-    def finish(self, info: dict[str, Any]) -> SynthResult:
+    def finish(self, info: SynthInfo) -> SynthResult:
         coco = self.coco
         coco.write(
             self.out_dir / ANNOTATIONS_FILE,
             {"description": f"keeneye synthetic {info['generator']}", "version": "1"},
         )
         with (self.out_dir / "metadata.jsonl").open("w", encoding="utf-8") as fh:
-            for im in coco.images:
-                fh.write(json.dumps({"file_name": im["file_name"], **im["metadata"]}, sort_keys=True) + "\n")
+            for file_name, metadata in self._metadata:
+                fh.write(json.dumps({"file_name": file_name, **metadata}, sort_keys=True) + "\n")
         _write_json(self.out_dir / DATASET_INFO_FILE, {**info, "n": len(coco.images)}, indent=2)
         result = SynthResult(
             generator=str(info["generator"]),

@@ -26,8 +26,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from keeneye.training.coco import CocoCategory
 from keeneye.training.synth.common import (
     F32,
+    CropTileMeta,
     Drift,
     Progress,
     SynthResult,
@@ -69,8 +71,8 @@ GEO_KEY_DIRECTORY = 34735
 GDAL_METADATA = 42112
 
 
-def categories(include_novel: bool = False) -> list[dict[str, Any]]:
-    cats: list[dict[str, Any]] = [
+def categories(include_novel: bool = False) -> list[CocoCategory]:
+    cats: list[CocoCategory] = [
         {"id": i + 1, "name": name, "supercategory": "disease"} for i, name in enumerate(DISEASES)
     ]
     if include_novel:
@@ -250,7 +252,7 @@ def generate_crop(
         tile = render_crop_tile(rng, diseases, size, kind, fld.row_angle, fld.soil_moisture)
         x0 = fld.x0 + col * size * GSD_M
         y0 = fld.y0 - row * size * GSD_M
-        meta = {
+        meta: CropTileMeta = {
             "field_id": fld.field_id,
             "crop": fld.crop,
             "region": fld.region,

@@ -23,10 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from keeneye.domain import InvalidInput
+from keeneye.training.coco import CocoCategory
 from keeneye.training.synth.common import (
     F32,
     U8,
     Drift,
+    LineFrameMeta,
     Progress,
     SynthResult,
     SynthWriter,
@@ -74,8 +76,8 @@ LIGHTING: dict[str, tuple[float, float, float]] = {  # BGR channel gains of the 
 LINES: tuple[str, ...] = ("L1", "L2", "L3", "L4")
 
 
-def categories(include_novel: bool = False) -> list[dict[str, Any]]:
-    cats: list[dict[str, Any]] = [
+def categories(include_novel: bool = False) -> list[CocoCategory]:
+    cats: list[CocoCategory] = [
         {"id": i + 1, "name": name, "supercategory": "defect"} for i, name in enumerate(DEFECTS)
     ]
     if include_novel:
@@ -318,7 +320,7 @@ def generate_line(
             kinds = [str(rng.choice(pool)) for _ in range(count)]
         sku = batch.sku
         img, instances = render_line_image(rng, sku, batch.lighting, kinds, size, kind)
-        meta = {
+        meta: LineFrameMeta = {
             "line_id": batch.line_id,
             "camera_id": batch.camera_id,
             "sku": sku.code,

@@ -17,11 +17,13 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from keeneye.training.coco import CocoCategory
 from keeneye.training.synth.common import (
     F32,
     U8,
     Drift,
     Progress,
+    SpeciesPhotoMeta,
     SynthResult,
     SynthWriter,
     check_params,
@@ -78,11 +80,11 @@ NOVEL_SPECIES = Species(
 NOVEL_FRACTION = 0.3
 
 
-def categories(include_novel: bool = False) -> list[dict[str, Any]]:
+def categories(include_novel: bool = False) -> list[CocoCategory]:
     species = [*SPECIES, NOVEL_SPECIES] if include_novel else list(SPECIES)
-    cats: list[dict[str, Any]] = []
+    cats: list[CocoCategory] = []
     for i, s in enumerate(species):
-        cat: dict[str, Any] = {"id": i + 1, "name": s.name, "supercategory": "fish", "label": s.label}
+        cat: CocoCategory = {"id": i + 1, "name": s.name, "supercategory": "fish", "label": s.label}
         if s is NOVEL_SPECIES:
             cat["novel"] = True
         cats.append(cat)
@@ -264,7 +266,7 @@ def _draw_fish(rng: np.random.Generator, sp: Species, canvas: int) -> tuple[F32,
 
 def render_species_image(
     rng: np.random.Generator, species: Species, size: int = 128, drift: Drift | None = None
-) -> tuple[U8, np.ndarray[Any, np.dtype[np.bool_]], dict[str, Any]]:
+) -> tuple[U8, np.ndarray[Any, np.dtype[np.bool_]], SpeciesPhotoMeta]:
     """One photo: (BGR uint8 image, fish mask, metadata about the nuisance parameters)."""
     background_img, background = _background(rng, size)
     img: npt.NDArray[Any] = background_img
@@ -301,7 +303,7 @@ def render_species_image(
         cast = cast * np.array([1.15, 1.0, 0.85])
     img = photometric(img, gain=gain, gamma=gamma, channel_gains=cast.tolist())
     img = sensor_effects(img, rng, blur_sigma=blur, noise_sigma=noise, resample=resample)
-    meta = {
+    meta: SpeciesPhotoMeta = {
         "species": species.name,
         "label": species.label,
         "background": background,
@@ -339,12 +341,10 @@ def generate_species(
     for i, rng in enumerate(child_rngs(seed, n)):
         sp = NOVEL_SPECIES if is_novel[i] else SPECIES[int(order[i])]
         img, mask, meta = render_species_image(rng, sp, size, kind)
-        meta.update(
-            captured_at=epoch_plus(i * 37.0),
-            source="synthetic",
-            drift=kind.value if kind else None,
-            novel=bool(is_novel[i]),
-        )
+        meta["captured_at"] = epoch_plus(i * 37.0)
+        meta["source"] = "synthetic"
+        meta["drift"] = kind.value if kind else None
+        meta["novel"] = bool(is_novel[i])
         file_name = f"images/fish_{i:05d}.jpg"
         image_id = writer.add_image(file_name, encode_jpeg(img, 90), size, size, meta)
         writer.add_instance(image_id, sp.name, mask)
