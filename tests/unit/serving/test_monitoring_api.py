@@ -428,3 +428,11 @@ def test_page_routes(served: tuple[LiveServer, ResultsDB]) -> None:
     assert httpx.get(f"{server.url}/pipelines/no-such/monitoring").status_code == 404
     for asset in ("charts.js", "monitoring.js", "monitoring.css"):
         assert httpx.get(f"{server.url}/static/{asset}").status_code == 200
+
+
+def test_system_page_shows_the_fix_as_a_command(served: tuple[LiveServer, ResultsDB]) -> None:
+    server, _ = served
+    page = httpx.get(f"{server.url}/system")
+    assert page.status_code == 200
+    assert "start the whole system with <code>keeneye up</code>" in page.text
+    assert "`" not in page.text.split("<main>")[1]
