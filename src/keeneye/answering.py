@@ -143,19 +143,7 @@ class Answering:
     ) -> Completion:
         """The same record for an observation that already exists (a worker's batch)."""
         record = Answering.prediction_record(model, variant, answer, latency_ms, timings)
-        return Completion(
-            observation_id,
-            pipeline=pipeline,
-            model_name=record.model_name,
-            model_version=record.model_version,
-            variant=record.variant,
-            task=record.task,
-            result=record.result,
-            decision=record.decision,
-            confidence=record.confidence,
-            latency_ms=record.latency_ms,
-            timings=record.timings,
-        )
+        return Completion(observation_id, pipeline, record)
 
     # -- after storing ----------------------------------------------------------------------------
 

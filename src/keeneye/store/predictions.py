@@ -63,20 +63,6 @@ def prediction_row(observation_id: str, pipeline: str, p: NewPrediction) -> Pred
     }
 
 
-def _new_prediction(c: Completion) -> NewPrediction:
-    return NewPrediction(
-        model_name=c.model_name,
-        model_version=c.model_version,
-        variant=c.variant,
-        task=c.task,
-        result=c.result,
-        decision=c.decision,
-        confidence=c.confidence,
-        latency_ms=c.latency_ms,
-        timings=c.timings,
-    )
-
-
 class PredictionRepository(Database):
     """Prediction reads and writes of :class:`~keeneye.store.ResultsDB`."""
 
@@ -190,7 +176,12 @@ class PredictionRepository(Database):
             by_model: dict[tuple[str, str, str], list[str]] = {}
             for c in todo:
                 by_model.setdefault(
-                    (c.model_name, str(c.model_version), Variant(c.variant).value), []
+                    (
+                        c.prediction.model_name,
+                        str(c.prediction.model_version),
+                        Variant(c.prediction.variant).value,
+                    ),
+                    [],
                 ).append(c.observation_id)
             for (model_name, model_version, variant), group in by_model.items():
                 existing.update(
@@ -204,7 +195,7 @@ class PredictionRepository(Database):
                     ).scalars()
                 )
             rows = [
-                prediction_row(c.observation_id, c.pipeline, _new_prediction(c))
+                prediction_row(c.observation_id, c.pipeline, c.prediction)
                 for c in todo
                 if c.observation_id not in existing
             ]

@@ -66,15 +66,7 @@ class Completion:
 
     observation_id: str
     pipeline: str
-    model_name: str
-    model_version: str
-    variant: Variant
-    task: str
-    result: Mapping[str, Any]
-    decision: Decision | None
-    confidence: float | None
-    latency_ms: float
-    timings: Mapping[str, Any] | None = None
+    prediction: NewPrediction
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,14 @@ from sqlalchemy.exc import StatementError
 
 from keeneye.domain import ConfigError, Decision, NotFound, ObservationStatus, Role, Variant
 from keeneye.settings import Settings
-from keeneye.store import NewObservation, NewPrediction, ResultsDB, insert_ignoring_conflicts, open_results_db
+from keeneye.store import (
+    Completion,
+    NewObservation,
+    NewPrediction,
+    ResultsDB,
+    insert_ignoring_conflicts,
+    open_results_db,
+)
 from keeneye.store.schema import Base, ObservationRow, ReviewItemRow
 
 TABLES = {
@@ -84,6 +91,11 @@ def prediction(**overrides: Any) -> dict[str, Any]:
     }
     fields.update(overrides)
     return fields
+
+
+def _completion(observation_id: str, **overrides: Any) -> Completion:
+    fields = prediction(**overrides)
+    return Completion(observation_id, fields.pop("pipeline"), NewPrediction(**fields))
 
 
 def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
@@ -659,14 +671,12 @@ def test_two_batch_claimers_exactly_one_wins_each_observation(db: ResultsDB) -> 
 
 
 def test_complete_many_stores_every_prediction_and_done_in_one_go(db: ResultsDB) -> None:
-    from keeneye.store import Completion
-
     ids = [new_observation(db) for _ in range(3)]
     db.claim_many(ids)
     already = ids[0]
     assert db.complete_observation(already, **prediction()) is True
     unknown = "e" * 32
-    batch = [Completion(i, **prediction(latency_ms=float(n))) for n, i in enumerate([*ids, unknown])]
+    batch = [_completion(i, latency_ms=float(n)) for n, i in enumerate([*ids, unknown])]
     assert db.complete_many(batch) == {ids[0]: False, ids[1]: True, ids[2]: True}
     for i in ids:
         rec = db.get_observation(i)
@@ -678,17 +688,15 @@ def test_complete_many_stores_every_prediction_and_done_in_one_go(db: ResultsDB)
     assert db.complete_many([*batch, batch[1]]) == {i: False for i in ids}
     assert db.count_predictions() == 3
     assert db.complete_many([]) == {}
-    assert db.complete_many([Completion(unknown, **prediction())]) == {}
+    assert db.complete_many([_completion(unknown)]) == {}
 
 
 def test_complete_many_is_all_or_nothing(db: ResultsDB) -> None:
-    from keeneye.store import Completion
-
     good, bad = new_observation(db), new_observation(db)
     db.claim_many([good, bad])
     batch = [
-        Completion(good, **prediction()),
-        Completion(bad, **prediction(result={"classes": {"salmon"}})),  # a set is not JSON
+        _completion(good),
+        _completion(bad, result={"classes": {"salmon"}}),  # a set is not JSON
     ]
     with pytest.raises((StatementError, TypeError), match="not JSON serializable"):
         db.complete_many(batch)
