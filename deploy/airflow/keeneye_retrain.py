@@ -10,8 +10,8 @@ Each task runs ``keeneye retrain PIPELINE --reason scheduled``: it records a ``m
 the champion's training data plus every labelled observation, fine-tunes from the champion, gates the
 result and registers it (alias ``challenger`` only when the gates pass).
 
-Exit status: 0 succeeded, 1 refused by the gates, 2 failed. A refused model is no failure of the
-pipeline, so ``skip_on_exit_code=1`` shows it as *skipped* rather than *failed*.
+Exit status: 0 succeeded, 3 refused by the gates, 2 failed. A refused model is no failure of the
+pipeline, so ``skip_on_exit_code=3`` shows it as *skipped* rather than *failed*.
 
 The workers need keeneye installed with the ``train`` extra and the same environment as the rest of
 the deployment (``KEENEYE_DATABASE_URL``, ``KEENEYE_REGISTRY_URI``, ``KEENEYE_OBJECTS_URL``, …); copy
@@ -56,6 +56,6 @@ with DAG(
             bash_command=f"keeneye retrain {pipeline} --reason scheduled --json",
             env=ENV,
             append_env=True,
-            skip_on_exit_code=1,
+            skip_on_exit_code=3,
             execution_timeout=timedelta(hours=12),
         )

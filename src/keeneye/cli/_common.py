@@ -25,6 +25,10 @@ PANEL_MONITOR = "Monitor"
 PANEL_OPS = "Ops"
 PANELS: tuple[str, ...] = (PANEL_SERVE, PANEL_DATA, PANEL_TRAIN, PANEL_MODELS, PANEL_MONITOR, PANEL_OPS)
 
+# Exit status of a training command (`train`, `retrain`) whose model the gates refused: it is registered
+# without an alias. Distinct from 1 (a check failed) and 2 (a user error) so scripts can tell them apart.
+EXIT_GATES_REFUSED = 3
+
 
 @dataclass
 class _State:

@@ -3,8 +3,9 @@
 Both go through :mod:`keeneye.lifecycle` — the code the scheduler's triggers and the HTTP API use —
 and training itself is ``train_pipeline``, the code of ``keeneye train``.
 
-Exit status of ``retrain``: 0 when the challenger was registered and passed its gates, 1 when the
-gates refused it (registered without an alias), 2 when the run failed or could not start.
+Exit status of ``retrain``: 0 when the challenger was registered and passed its gates, 3 when the
+gates refused it (registered without an alias; the same code as ``train``), 2 when the run failed or
+could not start.
 """
 
 from __future__ import annotations
@@ -17,13 +18,21 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import PANEL_TRAIN, console, err_console, print_json, settings, state
+from keeneye.cli._common import (
+    EXIT_GATES_REFUSED,
+    PANEL_TRAIN,
+    console,
+    err_console,
+    print_json,
+    settings,
+    state,
+)
 from keeneye.domain import InvalidInput, JsonObject
 
 if TYPE_CHECKING:
     from keeneye.lifecycle.runs import TrainingRunRecord
 
-EXIT_CODES = {"succeeded": 0, "refused": 1, "failed": 2}
+EXIT_CODES = {"succeeded": 0, "refused": EXIT_GATES_REFUSED, "failed": 2}
 
 
 def register(app: typer.Typer) -> None:

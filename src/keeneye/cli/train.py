@@ -13,12 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from keeneye.cli._common import PANEL_TRAIN, console, err_console, print_json, settings, state
+from keeneye.cli._common import (
+    EXIT_GATES_REFUSED,
+    PANEL_TRAIN,
+    console,
+    err_console,
+    print_json,
+    settings,
+    state,
+)
 
 if TYPE_CHECKING:
     from keeneye.training.run import TrainResult
 
-EXIT_GATES_REFUSED = 3
+__all__ = ["EXIT_GATES_REFUSED"]
 
 JSON_OPT = typer.Option(False, "--json/--no-json", help="Print the result as JSON (progress goes to stderr).")
 

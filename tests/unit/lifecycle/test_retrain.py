@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import yaml
 
+from keeneye.cli import main
+from keeneye.cli._common import EXIT_GATES_REFUSED
 from keeneye.domain import Task
 from keeneye.lifecycle.retrain import (
     TIME_KEY,
@@ -228,12 +230,24 @@ def _key_of(h: Home, observation_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_challenger_trained_on_permuted_labels_is_refused(home: Home, tmp_path: Path) -> None:
+def test_a_challenger_trained_on_permuted_labels_is_refused(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     permuted = colour_set(tmp_path / "permuted", 30, relabel={"red": "green", "green": "blue", "blue": "red"})
     for i, colour in enumerate(list(COLOURS) * 3):
         label(home.db, home.objects, colour, 200 + i)  # the newest: the test split, truly labelled
 
-    run = retrain(home, {"data_dir": str(permuted)})
+    queued = request_manual(
+        home.db, PIPELINE, "test", {"overrides": TINY, "epochs": 2, "data_dir": str(permuted)}
+    )
+    # Through the CLI, as the scheduler and Airflow run it: a refused model exits 3, like `train`.
+    monkeypatch.setenv("KEENEYE_HOME", str(home.settings.home))
+    monkeypatch.setenv("KEENEYE_PIPELINES__DIRS", json.dumps([str(tmp_path / "pipelines")]))
+    monkeypatch.setattr(sys, "argv", ["keeneye", "--quiet", "retrain", PIPELINE, "--run-id", str(queued.id)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == EXIT_GATES_REFUSED == 3
+    run = get_run(home.db, queued.id)
 
     assert run.status == "refused", run.error or run.outcome
     o = run.outcome
