@@ -135,6 +135,12 @@ class Metrics:
         self.batch_size = self._histogram(
             "keeneye_batch_size", "Images per model run (micro-batching)", ["pipeline"], buckets=BATCH_BUCKETS
         )
+        self.store_group_size = self._histogram(
+            "keeneye_store_group_size",
+            "Answers made durable by one group commit of the API (one flush, one transaction)",
+            [],
+            buckets=BATCH_BUCKETS,
+        )
         self.cache = self._counter(
             "keeneye_cache", "Prediction cache lookups by result (hit|miss)", ["pipeline", "result"]
         )

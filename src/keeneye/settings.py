@@ -86,6 +86,9 @@ class ServingSettings(_Section):
     require_api_key: bool | None = Field(
         None, description="None = required exactly when the server binds a non-loopback address"
     )
+    store_group_max: int = Field(
+        64, ge=1, description="most answers stored by one group commit (one flush, one transaction)"
+    )
 
 
 class PipelineSettings(_Section):

@@ -2,6 +2,9 @@
 
 bytes → content hash → cache? → decode + validate → model input → micro-batched inference →
 post-processing (+ one drift observation) → answer → object + observation + prediction stored → cache.
+Storing is a group commit (:class:`~keeneye.store.GroupCommit`): concurrent requests' images and rows
+are made durable together, one flush and one transaction per group, and each request is answered
+only once its own rows and image are stored.
 What follows the model's answer (cache, drift, storage record, review queue, per-variant counts) is
 :mod:`keeneye.answering`, shared with the stream workers.
 Bad input raises :class:`~keeneye.domain.InvalidInput` before anything is written except the
@@ -13,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from keeneye.answering import Answering, StoredAnswer
@@ -34,7 +38,7 @@ from keeneye.pipelines import (
     quarantine_key,
 )
 from keeneye.settings import Settings
-from keeneye.store import Cache, NewObservation, ObjectStore, ResultsDB
+from keeneye.store import Cache, GroupCommit, NewObject, NewObservation, ObjectStore, ResultsDB
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +56,27 @@ class PredictionJson(AnswerJson, total=False):
     cached: bool
     processing_time_ms: float
     timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _StoreJob:
+    """One answered request waiting for the group commit."""
+
+    spec: PipelineSpec
+    loaded: LoadedModel
+    variant: Variant
+    data: bytes
+    digest: str
+    fmt: str | None
+    metadata: JsonObject
+    source: str
+    answer: Answer
+    latency_ms: float
+    timings: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return observation_key(self.spec.name, self.digest, self.fmt)
 
 
 class PredictionService:
@@ -75,6 +100,16 @@ class PredictionService:
         self.metrics = metrics
         self.drift = drift if drift is not None else DriftMonitors(db, settings, metrics)
         self.answering = Answering(db, cache, metrics, self.drift)
+        self.writer: GroupCommit[_StoreJob, str] = GroupCommit(
+            self._store_group,
+            name="keeneye-store",
+            max_group=settings.serving.store_group_max,
+            on_group=lambda size, _seconds: metrics.store_group_size.observe(size),
+        )
+
+    def close(self) -> None:
+        """Store what is queued and stop the writer (at shutdown, after the last request)."""
+        self.writer.close()
 
     async def _timed(self, pipeline: str, stage: str, fn: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -124,19 +159,20 @@ class PredictionService:
                 answer, fmt, timings = await self._infer(spec, loaded, data)
             self.answering.remember(pipeline, loaded.ref, digest, answer)
         t_store = time.perf_counter()
-        observation_id = await asyncio.to_thread(
-            self._store,
-            spec,
-            loaded,
-            variant,
-            data,
-            digest,
-            fmt,
-            metadata,
-            source,
-            answer,
-            (time.perf_counter() - started) * 1000,
-            timings,
+        observation_id = await self.writer.submit(
+            _StoreJob(
+                spec,
+                loaded,
+                variant,
+                data,
+                digest,
+                fmt,
+                metadata,
+                source,
+                answer,
+                (time.perf_counter() - started) * 1000,
+                timings,
+            )
         )
         self.runtime.shadow(spec, digest, observation_id, data)  # in the background, when sampled
         timings["store"] = (time.perf_counter() - t_store) * 1000
@@ -207,37 +243,44 @@ class PredictionService:
 
     # --- persistence (runs in a worker thread) ------------------------------------------------------
 
-    def _store(
-        self,
-        spec: PipelineSpec,
-        loaded: LoadedModel,
-        variant: Variant,
-        data: bytes,
-        digest: str,
-        fmt: str | None,
-        metadata: JsonObject,
-        source: str,
-        answer: Answer,
-        latency_ms: float,
-        timings: dict[str, float],
-    ) -> str:
-        key = observation_key(spec.name, digest, fmt)
-        if not self.objects.exists(key):
-            self.objects.put(key, data, content_type=content_type_of(fmt))
-        observation_id = self.db.record_prediction(
-            NewObservation(
-                pipeline=spec.name,
-                content_hash=digest,
-                object_key=key,
-                content_type=content_type_of(fmt),
-                size_bytes=len(data),
-                metadata=metadata,
-                source=source,
-            ),
-            self.answering.prediction_record(loaded, variant, answer, latency_ms, timings),
+    def _store_group(self, jobs: Sequence[_StoreJob]) -> list[str]:
+        """Images first (all durable together), then every observation and prediction in one
+        transaction, then the review queue: a row never points at an image that is not there."""
+        new: dict[str, NewObject] = {}
+        for job in jobs:
+            key = job.key
+            if key not in new and not self.objects.exists(key):
+                new[key] = NewObject(key, job.data, content_type_of(job.fmt))
+        if new:
+            self.objects.put_many(list(new.values()))
+        ids = self.db.record_predictions(
+            [
+                (
+                    NewObservation(
+                        pipeline=job.spec.name,
+                        content_hash=job.digest,
+                        object_key=job.key,
+                        content_type=content_type_of(job.fmt),
+                        size_bytes=len(job.data),
+                        metadata=job.metadata,
+                        source=job.source,
+                    ),
+                    self.answering.prediction_record(
+                        job.loaded, job.variant, job.answer, job.latency_ms, job.timings
+                    ),
+                )
+                for job in jobs
+            ]
         )
-        self.answering.stored(spec, [StoredAnswer(observation_id, answer, variant)])
-        return observation_id
+        by_spec: dict[str, list[StoredAnswer]] = {}
+        for job, observation_id in zip(jobs, ids, strict=True):
+            by_spec.setdefault(job.spec.name, []).append(
+                StoredAnswer(observation_id, job.answer, job.variant)
+            )
+        specs = {job.spec.name: job.spec for job in jobs}
+        for name, answers in by_spec.items():
+            self.answering.stored(specs[name], answers)
+        return ids
 
     def _quarantine(
         self,

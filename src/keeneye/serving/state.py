@@ -91,6 +91,7 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
 async def close_state(state: AppState) -> None:
     await asyncio.to_thread(state.service.drift.flush_all)  # a partial drift window still counts
     await state.runtime.stop()
+    await asyncio.to_thread(state.service.close)  # the last group commit
     state.service.cache.close()
 
 

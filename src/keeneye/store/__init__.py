@@ -8,7 +8,8 @@ aggregate (``observations``, ``predictions``, ``feedback``, ``reviews``, ``runs`
 from keeneye.store.cache import Cache, open_cache
 from keeneye.store.db import ResultsDB, open_results_db
 from keeneye.store.engine import insert_ignoring_conflicts, utcnow
-from keeneye.store.objects import ObjectInfo, ObjectStore, open_object_store
+from keeneye.store.group_commit import GroupCommit, GroupCommitClosed
+from keeneye.store.objects import NewObject, ObjectInfo, ObjectStore, open_object_store
 from keeneye.store.observations import ObservationFilter, ObservationPage
 from keeneye.store.records import (
     ALERT_STATES,
@@ -47,7 +48,10 @@ __all__ = [
     "DriftReportRecord",
     "DriftWindow",
     "FeedbackRecord",
+    "GroupCommit",
+    "GroupCommitClosed",
     "ModelEventRecord",
+    "NewObject",
     "NewObservation",
     "NewPrediction",
     "NewReviewItem",

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote
@@ -26,6 +26,7 @@ from keeneye.domain import BackendHealth, ConfigError, InvalidInput, JsonObject,
 from keeneye.store.objects import (
     OBJECTS_SETTING,
     RESERVED_PREFIX,
+    NewObject,
     ObjectInfo,
     copy_limited,
     too_large,
@@ -149,6 +150,64 @@ class FileObjectStore:
         # The sidecar follows the data: after a crash between the two, info() may show the old type.
         self._atomic_write(self._meta_path(key), key, meta)
         return ObjectInfo(key=key, size=size, content_type=content_type, etag=etag)
+
+    def put_many(self, objects: Sequence[NewObject]) -> list[ObjectInfo]:
+        """Every object written to a temporary file, then all synced, renamed into place, and each
+        directory synced once: a group of N costs about one flush instead of 4 × N (a single
+        :meth:`put` syncs the data, its directory, the sidecar and its directory). The sidecars are
+        renamed into place without a sync of their own — they only matter once the data is there,
+        and a sidecar lost in a crash reads as "no sidecar" (octet-stream, etag recomputed never)."""
+        staged: list[tuple[Path, Path, NewObject, str]] = []
+        try:
+            for obj in objects:
+                if len(obj.data) > self.max_object_bytes:
+                    raise too_large(obj.key, len(obj.data), self.max_object_bytes)
+                target = self._path(obj.key)
+                tmp = self._write_tmp(target, obj.key, obj.data)
+                staged.append((tmp, target, obj, hashlib.md5(obj.data, usedforsecurity=False).hexdigest()))
+            for tmp, _target, _obj, _etag in staged:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            dirs: set[Path] = set()
+            infos = []
+            for tmp, target, obj, etag in staged:
+                self._replace(tmp, target, obj.key)
+                meta = json.dumps({"content_type": obj.content_type, "etag": etag}).encode()
+                meta_target = self._meta_path(obj.key)
+                os.replace(self._write_tmp(meta_target, obj.key, meta), meta_target)
+                dirs.add(target.parent)
+                infos.append(ObjectInfo(obj.key, len(obj.data), obj.content_type, etag))
+        except BaseException:
+            for tmp, *_ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        for folder in dirs:
+            _fsync_dir(folder)
+        return infos
+
+    def _write_tmp(self, target: Path, key: str, data: bytes) -> Path:
+        """``data`` in a new temporary file beside ``target`` (not synced)."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise self._conflict(key) from exc
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return Path(tmp_name)
+
+    def _replace(self, tmp: Path, target: Path, key: str) -> None:
+        try:
+            os.replace(tmp, target)
+        except IsADirectoryError as exc:
+            raise self._conflict(key) from exc
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

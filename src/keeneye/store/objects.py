@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, BinaryIO, Protocol, runtime_checkable
 
@@ -27,6 +27,15 @@ class ObjectInfo:
     etag: str = ""
 
 
+@dataclass(frozen=True)
+class NewObject:
+    """One object of a :meth:`ObjectStore.put_many` group."""
+
+    key: str
+    data: bytes
+    content_type: str = "application/octet-stream"
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     url: str
@@ -35,6 +44,16 @@ class ObjectStore(Protocol):
         self, key: str, data: bytes | BinaryIO, *, content_type: str = "application/octet-stream"
     ) -> ObjectInfo:
         """Store ``data`` (bytes or a binary stream read to its end) under ``key``, replacing any old one."""
+        ...
+
+    def put_many(self, objects: Sequence[NewObject]) -> list[ObjectInfo]:
+        """Store several objects at once, each atomically, all durable when this returns.
+
+        The group commit of the serving path: one flush for the group instead of one per object
+        (file store: the files' data synced together and each directory once; S3: concurrent
+        requests). Raises on the first failure; objects written before it stay written (each is
+        whole), so a retry of the group is safe.
+        """
         ...
 
     def get(self, key: str) -> bytes: ...

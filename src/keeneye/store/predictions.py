@@ -210,30 +210,40 @@ class PredictionRepository(Database):
         Used by ``POST /predict``, where the answer exists before anything is stored; either both rows
         are written or neither. Returns the new observation id.
         """
-        obs_id = uuid.uuid4().hex
+        return self.record_predictions([(observation, prediction)])[0]
+
+    def record_predictions(self, answers: Sequence[tuple[NewObservation, NewPrediction]]) -> list[str]:
+        """Many synchronous answers in ONE transaction (the serving path's group commit): every
+        observation with its prediction, or none of them. Returns the observation ids, in order."""
         now = utcnow()
-        row = ObservationRow(
-            id=obs_id,
-            pipeline=observation.pipeline,
-            status=ObservationStatus.done.value,
-            content_hash=observation.content_hash,
-            object_key=observation.object_key,
-            content_type=observation.content_type,
-            size_bytes=observation.size_bytes,
-            metadata_=dict(observation.metadata or {}),
-            source=observation.source,
-            attempts=1,
-            created_at=now,
-            updated_at=now,
-            completed_at=now,
-        )
-        with self.session() as s:
-            s.add(row)
-            s.flush()
-            insert_ignoring_conflicts(
-                s, PredictionRow, [prediction_row(obs_id, observation.pipeline, prediction)], PREDICTION_KEY
+        ids = [uuid.uuid4().hex for _ in answers]
+        rows = [
+            ObservationRow(
+                id=obs_id,
+                pipeline=observation.pipeline,
+                status=ObservationStatus.done.value,
+                content_hash=observation.content_hash,
+                object_key=observation.object_key,
+                content_type=observation.content_type,
+                size_bytes=observation.size_bytes,
+                metadata_=dict(observation.metadata or {}),
+                source=observation.source,
+                attempts=1,
+                created_at=now,
+                updated_at=now,
+                completed_at=now,
             )
-        return obs_id
+            for obs_id, (observation, _) in zip(ids, answers, strict=True)
+        ]
+        predictions = [
+            prediction_row(obs_id, observation.pipeline, prediction)
+            for obs_id, (observation, prediction) in zip(ids, answers, strict=True)
+        ]
+        with self.session() as s:
+            s.add_all(rows)
+            s.flush()
+            insert_ignoring_conflicts(s, PredictionRow, predictions, PREDICTION_KEY)
+        return ids
 
     # ------------------------------------------------------------------ reads
 

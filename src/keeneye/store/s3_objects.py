@@ -12,7 +12,8 @@ import logging
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, NotRequired, TypedDict
 from urllib.parse import unquote
 
@@ -32,6 +33,7 @@ from keeneye.domain import (
 from keeneye.settings import S3Settings
 from keeneye.store.objects import (
     OBJECTS_SETTING,
+    NewObject,
     ObjectInfo,
     copy_limited,
     too_large,
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024  # larger uploads spool to a temporary file, not RAM
+_PUT_MANY_THREADS = 8  # below botocore's default pool of 10 connections
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -242,6 +245,15 @@ class S3ObjectStore:
                 raise self._error(exc) from exc
         # upload_fileobj does not return the etag (multipart uploads have their own form of it).
         return self.info(key)
+
+    def put_many(self, objects: Sequence[NewObject]) -> list[ObjectInfo]:
+        """Concurrent PUTs (the client's connection pool is 10): each object is durable once S3
+        answers, so the group costs about its slowest request instead of the sum."""
+        if len(objects) <= 1:
+            return [self.put(o.key, o.data, content_type=o.content_type) for o in objects]
+        with ThreadPoolExecutor(max_workers=min(len(objects), _PUT_MANY_THREADS)) as pool:
+            futures = [pool.submit(self.put, o.key, o.data, content_type=o.content_type) for o in objects]
+            return [f.result() for f in futures]
 
     def get(self, key: str) -> bytes:
         full = self._key(key)

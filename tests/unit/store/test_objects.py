@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from keeneye.domain import BackendUnavailable, ConfigError, InvalidInput, MessageTooLarge, NotFound
 from keeneye.settings import ObjectStoreSettings, S3Settings, Settings
-from keeneye.store.objects import ObjectStore, open_object_store
+from keeneye.store.objects import NewObject, ObjectStore, open_object_store
 from tests.services import free_port
 
 MiB = 1024 * 1024
@@ -196,6 +196,29 @@ def test_overwrite_replaces_bytes_and_content_type(store: ObjectStore) -> None:
 def test_size_limit_is_inclusive(store: ObjectStore) -> None:
     assert store.put("exact", b"x" * LIMIT).size == LIMIT
     assert store.put("exact-stream", io.BufferedReader(OneWayStream(b"y" * LIMIT))).size == LIMIT
+
+
+def test_put_many_stores_every_object_like_put(store: ObjectStore) -> None:
+    objects = [
+        NewObject(f"observations/p/{i:02d}.jpg", bytes([i]) * (10 + i), "image/jpeg") for i in range(12)
+    ] + [NewObject("other/dir/x.bin", b"\x00\x01")]
+    infos = store.put_many(objects)
+    assert [i.key for i in infos] == [o.key for o in objects]
+    for obj, info in zip(objects, infos, strict=True):
+        assert store.get(obj.key) == obj.data
+        assert info.size == len(obj.data) and info.etag == hashlib.md5(obj.data).hexdigest()
+        stored = store.info(obj.key)
+        assert (stored.size, stored.content_type, stored.etag) == (len(obj.data), obj.content_type, info.etag)
+    assert store.info("other/dir/x.bin").content_type == "application/octet-stream"
+    assert store.put_many([]) == []
+
+
+def test_put_many_refuses_an_object_over_the_limit_by_name(store: ObjectStore) -> None:
+    with pytest.raises(MessageTooLarge) as exc:
+        store.put_many([NewObject("small", b"ok"), NewObject("big", b"x" * (LIMIT + 1))])
+    assert "big" in str(exc.value)
+    assert not store.exists("big")
+    assert [i.key for i in store.list()] in ([], ["small"])  # nothing half-written; "small" whole if there
 
 
 @pytest.mark.parametrize(
