@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make the local services the integration tests use available: PostgreSQL and Redis.
+# Make the local services the integration tests use available: PostgreSQL, Redis and Mosquitto.
 # Uses them when running, starts them when installed but stopped, installs them (apt-get, as root)
 # when missing. Idempotent; safe to run on every `make test`.
 set -uo pipefail
@@ -44,4 +44,19 @@ if ! port_open 6379; then
   fi
 fi
 port_open 6379 && log "Redis ready on 127.0.0.1:6379"
+
+# --- Mosquitto MQTT broker (127.0.0.1:1883, anonymous, loopback only: the PLC sink tests) ---
+if ! port_open 1883; then
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { log "installing Mosquitto"; apt_install mosquitto || log "could not install Mosquitto"; }
+  mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  if [ -x "$mosq" ]; then
+    log "starting Mosquitto"
+    mkdir -p /tmp/keeneye-mosquitto && chmod 1777 /tmp/keeneye-mosquitto  # it drops root for user mosquitto
+    printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest file /tmp/keeneye-mosquitto/mosquitto.log\n' \
+      > /tmp/keeneye-mosquitto/mosquitto.conf
+    "$mosq" -d -c /tmp/keeneye-mosquitto/mosquitto.conf >/dev/null 2>&1
+    wait_port 1883 || log "Mosquitto did not come up on 1883"
+  fi
+fi
+port_open 1883 && log "Mosquitto ready on 127.0.0.1:1883"
 exit 0

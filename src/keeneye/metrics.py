@@ -291,6 +291,27 @@ class Metrics:
             mode="mostrecent",
         )
 
+        # PLC sinks (keeneye.sinks): one edge runner process per line and camera owns each series. The
+        # latest write is the truth, and it stays after the runner exits: a runner that died while its
+        # PLC was down keeps PlcUnreachable firing until someone looks (not live).
+        self.plc_up = self._gauge(
+            "keeneye_plc_up",
+            "1 while the sink is connected to the line's PLC (or broker), 0 while it reconnects",
+            ["pipeline", "line", "camera", "sink"],
+            mode="mostrecent",
+        )
+        self.plc_writes = self._counter(
+            "keeneye_plc_writes",
+            "Decisions handed to a PLC sink, by outcome (acked|failed)",
+            ["pipeline", "line", "camera", "sink", "outcome"],
+        )
+        self.plc_write_seconds = self._histogram(
+            "keeneye_plc_write_seconds",
+            "Time from the sink thread starting a decision's write to the PLC's acknowledgement",
+            ["pipeline", "line", "camera", "sink"],
+            buckets=LATENCY_BUCKETS,
+        )
+
     def _counter(self, name: str, help_text: str, labels: Sequence[str]) -> Counter:
         self.catalogue.append(MetricDoc(name, "counter", help_text, tuple(labels)))
         return Counter(name, help_text, labels, registry=self.registry)

@@ -163,6 +163,12 @@ class MonitoringSettings(_Section):
     )
     drift_embedding_reservoir: int = Field(256, ge=20, description="embeddings kept per window for MMD")
     drift_permutations: int = Field(200, ge=20, description="permutations for the MMD p-value")
+    drift_publish_every: int = Field(
+        50, ge=1, description="publish this process's share of the open drift window every this many samples…"
+    )
+    drift_publish_seconds: float = Field(
+        5.0, gt=0, description="…or this often: windows close for all processes of a pipeline together"
+    )
     quality_window_seconds: float = Field(
         24 * 3600.0, gt=0, description="online precision/recall/F1 over feedback of this long a window"
     )
@@ -228,6 +234,96 @@ class AlertingSettings(_Section):
         return self
 
 
+class ModbusMapSettings(_Section):
+    """Where a Modbus TCP sink writes (holding registers, 0-based). The five result registers are one
+    block — sequence, result, class id, confidence × scale, latency ms — written in one request."""
+
+    result_address: int = Field(0, ge=0, le=65530, description="first of the 5 result registers (HR0)")
+    heartbeat_address: int | None = Field(
+        5, ge=0, le=65535, description="heartbeat counter register (HR5); None = no heartbeat"
+    )
+    unit: int = Field(1, ge=0, le=255, description="unit / device id, unless the URL says ?unit=N")
+    confidence_scale: int = Field(1000, ge=1, le=65535, description="confidence register = round(c × this)")
+    handshake: bool = Field(
+        False, description="result-ready / result-ack handshake: a result counts once the PLC echoes it"
+    )
+    ready_address: int = Field(6, ge=0, le=65535, description="handshake: 1 while a result waits (HR6)")
+    ack_address: int = Field(7, ge=0, le=65535, description="handshake: the PLC writes the sequence it took")
+    ack_timeout_seconds: float = Field(
+        0.25, gt=0, description="handshake: no echo within this long fails the decision (not_acknowledged)"
+    )
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> ModbusMapSettings:
+        block = range(self.result_address, self.result_address + 5)
+        singles = {"heartbeat_address": self.heartbeat_address}
+        if self.handshake:
+            singles |= {"ready_address": self.ready_address, "ack_address": self.ack_address}
+        for name, address in singles.items():
+            if address in block:
+                raise ValueError(f"{name} must not be one of the 5 result registers")
+        used = [a for a in singles.values() if a is not None]
+        if len(used) != len(set(used)):
+            raise ValueError(f"heartbeat, ready and ack registers must differ, got {singles}")
+        return self
+
+
+class OpcUaSettings(_Section):
+    """Node ids an OPC UA sink writes; ``{line}``, ``{camera}`` and ``{name}`` are filled in."""
+
+    node_pattern: str = Field(
+        "ns=2;s=keeneye.{line}.{camera}.{name}",
+        description="node id per value (name: Sequence, Result, ClassId, Confidence, LatencyMs, Heartbeat)",
+    )
+    nodes: dict[str, str] = Field(
+        default_factory=dict, description="explicit node id per name, overriding node_pattern"
+    )
+
+
+class MqttSinkSettings(_Section):
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of decision messages; 1 = the broker acks each")
+    keepalive_seconds: int = Field(10, ge=1, description="MQTT keepalive; the will goes out after 1.5× this")
+
+
+class PlcSettings(_Section):
+    """PLC sinks of line-inspection (``--plc modbus://…|opcua://…|mqtt://…``), see docs/line-inspection.md."""
+
+    queue_size: int = Field(
+        1024, ge=1, description="decisions waiting for the sink thread; beyond it send() fails them at once"
+    )
+    connect_timeout_seconds: float = Field(1.0, gt=0, description="a connection attempt gives up after this")
+    write_timeout_seconds: float = Field(1.0, gt=0, description="one write waits this long for the PLC's ack")
+    heartbeat_seconds: float = Field(1.0, gt=0, description="how often the heartbeat counter is written")
+    backoff_initial_seconds: float = Field(0.5, gt=0, description="first reconnect delay after a failure")
+    backoff_max_seconds: float = Field(30.0, gt=0, description="reconnect delays double up to this cap")
+    replay: bool = Field(
+        False,
+        description="send decisions made while the PLC was down once it is back (off: they are failed, "
+        "the parts have passed)",
+    )
+    replay_limit: int = Field(1000, ge=1, description="replay keeps at most this many (oldest fail first)")
+    modbus: ModbusMapSettings = Field(default_factory=ModbusMapSettings)
+    opcua: OpcUaSettings = Field(default_factory=OpcUaSettings)
+    mqtt: MqttSinkSettings = Field(default_factory=MqttSinkSettings)
+
+
+class SmartcutSettings(_Section):
+    """smartcut (docs/smartcut.md): where chunks live and what one video may be (the seed's pilot limits)."""
+
+    root: Path | None = Field(
+        None,
+        description="chunk folder shared with the plugins; paths in messages are relative to it "
+        "(default: $KEENEYE_HOME/smartcut)",
+    )
+    max_duration_seconds: float = Field(
+        24 * 3600.0, gt=0, description="longer videos are refused (seed: 24 h)"
+    )
+    max_video_bytes: int = Field(
+        25 * 1000**3, gt=0, description="larger video files are refused (seed: 25 GB)"
+    )
+    default_sensitivity: float = Field(1.0, gt=0, description="seconds between sampled frames when not given")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Backend URLs left empty are derived from ``home``."""
 
@@ -258,6 +354,8 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    plc: PlcSettings = Field(default_factory=PlcSettings)
+    smartcut: SmartcutSettings = Field(default_factory=SmartcutSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -294,6 +392,8 @@ class Settings(BaseSettings):
             self.cache_url = "memory://"
         if not self.registry_uri:
             self.registry_uri = f"sqlite:///{home / 'mlflow.db'}"
+        if self.smartcut.root is None:
+            self.smartcut.root = home / "smartcut"
         return self
 
     def backend_urls(self) -> dict[str, str]:

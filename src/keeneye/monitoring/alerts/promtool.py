@@ -58,6 +58,7 @@ SCENARIOS: dict[str, Scenario] = {
     "QualityDrop": Scenario(hot=1.0, quiet=0.0, labels={"version": "3"}),
     "DeadLettersGrowing": Scenario(labels={"reason": "bad_image"}),
     "ReplicasAtMax": Scenario(),
+    "PlcUnreachable": Scenario(hot=0.0, quiet=1.0, labels={"line": "L1", "camera": "C1", "sink": "modbus"}),
 }
 
 

@@ -1,0 +1,151 @@
+"""The MQTT sink against Mosquitto, read by a real paho subscriber."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from keeneye.sinks import SinkStatus, open_sink
+from tests.integration.sinks.plc_servers import wait_until
+from tests.integration.sinks.sink_support import FAST, Outcomes, decision
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass
+class Subscriber:
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on(self, topic: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if m.topic == topic]
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"keeneye-tests/{uuid.uuid4().hex}/L1/C1"
+
+
+@pytest.fixture
+def subscriber(mqtt_port: int, topic: str) -> Iterator[Subscriber]:
+    sub = Subscriber()
+    subscribed = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with sub.lock:
+            sub.messages.append(Received(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}")
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", mqtt_port)
+    client.subscribe(f"{topic}/#", qos=1)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    assert subscribed.wait(10)
+    try:
+        yield sub
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_decisions_are_published_in_order_with_qos1_and_a_retained_heartbeat(
+    mqtt_port: int, topic: str, subscriber: Subscriber
+) -> None:
+    outcomes = Outcomes()
+    url = f"mqtt://127.0.0.1:{mqtt_port}/{topic}"
+    with open_sink(url, line="L1", camera="C1", plc=FAST, on_outcome=outcomes) as sink:
+        assert sink.wait_connected(20), sink.state().last_error
+        for seq in range(20):
+            sink.send(decision(seq))
+        got = outcomes.wait(20)
+        wait_until(lambda: len(subscriber.on(topic)) >= 20, what="20 decision messages")
+        wait_until(lambda: len(subscriber.on(f"{topic}/heartbeat")) >= 2, what="two heartbeats")
+    wait_until(
+        lambda: [m.payload for m in subscriber.on(f"{topic}/status")][-1:] == [b"offline"], what="offline"
+    )
+
+    assert [o.status for o in got] == [SinkStatus.acked] * 20
+    messages = subscriber.on(topic)
+    docs = [json.loads(m.payload) for m in messages]
+    assert [d["sequence"] for d in docs] == list(range(20))
+    assert {m.qos for m in messages} == {1} and not any(m.retain for m in messages)
+    assert docs[1] == {
+        "sequence": 1,
+        "result": "OK",
+        "result_code": 1,
+        "class_id": 0,
+        "class_name": "",
+        "confidence": 0.51,
+        "latency_ms": 11.0,
+        "line": "L1",
+        "camera": "C1",
+        "triggered_at": "2023-11-14T22:13:21+00:00",
+    }
+    assert docs[14]["result"] == "FAILSAFE_DEFECT" and docs[14]["result_code"] == 3
+    assert docs[3]["result"] == "DEFECT" and docs[3]["class_name"] == "scratch"
+    beats = [json.loads(m.payload)["heartbeat"] for m in subscriber.on(f"{topic}/heartbeat")]
+    assert beats == list(range(beats[0], beats[0] + len(beats)))
+    assert [m.payload for m in subscriber.on(f"{topic}/status")] == [b"online", b"offline"]
+    # A subscriber that comes later finds the last heartbeat and the status kept by the broker.
+    kept = retained(mqtt_port, [f"{topic}/heartbeat", f"{topic}/status"])
+    assert json.loads(kept[f"{topic}/heartbeat"])["heartbeat"] == beats[-1]
+    assert kept[f"{topic}/status"] == b"offline"
+
+
+def retained(port: int, topics: list[str]) -> dict[str, bytes]:
+    """The retained message of each topic, read by a new subscriber; then cleared on the broker."""
+    kept: dict[str, bytes] = {}
+    done = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            kept[msg.topic] = msg.payload
+        if set(kept) == set(topics):
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"late-{uuid.uuid4().hex[:8]}")
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for t in topics:
+            client.subscribe(t, qos=1)
+        assert done.wait(10), f"retained messages seen: {sorted(kept)}"
+        for t in topics:  # an empty retained message deletes it: leave a shared broker clean
+            client.publish(t, b"", qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return kept
+
+
+def test_a_broker_that_is_not_there_fails_decisions_without_blocking(topic: str) -> None:
+    from tests.services import free_port
+
+    outcomes = Outcomes()
+    with open_sink(
+        f"mqtt://127.0.0.1:{free_port()}/{topic}", line="L1", camera="C1", plc=FAST, on_outcome=outcomes
+    ) as sink:
+        wait_until(lambda: "connect" in sink.state().last_error, what="a failed connect")
+        for seq in range(5):
+            sink.send(decision(seq))
+        got = outcomes.wait(5)
+    assert {(o.status, o.reason) for o in got} == {(SinkStatus.failed, "plc_unreachable")}
