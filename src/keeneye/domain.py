@@ -13,7 +13,7 @@ import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, Required, TypeAlias, TypedDict, TypeGuard
+from typing import Any, Literal, NotRequired, Required, TypeAlias, TypedDict, TypeGuard, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -281,6 +281,62 @@ class ImageJson(TypedDict):
     quality: dict[str, float]
 
 
+AreaBasis: TypeAlias = Literal["projected", "geodesic", "gsd", "pixels"]
+
+
+class IndexStatsJson(TypedDict):
+    """One spectral index over the valid pixels; the numbers are None when no pixel is valid."""
+
+    mean: float | None
+    p10: float | None
+    p50: float | None
+    p90: float | None
+    valid_px: int
+
+
+# "class" is a Python keyword, hence the functional form.
+ZonePropertiesJson = TypedDict(
+    "ZonePropertiesJson",
+    {
+        "kind": Literal["vigour", "disease"],
+        "class": str,
+        "confidence": float | None,
+        "severity": float | None,
+        "severity_basis": Literal["ndvi_deficit", "probability"] | None,
+        "index_mean": float | None,
+        "area_px": int,
+        "area_m2": float | None,
+        "area_ha": float | None,
+    },
+)
+
+
+class ZoneFeatureJson(TypedDict):
+    type: Literal["Feature"]
+    geometry: JsonObject
+    properties: ZonePropertiesJson
+
+
+class ZoneCollectionJson(TypedDict):
+    """A GeoJSON FeatureCollection of zones; ``crs`` (GeoJSON 2008 named CRS) only when not WGS84."""
+
+    type: Literal["FeatureCollection"]
+    features: list[ZoneFeatureJson]
+    crs: NotRequired[JsonObject]
+
+
+class GeoPartJson(TypedDict):
+    indices: dict[str, IndexStatsJson]
+    crs: str | None
+    georeferenced: bool
+    area_basis: AreaBasis
+    zones_crs: str | None
+    bands: list[str]
+    vigour_index: str | None
+    zones: ZoneCollectionJson
+    notes: list[str]
+
+
 class AnswerJson(TypedDict, total=False):
     """``classify``: predicted class, label, confidence and top 3; ``detect`` / ``segment``:
     instances, count, confidence (None without instances) and the OK/DEFECT decision where the
@@ -295,6 +351,7 @@ class AnswerJson(TypedDict, total=False):
     count: int
     decision: str
     image: ImageJson
+    geo: GeoPartJson
 
 
 @dataclass(frozen=True)
@@ -316,11 +373,86 @@ class ImageFacts:
     quality: Mapping[str, float]
 
 
+@dataclass
+class GeoPart:
+    """Crop-health's geographic answer (keeneye.geo builds it; docs/crop-health.md has the schema).
+
+    ``indices``: statistics per spectral index; ``crs``: ``EPSG:…`` of the raster, None without
+    georeference; ``area_basis``: how ``area_m2`` was obtained (``projected``, ``geodesic``, ``gsd``)
+    or that it could not be (``pixels``); ``zones_crs``: the CRS of the zones' coordinates
+    (``EPSG:4326`` for WGS84, the native CRS, None for pixel coordinates); ``zones``: vigour and
+    disease zones as a GeoJSON FeatureCollection; ``notes``: what could not be answered and why.
+    """
+
+    indices: dict[str, IndexStatsJson]
+    crs: str | None
+    area_basis: AreaBasis
+    zones_crs: str | None
+    zones: ZoneCollectionJson
+    bands: tuple[str, ...] = ()
+    vigour_index: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+    def to_json(self) -> GeoPartJson:
+        return {
+            "indices": dict(self.indices),
+            "crs": self.crs,
+            "georeferenced": self.georeferenced,
+            "area_basis": self.area_basis,
+            "zones_crs": self.zones_crs,
+            "bands": list(self.bands),
+            "vigour_index": self.vigour_index,
+            "zones": self.zones,
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> GeoPart:
+        """Read back defensively (like :meth:`Answer.from_stored`): a malformed index entry is skipped,
+        a missing or malformed zone collection reads as an empty one."""
+        indices = doc.get("indices")
+        zones = doc.get("zones")
+        feats = zones.get("features") if isinstance(zones, Mapping) else None
+        collection: ZoneCollectionJson = {
+            "type": "FeatureCollection",
+            "features": [cast(ZoneFeatureJson, f) for f in feats if isinstance(f, dict)]
+            if isinstance(feats, list)
+            else [],
+        }
+        if isinstance(zones, Mapping) and isinstance(zones.get("crs"), dict):
+            collection["crs"] = zones["crs"]
+        basis = doc.get("area_basis")
+        crs, zones_crs, vigour = doc.get("crs"), doc.get("zones_crs"), doc.get("vigour_index")
+        bands, notes = doc.get("bands"), doc.get("notes")
+        return cls(
+            indices={
+                str(k): cast(IndexStatsJson, v)
+                for k, v in (indices.items() if isinstance(indices, Mapping) else ())
+                if isinstance(v, dict) and "valid_px" in v
+            },
+            crs=crs if isinstance(crs, str) else None,
+            area_basis=basis if basis in ("projected", "geodesic", "gsd") else "pixels",
+            zones_crs=zones_crs if isinstance(zones_crs, str) else None,
+            zones=collection,
+            bands=tuple(str(b) for b in bands) if isinstance(bands, list) else (),
+            vigour_index=vigour if isinstance(vigour, str) else None,
+            notes=[str(n) for n in notes] if isinstance(notes, list) else [],
+        )
+
+
 @dataclass(frozen=True)
 class AnswerParts:
     """Per-application parts of an answer. Each application adds one optional typed field here
     (geo zones for crop-health, the PLC decision for line-inspection, video segments for smartcut);
-    none exists yet, so an answer's JSON has no part today."""
+    a part that is None is left out of the answer's JSON.
+
+    ``geo``: crop-health's indices, CRS and zones (:class:`GeoPart`)."""
+
+    geo: GeoPart | None = None
 
 
 @dataclass
@@ -444,6 +576,8 @@ class Answer:
                 "format": im.format,
                 "quality": dict(im.quality),
             }
+        if self.parts.geo is not None:
+            out["geo"] = self.parts.geo.to_json()
         return out
 
     @classmethod
@@ -535,12 +669,18 @@ class Answer:
             outlines=outlines if has_outlines else None,
             decision=Decision(decision) if decision in (Decision.ok.value, Decision.defect.value) else None,
             image=_image_facts(doc.get("image")),
+            parts=_answer_parts(doc),
         )
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
     """A finite JSON number (bools are not numbers here)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _answer_parts(doc: Mapping[str, Any]) -> AnswerParts:
+    geo = doc.get("geo")
+    return AnswerParts(geo=GeoPart.from_json(geo) if isinstance(geo, Mapping) else None)
 
 
 def _image_facts(value: object) -> ImageFacts | None:
