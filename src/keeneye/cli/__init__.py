@@ -81,6 +81,7 @@ def _register() -> None:
     from keeneye.cli import retrain as retrain_cli
     from keeneye.cli import scheduler as scheduler_cli
     from keeneye.cli import serve, system
+    from keeneye.cli import smartcut as smartcut_cli
     from keeneye.cli import stream as stream_cli
     from keeneye.cli import synth as synth_cli
     from keeneye.cli import train as train_cli
@@ -100,6 +101,7 @@ def _register() -> None:
     scheduler_cli.register(app)
     labels_cli.register(app)
     retrain_cli.register(app)
+    smartcut_cli.register(app)
 
 
 _register()

@@ -135,5 +135,49 @@ def crop_health(
     _run("crop-health", n, out, json_out, seed=seed, drift=drift, size=size, overwrite=overwrite)
 
 
+@synth_app.command("smartcut")
+def smartcut(
+    out: Path = typer.Option(..., "--out", help="Output folder ({name}.mp4 and {name}.events.json)."),
+    hours: float = typer.Option(1.0, "--hours", min=0.01, max=24.0, help="Video length in hours."),
+    events: int = typer.Option(
+        20, "--events", min=0, help="Objects that walk through the scene (15–60 s each)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same video and events."),
+    fps: int = typer.Option(5, "--fps", min=1, max=60, help="Frames per second."),
+    gop: float = typer.Option(2.0, "--gop", min=0.04, help="Seconds between keyframes."),
+    name: str = typer.Option("smartcut", "--name", help="File name stem."),
+    json_out: bool = typer.Option(False, "--json/--no-json", help="Print the ground truth as JSON."),
+) -> None:
+    """A long fixed-camera video with ground-truth events, sensor noise, lighting drift and camera shake.
+
+    Score a plugin on it with [bold]keeneye smartcut evaluate OUT/smartcut.mp4 --plugin motion[/].
+    """
+    from keeneye.video import SynthSpec, generate_video
+
+    spec = SynthSpec(hours=hours, events=events, seed=seed, fps=fps, gop_seconds=gop, name=name)
+    with Progress(
+        TextColumn("[bold]smartcut[/]"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=json_out,
+        disable=json_out or state.quiet,
+    ) as bar:
+        task = bar.add_task("smartcut", total=1.0)
+        try:
+            video, truth = generate_video(out, spec, progress=lambda done: bar.update(task, completed=done))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--events") from exc
+    if json_out:
+        print_json({"video": str(video), **truth.to_dict()})
+        return
+    covered = sum(e.length for e in truth.events)
+    console.print(
+        f"wrote {video} ({truth.duration:.0f} s, {len(truth.events)} events covering {covered:.0f} s, "
+        f"{len(truth.shake)} camera-shake episodes) and {video.with_suffix('.events.json').name}",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(synth_app, name="synth", rich_help_panel=PANEL_DATA)
