@@ -1,5 +1,5 @@
 """Pure scores shared by training, monitoring and lifecycle: confusion matrix, precision / recall /
-F1 (per class, macro, binary) and the precision-recall curve. numpy only; no I/O.
+F1 (per class, macro, binary), the precision-recall curve and its average precision. numpy only; no I/O.
 
 Conventions: a zero denominator counts as 0 in per-class and macro scores (scikit-learn's
 ``zero_division=0``); a binary precision or recall with nothing to count is None (undefined, not
@@ -135,3 +135,14 @@ def pr_curve(scores: Sequence[float], labels: Sequence[bool]) -> tuple[AnyArray,
     tp = np.cumsum(y[order])
     fp = np.cumsum(~y[order])
     return tp / (tp + fp), tp / y.sum()
+
+
+def average_precision(precision: AnyArray, recall: AnyArray) -> float:
+    """The average precision of a :func:`pr_curve`: the sum of (Rₖ − Rₖ₋₁) · Pₖ, each precision
+    weighted by the recall it adds (scikit-learn's ``average_precision_score`` when no scores tie);
+    0.0 for an empty curve (no positives)."""
+    r = np.asarray(recall, dtype=np.float64)
+    if r.size == 0:
+        return 0.0
+    steps = np.diff(np.concatenate([[0.0], r]))
+    return float((steps * np.asarray(precision, dtype=np.float64)).sum())

@@ -8,7 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keeneye.scores import binary_metrics, classification_metrics, confusion_matrix, pr_curve
+from keeneye.scores import (
+    average_precision,
+    binary_metrics,
+    classification_metrics,
+    confusion_matrix,
+    pr_curve,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,3 +88,16 @@ def test_pr_curve_by_hand() -> None:
     assert recall.tolist() == pytest.approx([0.5, 0.5, 1.0, 1.0])
     empty_p, empty_r = pr_curve([0.5], [False])
     assert empty_p.size == 0 and empty_r.size == 0
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "expected"),
+    [
+        ([0.9, 0.8, 0.7, 0.6], [True, False, True, False], (1 + 2 / 3) / 2),  # precision at each positive
+        ([0.9, 0.8, 0.1], [True, True, False], 1.0),  # every positive first
+        ([0.9, 0.8, 0.1], [False, False, True], 1 / 3),  # the only positive last
+        ([0.5, 0.4], [False, False], 0.0),  # no positive: no curve
+    ],
+)
+def test_average_precision_by_hand(scores: list[float], labels: list[bool], expected: float) -> None:
+    assert average_precision(*pr_curve(scores, labels)) == pytest.approx(expected)

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
+# A run file: relative, no "..", plain names (run_file never reads outside the run's artifacts).
+_RUN_FILE_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+RUN_FILE_MAX_BYTES = 32 * 1024 * 1024
 _METRIC_KEY_RE = re.compile(r"^[\w\-./ ]{1,250}$")
 
 
@@ -528,6 +531,39 @@ class ModelRegistry:
                 )
             )
         return str(download_artifacts(artifact_uri=info.source, dst_path=str(into), tracking_uri=self.uri))
+
+    def run_file(
+        self, info: ModelVersionInfo, path: str, *, max_bytes: int = RUN_FILE_MAX_BYTES
+    ) -> bytes | None:
+        """One file of the run a version was registered from (``evaluation/evaluation.json`` of a
+        ``keeneye train`` run, or the bundle's ``model/keeneye.json``); None when the version has no
+        run or the run no such file. Read whole, so a file over ``max_bytes`` is refused."""
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        if not info.run_id or not _RUN_FILE_RE.match(path):
+            return None
+        with tempfile.TemporaryDirectory(prefix="keeneye-run-file-") as tmp:
+            try:
+                local = Path(
+                    download_artifacts(
+                        run_id=info.run_id, artifact_path=path, dst_path=tmp, tracking_uri=self.uri
+                    )
+                )
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                with self._errors(f"read {path} of {info.name} v{info.version}"):
+                    raise
+            if not local.is_file():
+                return None  # a folder of that name
+            if local.stat().st_size > max_bytes:
+                raise KeeneyeError(
+                    f"{path} of {info.name} v{info.version} is {local.stat().st_size} bytes, "
+                    f"over the {max_bytes} bytes keeneye reads",
+                    fix="open it in the MLflow UI instead",
+                )
+            return local.read_bytes()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from keeneye.serving.routes import (
     images,
     login,
     model_aliases,
+    model_evaluation,
     monitoring,
     observation_list,
     observations,
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(rollout.router)
     app.include_router(model_aliases.router)
+    app.include_router(model_evaluation.router)
     app.include_router(observation_list.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app

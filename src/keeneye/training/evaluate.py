@@ -16,7 +16,9 @@ Metrics (pure functions, table-tested):
   ``recall`` of the diseased area (any disease class vs none);
 * subgroup metrics by metadata keys (field / crop / region, line / SKU …) and latency per image.
 
-:class:`Evaluation` renders a markdown report and PNG plots (confusion matrix, PR curve).
+:class:`Evaluation` renders a markdown report and PNG plots (confusion matrix, PR curve); its JSON
+(``evaluation.json``) carries the PR curves as points too, thinned to :data:`MAX_CURVE_POINTS`, with
+their average precision, so a page can draw them without the images.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from keeneye.domain import Decision, Instances, Task
 from keeneye.imaging import prepare_input
 from keeneye.models import ModelBundle, OnnxModel, decide_ok_defect, ok_class_names, postprocess
 from keeneye.pipelines import PipelineSpec
-from keeneye.scores import binary_metrics, classification_metrics, confusion_matrix, pr_curve
+from keeneye.scores import (
+    average_precision,
+    binary_metrics,
+    classification_metrics,
+    confusion_matrix,
+    pr_curve,
+)
 from keeneye.training.datasets import DatasetImage
 from keeneye.training.torchdata import class_map, load_image
 
@@ -49,6 +57,8 @@ AnyArray = npt.NDArray[Any]
 # Metadata keys whose groups are reported when present (PRODUCT.md: field / crop / region, line / SKU).
 SUBGROUP_KEYS = ("field_id", "crop", "region", "line_id", "sku", "camera_id", "lighting")
 MAX_GROUPS = 50
+# Points kept per PR curve in evaluation.json (the PNG plots every one).
+MAX_CURVE_POINTS = 200
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +317,7 @@ class Evaluation:
             "metrics": self.metrics,
             "details": self.details,
             "subgroups": self.subgroups,
+            "pr_curves": [curve.to_dict() for curve in pr_curves(self)],
         }
 
     def report_markdown(self, title: str | None = None) -> str:
@@ -574,9 +585,41 @@ def plot_confusion(ev: Evaluation, path: Path) -> list[Path]:
     return [path]
 
 
-def plot_pr(ev: Evaluation, path: Path) -> list[Path]:
-    """One-vs-rest PR curve per class (classification) or the image-level DEFECT / zone PR curve."""
-    curves: list[tuple[str, AnyArray, AnyArray]] = []
+class PrCurveJson(TypedDict):
+    """:meth:`PrCurve.to_dict`: the curve thinned to at most :data:`MAX_CURVE_POINTS` points."""
+
+    label: str
+    average_precision: float
+    positives: int
+    precision: list[float]
+    recall: list[float]
+
+
+@dataclass(frozen=True)
+class PrCurve:
+    """Precision and recall at every score threshold, for one class (or the image-level decision)."""
+
+    label: str
+    precision: AnyArray
+    recall: AnyArray
+    positives: int
+
+    def to_dict(self) -> PrCurveJson:
+        n = self.precision.size
+        keep = np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(np.int64))
+        return {
+            "label": self.label,
+            "average_precision": average_precision(self.precision, self.recall),
+            "positives": self.positives,
+            "precision": [round(float(v), 6) for v in self.precision[keep]],
+            "recall": [round(float(v), 6) for v in self.recall[keep]],
+        }
+
+
+def pr_curves(ev: Evaluation) -> list[PrCurve]:
+    """One-vs-rest PR curve per class (classification) or the image-level DEFECT / zone PR curve;
+    classes without a positive test image have none."""
+    curves: list[PrCurve] = []
     if ev.task is Task.classify:
         labels = ev.details.get("labels", [])
         probs = [r.predicted.class_probabilities for r in ev.results if r.true_class is not None]
@@ -584,21 +627,28 @@ def plot_pr(ev: Evaluation, path: Path) -> list[Path]:
         if probs and all(p is not None for p in probs):
             mat = np.stack([np.asarray(p) for p in probs])
             for c, name in enumerate(labels):
-                p, r = pr_curve(mat[:, c].tolist(), [t == c for t in truth])
+                positive = [t == c for t in truth]
+                p, r = pr_curve(mat[:, c].tolist(), positive)
                 if p.size:
-                    curves.append((name, p, r))
+                    curves.append(PrCurve(name, p, r, sum(positive)))
     else:
         scores = [float(r.predicted.scores.max()) if len(r.predicted) else 0.0 for r in ev.results]
-        positive = [len(r.truth) > 0 for r in ev.results]
-        p, r = pr_curve(scores, positive)
+        has = [len(r.truth) > 0 for r in ev.results]
+        p, r = pr_curve(scores, has)
         if p.size:
-            curves.append(("image has a defect / zone", p, r))
+            curves.append(PrCurve("image has a defect / zone", p, r, sum(has)))
+    return curves
+
+
+def plot_pr(ev: Evaluation, path: Path) -> list[Path]:
+    """The curves of :func:`pr_curves` in one plot."""
+    curves = pr_curves(ev)
     if not curves:
         return []
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
-    for name, p, r in curves:
-        ax.plot(r, p, label=name)
+    for curve in curves:
+        ax.plot(curve.recall, curve.precision, label=curve.label)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)

@@ -9,6 +9,7 @@ __all__ = [
     "images",
     "login",
     "model_aliases",
+    "model_evaluation",
     "monitoring",
     "observation_list",
     "observations",

@@ -13,8 +13,6 @@
   const say = (text, bad) => { $("status").textContent = text; $("status").className = bad ? "error" : "muted"; };
   const FILTERS = ["pipeline", "status", "since", "until", "class", "decision", "variant"];
   const TIMES = new Set(["since", "until"]);
-  const SVG = "http://www.w3.org/2000/svg";
-  const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"];
   let cursor = null;
   const PAGE = Math.min(200, Math.max(1, Number(new URLSearchParams(location.search).get("limit")) || 50));
 
@@ -114,50 +112,18 @@
   }
 
   // ---- one observation ----------------------------------------------------------------------------
+  // The shapes are drawn by the shared overlay (overlay.js, as on the predict and review pages); an
+  // answer without the image's size is drawn at the size the browser decoded.
   function drawOverlay(result) {
-    const svg = $("obs-overlay");
-    svg.replaceChildren();
     const img = $("obs-img");
     const im = (result && result.image) || {};
     const w = im.width || img.naturalWidth, h = im.height || img.naturalHeight;
-    if (!w || !h) return 0;
-    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
-    svg.setAttribute("preserveAspectRatio", "none");
-    const stroke = Math.max(1, Math.round(Math.max(w, h) / 300));
-    const classes = [];
-    const colour = (c) => { if (!classes.includes(c)) classes.push(c); return COLOURS[classes.indexOf(c) % COLOURS.length]; };
-    let drawn = 0;
-    const shapes = [...((result && result.instances) || []).map((i) => ({ ...i, kind: "instance" })), ...((result && result.zones) || []).map((z) => ({ ...z, kind: "zone" }))];
-    for (const s of shapes) {
-      const c = colour(s.class || s.label || s.kind);
-      const g = document.createElementNS(SVG, "g");
-      g.setAttribute("class", `shape ${s.kind}`);
-      g.dataset.class = s.class || "";
-      if (Array.isArray(s.polygon) && s.polygon.length > 2) {
-        const poly = document.createElementNS(SVG, "polygon");
-        poly.setAttribute("points", s.polygon.map((p) => p.join(",")).join(" "));
-        poly.setAttribute("fill", c);
-        poly.setAttribute("fill-opacity", "0.28");
-        poly.setAttribute("stroke", c);
-        poly.setAttribute("stroke-width", String(stroke));
-        g.append(poly);
-      }
-      if (Array.isArray(s.box) && s.box.length === 4) {
-        const [x1, y1, x2, y2] = s.box;
-        const rect = document.createElementNS(SVG, "rect");
-        Object.entries({ x: x1, y: y1, width: Math.max(0, x2 - x1), height: Math.max(0, y2 - y1), fill: "none", stroke: c, "stroke-width": stroke }).forEach(([k, v]) => rect.setAttribute(k, String(v)));
-        const label = document.createElementNS(SVG, "text");
-        label.setAttribute("x", String(x1 + stroke));
-        label.setAttribute("y", String(Math.max(y1 - stroke * 2, stroke * 10)));
-        label.setAttribute("fill", c);
-        label.setAttribute("font-size", String(stroke * 11));
-        label.textContent = `${s.label || s.class || ""}${s.score !== undefined ? ` ${(s.score * 100).toFixed(0)}%` : ""}`;
-        g.append(rect, label);
-      }
-      svg.append(g);
-      drawn++;
-    }
-    return drawn;
+    const svg = w && h && result ? window.keeneye.overlay({ ...result, image: { ...im, width: w, height: h } }) : null;
+    const drawn = svg || document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    drawn.id = "obs-overlay";
+    drawn.setAttribute("aria-hidden", "true");
+    $("obs-overlay").replaceWith(drawn);
+    return svg ? svg.querySelectorAll(".instance, .zone").length : 0;
   }
   function showImage(d, result) {
     const img = $("obs-img");

@@ -14,12 +14,14 @@
       continue;
     }
     const t = d.t.map((iso) => Date.parse(iso) / 1000);
+    // Half a bucket of room at each end, so the first and last bars and p95 points are drawn whole.
+    const half = (t.length > 1 ? t[1] - t[0] : 120) / 2;
     const opts = {
       width: Math.max(120, node.clientWidth),
       height: 90,
       legend: { show: false },
       cursor: { y: false },
-      scales: { n: { range: (u, min, max) => [0, Math.max(1, max)] }, ms: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+      scales: { x: { time: true, range: (u, min, max) => [min - half, max + half] }, n: { range: (u, min, max) => [0, Math.max(1, max)] }, ms: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
       axes: [
         { show: false },
         { scale: "n", size: 36, ticks: { show: false }, grid: { stroke: "#e3e9ee" }, font: "10px system-ui" },
@@ -28,7 +30,8 @@
       series: [
         {},
         { label: "predictions", scale: "n", stroke: "#1f7a5a", fill: "rgba(31,122,90,.18)", paths: uPlot.paths.bars({ size: [0.8] }), points: { show: false } },
-        { label: "p95", scale: "ms", stroke: "#c27c0e", width: 2, spanGaps: false, points: { size: 4 } },
+        // Points always: a lone bucket (or one between gaps) has no neighbour to draw a line to.
+        { label: "p95", scale: "ms", stroke: "#c27c0e", width: 2, spanGaps: false, points: { show: true, size: 6, fill: "#c27c0e" } },
       ],
     };
     charts.push([node, new uPlot(opts, [t, d.predictions, d.p95_ms], node)]);
