@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,10 +41,19 @@ from keeneye.serving.routes import (
 )
 from keeneye.serving.routes.login import login_redirect
 from keeneye.serving.routes.shell import not_found, wants_html
-from keeneye.serving.state import close_state, open_state
+from keeneye.serving.state import AppState, close_state, open_state
 from keeneye.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+async def _drift_ticks(state: AppState) -> None:
+    """Every ``drift_publish_seconds``: publish this process's drift samples to the pipeline-wide
+    window and close a window whose time is up, also while no request arrives (docs/drift.md)."""
+    interval = state.settings.monitoring.drift_publish_seconds
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(state.service.drift.tick)  # never raises: errors are counted
 
 
 def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
@@ -52,9 +63,13 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await open_state(settings, poll_aliases=poll_aliases)
         app.state.keeneye = state
+        ticker = asyncio.create_task(_drift_ticks(state), name="keeneye-drift-tick")
         try:
             yield
         finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
             await close_state(state)
 
     app = FastAPI(

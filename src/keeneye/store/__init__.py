@@ -7,6 +7,7 @@ aggregate (``observations``, ``predictions``, ``feedback``, ``reviews``, ``runs`
 
 from keeneye.store.cache import Cache, open_cache
 from keeneye.store.db import ResultsDB, open_results_db
+from keeneye.store.drift_partials import CloseRule, DriftPartialRecord, DriftShare
 from keeneye.store.engine import insert_ignoring_conflicts, utcnow
 from keeneye.store.group_commit import GroupCommit, GroupCommitClosed
 from keeneye.store.objects import NewObject, ObjectInfo, ObjectStore, open_object_store
@@ -44,8 +45,11 @@ __all__ = [
     "AlertRecord",
     "ApiKeyRecord",
     "Cache",
+    "CloseRule",
     "Completion",
+    "DriftPartialRecord",
     "DriftReportRecord",
+    "DriftShare",
     "DriftWindow",
     "FeedbackRecord",
     "GroupCommit",

@@ -16,6 +16,7 @@ import threading
 
 from keeneye.settings import Settings
 from keeneye.store.alerts import AlertRepository
+from keeneye.store.drift_partials import DriftPartialRepository
 from keeneye.store.drift_reports import DriftReportRepository
 from keeneye.store.feedback import FeedbackRepository
 from keeneye.store.keys import ApiKeyRepository
@@ -35,6 +36,7 @@ class ResultsDB(
     ModelEventRepository,
     AlertRepository,
     DriftReportRepository,
+    DriftPartialRepository,
     TrainingRunRepository,
     RolloutRepository,
     ApiKeyRepository,

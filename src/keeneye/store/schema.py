@@ -232,6 +232,26 @@ class DriftReportRow(Base):
     __table_args__ = (Index("ix_drift_reports_pipeline_window_end", "pipeline", "window_end"),)
 
 
+class DriftPartialRow(Base):
+    """One process's share of a pipeline's open drift window (one row per monitor, see
+    :mod:`keeneye.monitoring.drift`): its bounded reservoirs, so that any process can close the window
+    for the pipeline as a whole. A close deletes the rows it merged; the next publish starts afresh."""
+
+    __tablename__ = "drift_partials"
+
+    token: Mapped[str] = mapped_column(String(32), primary_key=True)  # one monitor of one process
+    pipeline: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(128))  # host:pid, for people
+    n: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # {version, n, start, values: {feature: reservoir}, classes: {class: count}, embeddings: reservoir}
+    payload: Mapped[JsonObject] = mapped_column(JSONType)
+
+    __table_args__ = (Index("ix_drift_partials_pipeline_model_version", "pipeline", "model_version"),)
+
+
 class AlertSilenceRow(Base):
     """Mute matching alerts (rule and/or labels) until ``ends_at``; notifications stop, state goes on."""
 
@@ -342,6 +362,7 @@ __all__ = [
     "ApiKeyRow",
     "Base",
     "BigIntId",
+    "DriftPartialRow",
     "DriftReportRow",
     "FeedbackRow",
     "JSONType",

@@ -147,6 +147,7 @@ class PipelineWorker(WorkerBase):
         self._failures = 0  # consecutive failing batches, for the backoff
         self._next_refresh = 0.0
         self._next_reconcile = 0.0
+        self._next_drift_tick = 0.0
         self._warned_not_ready = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -255,6 +256,11 @@ class PipelineWorker(WorkerBase):
         now = time.monotonic()
         if now >= self._next_refresh:
             self._refresh_models()
+        if now >= self._next_drift_tick:
+            # Publish this worker's drift samples to the pipeline-wide window (and close it when its
+            # time is up) also while no message arrives; never raises.
+            self._next_drift_tick = now + self.settings.monitoring.drift_publish_seconds
+            self.drift.tick()
         if self.reconcile and now >= self._next_reconcile:
             self._next_reconcile = now + self.settings.stream.reconcile_interval_seconds
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from keeneye.cli import app as cli_app
 from keeneye.cli import main as cli_main
 from keeneye.domain import Answer, ModelRef
-from keeneye.imaging import Image, decode_image, embedding_projection, quality_features
+from keeneye.imaging import decode_image, embedding_projection
 from keeneye.metrics import Metrics
 from keeneye.models import MicroBatcher, OnnxModel
 from keeneye.models.bundle import ModelBundle
@@ -45,62 +46,19 @@ from keeneye.settings import MonitoringSettings, Settings
 from keeneye.store import ResultsDB, open_results_db
 from keeneye.training.export import distribution, reference_profile
 from tests.serving_support import fast_registry_store, jpeg, species_manifest
-
-CLASSES = ("a", "b")
-EMB_DIM = 8
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def photos(n: int, *, seed: int, shift: float = 0.0) -> list[Image]:
-    """Small RGB photos: a random base colour per image (brighter by ``shift``) plus random noise."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        base = rng.normal(110.0 + shift, 20.0, size=3)
-        noise = rng.normal(0.0, rng.uniform(10, 30), (24, 24, 3))
-        pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-        out.append(
-            Image(pixels=pixels, bands=("red", "green", "blue"), format="array", content_hash=f"{seed}-{i}")
-        )
-    return out
-
-
-def results(
-    n: int, *, seed: int, shift: float = 0.0, classes: tuple[str, ...] = CLASSES, emb_shift: float = 0.0
-) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """(pipeline result, embedding) pairs as :func:`keeneye.pipelines.finish` and the model make them."""
-    rng = np.random.default_rng(seed + 1000)
-    out = []
-    for img in photos(n, seed=seed, shift=shift):
-        result = {
-            "task": "classify",
-            "predicted_class": str(rng.choice(classes)),
-            "confidence": float(rng.beta(5, 2)),
-            "image": {"quality": quality_features(img)},
-        }
-        out.append((result, rng.normal(emb_shift, 1.0, EMB_DIM).astype(np.float32)))
-    return out
+from tests.unit.monitoring.drift_support import (
+    Clock,
+    drift_profile,
+    feed,
+    photos,
+    results,
+    window_settings,
+)
 
 
 @pytest.fixture(scope="module")
 def profile() -> dict[str, Any]:
-    rng = np.random.default_rng(42)
-    n = 800
-    return reference_profile(
-        photos(n, seed=1),
-        embeddings=rng.normal(0.0, 1.0, (300, EMB_DIM)),
-        confidences=rng.beta(5, 2, n).tolist(),
-        instance_counts=[1.0] * n,
-        class_mix={"a": 0.5, "b": 0.5},
-        seed=0,
-    )
+    return drift_profile()
 
 
 @pytest.fixture(scope="module")
@@ -110,21 +68,12 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> ResultsDB:
     return results_db
 
 
-def window_settings(**changes: Any) -> MonitoringSettings:
-    base = {"drift_window_size": 500, "drift_window_seconds": 3600.0, "drift_min_samples": 50}
-    return MonitoringSettings(**{**base, "drift_permutations": 100, **changes})
-
-
 def monitor(
     db: ResultsDB, pipeline: str, profile: dict[str, Any] | None, clock: Clock | None = None, **changes: Any
 ) -> DriftMonitor:
     return DriftMonitor(
         db, window_settings(**changes), pipeline, "1", profile, Metrics(), clock or Clock(), "test:1"
     )
-
-
-def feed(m: DriftMonitor, items: list[tuple[dict[str, Any], np.ndarray]]) -> list[Any]:
-    return [m.add(drift_sample(Answer.from_stored(result), embedding=emb)) for result, emb in items]
 
 
 def gauge(m: Metrics, name: str, **labels: str) -> float | None:
@@ -291,20 +240,32 @@ def test_reservoirs_bound_memory_over_100k_observations(db: ResultsDB) -> None:
         },
     }
     m = monitor(
-        db, "p-memory", ref, drift_window_size=10**9, drift_reservoir=100, drift_embedding_reservoir=20
+        db,
+        "p-memory",
+        ref,
+        drift_window_size=10**9,
+        drift_reservoir=100,
+        drift_embedding_reservoir=20,
+        drift_publish_every=1000,  # 100 publishes: each merges the local window into the shared one
     )
     emb = np.ones(4, dtype=np.float32)
     for i, v in enumerate(values):
         # "w" has no reference: it is not kept at all.
         m.add(DriftSample(features={"x": float(v), "y": -float(v), "z": 1.0, "w": 2.0}, embedding=emb))
-        if i == 999:
-            early = m.footprint()
+        if i == 998:
+            early = m.footprint()  # 999 in the local window, nothing published yet
+        if i == 1499:
+            both = m.footprint()  # 1000 published, 500 local: both hold full reservoirs
     assert m.pending() == 100_000
-    late = m.footprint()
+    late = m.footprint()  # everything published, the local window empty
     assert late == early == {"values": 300, "embeddings": 20, "bytes": 3 * 100 * 8 + 20 * 4 * 4}
-    # Algorithm R keeps a uniform sample of everything seen, not the first 100 values.
-    kept = m._window.values["x"].values()
-    assert 35_000 < kept.mean() < 65_000 and kept.max() > 90_000
+    assert both == {"values": 600, "embeddings": 40, "bytes": 2 * (3 * 100 * 8 + 20 * 4 * 4)}
+    # Algorithm R plus 100 merges keep a uniform sample of everything seen, not the first 100 values.
+    kept = m._published.values["x"].values()
+    assert 35_000 < kept.mean() < 65_000 and kept.max() > 90_000 and kept.min() < 10_000
+    [share] = db.drift_partials("p-memory", "1")  # the database holds one bounded share, too
+    assert share.n == 100_000 and share.payload["values"]["x"]["kept"] == 100
+    assert share.payload["values"]["x"]["seen"] == 100_000 and share.payload["embeddings"]["kept"] == 20
 
 
 def test_without_a_reference_profile_nothing_is_collected(
@@ -478,6 +439,32 @@ def test_api_serves_the_window_closed_by_predictions(drift_app: tuple[TestClient
     assert 'keeneye_drift_alarm{pipeline="species-id"} 1.0' in metrics
     assert client.get("/v1/pipelines/fish/drift").status_code == 404
     assert client.get("/v1/pipelines/species-id/drift", params={"limit": 0}).status_code == 422
+
+
+@pytest.mark.slow  # a registered model and a served app: MLflow and model loading take seconds
+def test_an_idle_api_publishes_its_samples_to_the_shared_window(tmp_path: Path) -> None:
+    """Fewer predictions than ``drift_publish_every`` and then silence: the lifespan's ticker still
+    hands them to the pipeline-wide window, where other processes' samples meet them."""
+    settings = Settings(
+        home=tmp_path / "home",
+        monitoring=MonitoringSettings(
+            drift_window_size=100, drift_min_samples=50, drift_publish_every=50, drift_publish_seconds=0.2
+        ),
+    )
+    dark = [decode_image(jpeg((40, 40, 40), seed=s), max_pixels=10**8) for s in range(40)]
+    _register(settings, tmp_path, reference_profile(dark, confidences=[0.5] * 40, instance_counts=[1.0] * 40))
+    with TestClient(create_app(settings, poll_aliases=False)) as client:
+        for seed in range(7):
+            r = client.post(
+                "/v1/pipelines/species-id/predict", files={"file": ("f.jpg", jpeg(seed=seed), "image/jpeg")}
+            )
+            assert r.status_code == 200, r.text
+        db = open_results_db(settings)
+        deadline = time.monotonic() + 20
+        while sum(p.n for p in db.drift_partials("species-id", "1")) < 7 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(p.n for p in db.drift_partials("species-id", "1")) == 7
+        assert db.latest_drift_reports("species-id", 5) == []  # 7 < 50: no window closed
 
 
 runner = CliRunner()

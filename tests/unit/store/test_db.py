@@ -36,6 +36,7 @@ TABLES = {
     "model_events",
     "alerts",
     "api_keys",
+    "drift_partials",
     "drift_reports",
     "alert_silences",
     "alert_notifications",
@@ -115,9 +116,9 @@ def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
 
 def test_upgrade_creates_every_table_at_head(db: ResultsDB) -> None:
     assert set(sa.inspect(db.engine).get_table_names()) == TABLES | {"alembic_version"}
-    assert db.current_revision() == db.head_revision() == "0004"
+    assert db.current_revision() == db.head_revision() == "0005"
     db.ensure_schema()  # already at head: a no-op
-    assert db.current_revision() == "0004"
+    assert db.current_revision() == "0005"
 
 
 def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
@@ -136,7 +137,7 @@ def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
 def test_concurrent_first_starts_migrate_once(url: str) -> None:
     fresh = ResultsDB(url)
     assert fresh.current_revision() is None
-    assert fresh.check().detail == "schema at revision none, code expects 0004; run `keeneye db upgrade`"
+    assert fresh.check().detail == "schema at revision none, code expects 0005; run `keeneye db upgrade`"
     # Several processes starting together all call ensure_schema; the migration lock serialises them.
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
@@ -157,7 +158,7 @@ def test_concurrent_first_starts_migrate_once(url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert fresh.current_revision() == "0004"
+    assert fresh.current_revision() == "0005"
     assert set(sa.inspect(fresh.engine).get_table_names()) == TABLES | {"alembic_version"}
     fresh.close()
 
@@ -419,7 +420,7 @@ def test_check_reports_version_and_revision(db: ResultsDB) -> None:
     health = db.check()
     assert health.reachable is True and health.setting == "KEENEYE_DATABASE_URL"
     assert health.version.startswith("SQLite 3." if db.backend == "sqlite" else "PostgreSQL ")
-    assert health.detail == "schema at revision 0004"
+    assert health.detail == "schema at revision 0005"
 
 
 def test_check_on_a_closed_port_is_quick_and_one_line() -> None:
@@ -504,7 +505,7 @@ def test_processes_write_one_sqlite_file_concurrently(tmp_path: Path) -> None:
     assert sorted((m["writer"], m["i"]) for m in rows) == sorted(
         (w, i) for w in ("w1", "w2", "w3") for i in range(n)
     )
-    assert db.current_revision() == "0004"
+    assert db.current_revision() == "0005"
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -8,8 +8,13 @@ samples (Algorithm R, seeded) of at most ``drift_reservoir`` values per feature 
 ``drift_embedding_reservoir`` embeddings, so memory stays bounded whatever the traffic, and each
 observation costs O(features).
 
-A window closes after ``drift_window_size`` observations, or after ``drift_window_seconds`` once it
-holds ``drift_min_samples`` (a quiet window keeps accumulating). Closing compares it with the
+Windows are shared by every process monitoring the same pipeline and model version (the API, each
+stream worker): each process publishes its share of the open window to the results database
+(``drift_partials``) every ``drift_publish_every`` observations or ``drift_publish_seconds``, and the
+first process to see the pipeline-wide window complete claims all shares atomically, merges their
+reservoirs (a uniform sample of the union) and stores one report. A window closes after
+``drift_window_size`` observations in all, or after ``drift_window_seconds`` once it holds
+``drift_min_samples`` (a quiet window keeps accumulating). Closing compares it with the
 reference profile that training stored in the model manifest (``reference_profile``, see
 :func:`keeneye.training.export.reference_profile`): PSI on the reference's quantile bins and a KS test
 per feature, PSI over the class mix, MMD with a permutation test on embeddings

@@ -1,5 +1,6 @@
 """The drift monitors: :class:`DriftMonitor` (one per pipeline and model version) collects samples in
-a :class:`~keeneye.monitoring.drift.window.Window`, closes it after ``drift_window_size``
+a :class:`~keeneye.monitoring.drift.window.Window`, shares it with the other processes of the
+pipeline through ``drift_partials``, closes the pipeline-wide window after ``drift_window_size``
 observations or after ``drift_window_seconds`` once it holds ``drift_min_samples``, and stores one
 ``drift_reports`` row with the ``keeneye_drift_*`` metrics. :class:`DriftMonitors` is the per-process
 registry the API and the stream workers call once per prediction; it follows model-version changes
@@ -15,15 +16,17 @@ import random
 import socket
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from keeneye.domain import Answer
+from keeneye.domain import Answer, JsonObject
 from keeneye.imaging import Image
 from keeneye.metrics import Metrics
 from keeneye.monitoring import stats
@@ -44,17 +47,33 @@ from keeneye.monitoring.drift.window import (
     Window,
     compare_class_mix,
     compare_feature,
+    merge_windows,
     prewarm,
     rounded,
     utc_datetime,
 )
 from keeneye.pipelines import LoadedModel
 from keeneye.settings import MonitoringSettings, Settings
-from keeneye.store import DriftReportRecord, ResultsDB
+from keeneye.store import CloseRule, DriftPartialRecord, DriftReportRecord, ResultsDB
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+_MERGE_STREAM: Final = 0x5EED  # the merge generator's stream, apart from the comparisons'
+_STALE_S: Final = 24 * 3600.0  # a share of another model version untouched this long is dropped
+
+_PUBLISHER_LOCK = threading.Lock()
+_PUBLISHER: list[ThreadPoolExecutor] = []
+
+
+def _publisher() -> ThreadPoolExecutor:
+    """The process's one drift-publishing thread (first use starts it): publishes run in order, one
+    at a time, off the threads that serve requests."""
+    with _PUBLISHER_LOCK:
+        if not _PUBLISHER:
+            _PUBLISHER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="keeneye-drift-publish"))
+        return _PUBLISHER[0]
 
 
 def default_source() -> str:
@@ -65,8 +84,18 @@ def default_source() -> str:
 class DriftMonitor:
     """Windows of one pipeline and model version, compared with that version's reference profile.
 
-    Thread-safe: :meth:`add` takes a lock only to update the reservoirs (O(features)); a closing window
-    is swapped for a fresh one under the lock and compared/stored outside it, in the calling thread.
+    The window is shared by every process monitoring the same pipeline and model version, through
+    the results database (``drift_partials``, :mod:`keeneye.store.drift_partials`): each process
+    keeps what it saw since its last publish in a local window and, every ``drift_publish_every``
+    samples or ``drift_publish_seconds``, merges it into its published share. When the shares of all
+    processes together reach ``drift_window_size`` (or the time rule holds), the process that notices
+    first claims them in one atomic transaction, merges their reservoirs into a uniform sample of the
+    union and stores one report whose ``n`` is the pipeline-wide count; everyone else's next publish
+    starts the next window. A single process behaves exactly as before sharing existed.
+
+    Thread-safe: :meth:`add` takes a lock only to update the local reservoirs (O(features)). Database
+    exchanges run one at a time per monitor under a second lock, in the calling thread: a publish is
+    skipped when another exchange is under way (the next sample retries), a close waits for it.
     """
 
     def __init__(
@@ -81,18 +110,28 @@ class DriftMonitor:
         source: str | None = None,
         *,
         seed: int = 0,
+        background: bool = False,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
+        # Publish from the process's drift thread instead of the thread of the observation (what
+        # DriftMonitors does: a request never waits for a share to be written); closes stay inline.
+        self.background = background
+        self.on_error = on_error  # called inside the except block of a failed background publish
+        self._queued = False  # a background publish is waiting to run (under _lock)
         self.settings = settings
         self.pipeline = pipeline
         self.model_version = model_version
         self.metrics = metrics
         self.clock = clock
         self.source = source or default_source()
+        self.token = uuid.uuid4().hex  # this monitor's row in drift_partials (host:pid may be reused)
         self._rng = random.Random(seed)  # noqa: S311  # reservoir sampling, not secrets: seeded on purpose
+        self._merge_rng = np.random.default_rng((seed, _MERGE_STREAM))
         self._seed = seed
-        self._windows = 0
-        self._lock = threading.Lock()
+        self._windows = 0  # windows this monitor closed: seeds each comparison
+        self._lock = threading.Lock()  # the local window and the counters below
+        self._sync = threading.Lock()  # one database exchange at a time; guards _published
         self._warned: set[str] = set()
         self.reference: Reference | None = None
         if profile is None:
@@ -104,7 +143,16 @@ class DriftMonitor:
             )
         else:
             self.reference = Reference.from_profile(profile)
-        self._window = self._new_window()
+        self._window = self._new_window()  # seen since the last publish
+        self._published = self._new_window()  # what our drift_partials row holds
+        # The pipeline-wide view as of the last exchange (under _lock): our published share, the
+        # other processes' shares and the earliest start among all of them.
+        self._published_n = 0
+        self._in_flight = 0  # taken from the local window by an exchange under way
+        self._others_n = 0
+        self._shared_start: float | None = None
+        self._last_publish = clock()
+        self._retry_after = -math.inf  # after a failed exchange, wait drift_publish_seconds
 
     @property
     def active(self) -> bool:
@@ -112,10 +160,8 @@ class DriftMonitor:
         return self.reference is not None
 
     def _new_window(self) -> Window:
-        """A fresh window (called under the lock, or from ``__init__``)."""
         s = self.settings
-        self._windows += 1
-        return Window(s.drift_reservoir, s.drift_embedding_reservoir, self._rng, self._windows)
+        return Window(s.drift_reservoir, s.drift_embedding_reservoir, self._rng)
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
@@ -146,62 +192,246 @@ class DriftMonitor:
         known = self.reference.distributions  # a feature without a reference is not worth keeping
         features = {k: v for k, v in sample.features.items() if k in known}
         now = self.clock()
+        s = self.settings
         with self._lock:
             window = self._window
             if window.start is None:
                 window.start = now
             window.add(features, sample.classes, embedding)
-            halfway = window.n == min(self.settings.drift_min_samples, self.settings.drift_window_size) // 2
-            due = self._due(window, now)
-            if due:
-                self._window = self._new_window()
+            total = self._total()
+            halfway = total >= min(s.drift_min_samples, s.drift_window_size) // 2  # shares jump: ≥
+            due = self._due(total, now)
+            publish = self._publish_due(now)
         if halfway:
             prewarm()  # a close is coming: load SciPy now, in the background
-        return self._close(window, now) if due else None
+        if due:
+            return self._exchange(now, self._rule(now), wait=True)
+        if publish:
+            if self.background:
+                self._publish_later()
+            else:
+                self._exchange(now, None, wait=False)
+        return None
 
-    def _due(self, window: Window, now: float) -> bool:
+    def _publish_later(self) -> None:
+        with self._lock:
+            if self._queued:
+                return
+            self._queued = True
+        _publisher().submit(self._publish_job)
+
+    def _publish_job(self) -> None:
+        with self._lock:
+            self._queued = False
+        try:
+            self._exchange(self.clock(), None, wait=True)
+        except Exception:
+            if self.on_error is None:
+                log.exception("drift share of pipeline %s not published", self.pipeline)
+            else:
+                self.on_error()
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until the background publishes queued so far have run (tests, shutdown)."""
+        if self.background:
+            _publisher().submit(lambda: None).result(timeout)
+
+    def _total(self) -> int:
+        """Observations in the pipeline-wide window as this process knows it (under _lock)."""
+        return self._others_n + self._published_n + self._in_flight + self._window.n
+
+    def _start(self) -> float | None:
+        starts = [t for t in (self._shared_start, self._window.start) if t is not None]
+        return min(starts) if starts else None
+
+    def _due(self, total: int, now: float) -> bool:
+        """Whether the window looks complete (under _lock); the claim re-checks it in the database."""
         s = self.settings
-        if window.n >= s.drift_window_size:
+        if now < self._retry_after:
+            return False
+        if total >= s.drift_window_size:
             return True
-        return (
-            window.start is not None
-            and now - window.start >= s.drift_window_seconds
-            and (window.n >= s.drift_min_samples)
-        )
+        start = self._start()
+        return start is not None and now - start >= s.drift_window_seconds and total >= s.drift_min_samples
+
+    def _publish_due(self, now: float) -> bool:
+        s = self.settings
+        n = self._window.n
+        if n == 0 or now < self._retry_after:
+            return False
+        return n >= s.drift_publish_every or now - self._last_publish >= s.drift_publish_seconds
+
+    def _rule(self, now: float) -> CloseRule:
+        s = self.settings
+        return CloseRule(s.drift_window_size, s.drift_min_samples, utc_datetime(now - s.drift_window_seconds))
 
     def tick(self) -> DriftReportRecord | None:
-        """Close the window if its time is up (for a periodic caller: no observation needed)."""
-        return self._close_if(lambda w, now: self._due(w, now))
-
-    def flush(self) -> DriftReportRecord | None:
-        """Close the window now if it holds ``drift_min_samples`` (shutdown, a model swap)."""
-        return self._close_if(lambda w, _now: w.n >= self.settings.drift_min_samples)
-
-    def _close_if(self, ready: Callable[[Window, float], bool]) -> DriftReportRecord | None:
+        """Close the window if its time is up, else publish what waits (for a periodic caller: no
+        observation needed, so an idle process's samples still reach the shared window)."""
         if self.reference is None:
             return None
         now = self.clock()
         with self._lock:
-            window = self._window
-            if window.n == 0 or not ready(window, now):
+            due = self._total() > 0 and self._due(self._total(), now)
+            publish = self._publish_due(now)
+        if due:
+            return self._exchange(now, self._rule(now), wait=True)
+        if publish:
+            self._exchange(now, None, wait=False)
+        return None
+
+    def flush(self) -> DriftReportRecord | None:
+        """Close the pipeline-wide window now if it holds ``drift_min_samples`` (shutdown, a model
+        swap); otherwise publish what this process saw, so the next window includes it."""
+        if self.reference is None:
+            return None
+        s = self.settings
+        now = self.clock()
+        with self._lock:
+            if self._window.n == 0 and self._total() < s.drift_min_samples:
                 return None
-            self._window = self._new_window()
-        return self._close(window, now)
+        return self._exchange(now, CloseRule(s.drift_min_samples, s.drift_min_samples), wait=True)
+
+    def _exchange(self, now: float, rule: CloseRule | None, *, wait: bool) -> DriftReportRecord | None:
+        """Claim the window when ``rule`` holds (closing it), else publish the local window.
+
+        On a database error the local samples go back into the local window (nothing is lost) and
+        the monitor waits ``drift_publish_seconds`` before trying again; the error propagates to
+        :class:`DriftMonitors`, which counts it.
+        """
+        if not self._sync.acquire(blocking=wait):
+            return None
+        try:
+            with self._lock:
+                delta = self._window
+                if delta.n == 0 and rule is None:
+                    return None
+                self._window = self._new_window()
+                self._in_flight = delta.n
+                self._last_publish = now
+            taken = None
+            try:
+                if rule is not None:
+                    taken = self.db.claim_drift_window(
+                        pipeline=self.pipeline,
+                        model_version=self.model_version,
+                        rule=rule,
+                        extra_n=delta.n,
+                        extra_started=utc_datetime(delta.start) if delta.start is not None else None,
+                        stale_before=utc_datetime(now - max(self.settings.drift_window_seconds, _STALE_S)),
+                    )
+                if taken is None and delta.n:
+                    self._publish_share(delta, now)
+            except BaseException:
+                with self._lock:
+                    self._window = self._merged([delta, self._window], self._rng)
+                    self._in_flight = 0
+                    self._retry_after = now + self.settings.drift_publish_seconds
+                raise
+            # The shares are ours now (deleted from the table): a failure from here on loses this
+            # one window, as a failed report write always did.
+            return None if taken is None else self._close(self._merge_taken(taken, delta), now)
+        finally:
+            self._sync.release()
+
+    def _merged(self, parts: Sequence[Window], window_rng: random.Random | None = None) -> Window:
+        s = self.settings
+        return merge_windows(
+            parts,
+            capacity=s.drift_reservoir,
+            embedding_capacity=s.drift_embedding_reservoir,
+            rng=self._merge_rng,
+            window_rng=window_rng or self._rng,
+        )
+
+    def _publish_share(self, delta: Window, now: float) -> None:
+        """Merge ``delta`` into our published share and write it (under _sync)."""
+        merged = self._merged([self._published, delta])
+        assert merged.start is not None  # delta holds observations
+        share = self.db.update_drift_partial(
+            token=self.token,
+            n=merged.n,
+            started_at=utc_datetime(merged.start),
+            payload=cast(JsonObject, merged.to_json()),
+            now=utc_datetime(now),
+        )
+        if share is None:  # our row was consumed by a close (or never written): start afresh
+            merged = delta
+            assert merged.start is not None
+            share = self.db.insert_drift_partial(
+                token=self.token,
+                pipeline=self.pipeline,
+                model_version=self.model_version,
+                source=self.source,
+                n=merged.n,
+                started_at=utc_datetime(merged.start),
+                payload=cast(JsonObject, merged.to_json()),
+                now=utc_datetime(now),
+            )
+        self._published = merged
+        with self._lock:
+            self._published_n = merged.n
+            self._in_flight = 0
+            self._others_n = max(0, share.n - merged.n)
+            self._shared_start = share.started_at.timestamp() if share.started_at is not None else None
+
+    def _merge_taken(self, taken: Sequence[DriftPartialRecord], delta: Window) -> Window:
+        """One window of the claimed shares (ours among them, if not consumed earlier) and ``delta``."""
+        ref = self.reference
+        assert ref is not None
+        shape = (int(ref.embedding.shape[1]),) if ref.embedding is not None else None
+        parts = [delta]
+        # A fixed order (not the random tokens'): the merge draws the same samples for the same shares.
+        for share in sorted(taken, key=lambda t: (t.started_at, t.source, t.n, t.token)):
+            try:
+                parts.append(
+                    Window.from_json(
+                        share.payload,
+                        capacity=self.settings.drift_reservoir,
+                        embedding_capacity=self.settings.drift_embedding_reservoir,
+                        rng=self._rng,
+                        embedding_shape=shape,
+                        features=ref.distributions.keys(),
+                    )
+                )
+            except ValueError as exc:
+                log.warning(
+                    "pipeline %s: dropped the drift share of %s (%s): %s",
+                    self.pipeline,
+                    share.source,
+                    share.token,
+                    exc,
+                )
+        self._published = self._new_window()
+        with self._lock:
+            self._published_n = self._others_n = self._in_flight = 0
+            self._shared_start = None
+        self._windows += 1
+        merged = self._merged(parts)
+        merged.index = self._windows
+        return merged
 
     def pending(self) -> int:
-        """Observations in the open window."""
+        """Observations this process holds in the open window (published or not)."""
         with self._lock:
-            return self._window.n
+            return self._published_n + self._in_flight + self._window.n
+
+    def shared(self) -> int:
+        """Observations in the pipeline-wide open window, as of this process's last exchange."""
+        with self._lock:
+            return self._total()
 
     def footprint(self) -> dict[str, int]:
-        """What the open window holds: values kept, embeddings kept, bytes of buffers (bounded)."""
-        with self._lock:
-            w = self._window
-            emb = w.embeddings
+        """What this monitor holds (the local window and the published share): values kept,
+        embeddings kept, bytes of buffers — bounded by twice the reservoirs' capacities."""
+        with self._sync, self._lock:
+            windows = (self._window, self._published)
+            reservoirs = [r for w in windows for r in w.values.values()]
+            embeddings = [w.embeddings for w in windows if w.embeddings is not None]
             return {
-                "values": sum(r.kept for r in w.values.values()),
-                "embeddings": emb.kept if emb else 0,
-                "bytes": sum(r.buffer.nbytes for r in w.values.values()) + (emb.buffer.nbytes if emb else 0),
+                "values": sum(r.kept for r in reservoirs),
+                "embeddings": sum(e.kept for e in embeddings),
+                "bytes": sum(r.buffer.nbytes for r in reservoirs) + sum(e.buffer.nbytes for e in embeddings),
             }
 
     # -- closing --------------------------------------------------------------------------------------
@@ -328,12 +558,14 @@ class DriftMonitors:
         *,
         clock: Clock = time.time,
         source: str | None = None,
+        background: bool = True,
     ) -> None:
         self.db = db
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
         self.source = source or default_source()
+        self.background = background  # monitors publish their shares off the request thread
         self.errors = 0
         self._lock = threading.Lock()
         self._monitors: dict[str, tuple[DriftMonitor, weakref.ref[LoadedModel]]] = {}
@@ -362,6 +594,8 @@ class DriftMonitors:
                 self.metrics,
                 self.clock,
                 self.source,
+                background=self.background,
+                on_error=lambda: self._count_error(pipeline),
             )
             self._monitors[pipeline] = (monitor, weakref.ref(loaded))
             old = entry

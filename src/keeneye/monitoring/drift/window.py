@@ -7,11 +7,13 @@ O(features).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import random
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, NotRequired, TypedDict
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 REPORT_SAMPLE: Final = 200  # current values stored per feature, for plots
 CLASS_MIX: Final = "class_mix"
 _DIGITS: Final = 6
+SHARE_VERSION: Final = 1  # the format of a window shared through drift_partials (Window.to_json)
+MAX_SHARED_KEPT: Final = 100_000  # values one shared reservoir may hold: a bigger share is refused
+MAX_SHARED_NAMES: Final = 1_000  # features or classes one share may name
+_DTYPES: Final = {"float64": np.float64, "float32": np.float32}
 
 
 def rounded(value: float) -> float:
@@ -51,6 +57,8 @@ def prewarm() -> None:
     processes that never close a window (a one-shot ``keeneye predict``) never pay it.
     """
     global _prewarmed
+    if _prewarmed:  # the common case, once per observation past half-way: no lock
+        return
     with _PREWARM:
         if _prewarmed:
             return
@@ -126,6 +134,27 @@ class EmbeddingDriftJson(TypedDict, total=False):
     permutations: int
     alpha: float
     alarm: bool
+
+
+class ReservoirJson(TypedDict):
+    """A reservoir in a shared window: its kept values, exact, as little-endian base64."""
+
+    seen: int
+    kept: int
+    dtype: str
+    shape: list[int]
+    data: str
+
+
+class WindowJson(TypedDict):
+    """One process's share of an open window, as ``drift_partials.payload`` holds it."""
+
+    version: int
+    n: int
+    start: float | None
+    values: dict[str, ReservoirJson]
+    classes: dict[str, int]
+    embeddings: ReservoirJson | None
 
 
 @dataclass(frozen=True)
@@ -210,30 +239,82 @@ def _distribution(d: Any, default_levels: Any) -> _Distribution | None:
 
 
 class _Reservoir:
-    """Algorithm R: a uniform sample of at most ``capacity`` of the values offered so far."""
+    """Algorithm R: a uniform sample of at most ``capacity`` of the values offered so far.
 
-    __slots__ = ("buffer", "capacity", "seen")
+    ``kept`` is ``min(seen, capacity)`` for a reservoir fed by :meth:`offer`; a merged one
+    (:func:`merge_reservoirs`) may keep fewer when a share kept fewer than it saw.
+    """
+
+    __slots__ = ("buffer", "capacity", "kept", "seen")
 
     def __init__(self, capacity: int, shape: tuple[int, ...] = (), dtype: Any = np.float64) -> None:
         self.capacity = capacity
         self.buffer = np.empty((capacity, *shape), dtype=dtype)
         self.seen = 0
+        self.kept = 0
 
     def offer(self, value: Any, rng: random.Random) -> None:
         if self.seen < self.capacity:
             self.buffer[self.seen] = value
+            self.kept = self.seen + 1
         else:
             j = rng.randrange(self.seen + 1)
             if j < self.capacity:
                 self.buffer[j] = value
         self.seen += 1
 
-    @property
-    def kept(self) -> int:
-        return min(self.seen, self.capacity)
-
     def values(self) -> npt.NDArray[Any]:
         return self.buffer[: self.kept]
+
+    def to_json(self) -> ReservoirJson:
+        kept = np.ascontiguousarray(self.values(), dtype=self.buffer.dtype.newbyteorder("<"))
+        return {
+            "seen": self.seen,
+            "dtype": str(self.buffer.dtype),
+            "shape": list(self.buffer.shape[1:]),
+            "kept": self.kept,
+            "data": base64.b64encode(kept.tobytes()).decode("ascii"),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, *, shape: tuple[int, ...] | None = None) -> _Reservoir:
+        """A reservoir as :meth:`to_json` wrote it; :class:`ValueError` for anything else (a corrupt,
+        foreign or oversized share is refused, never half-read). ``shape``: what each value must be."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a reservoir must be an object")
+        dtype = data.get("dtype")
+        if dtype not in _DTYPES:
+            raise ValueError(f"reservoir dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        raw_shape = data.get("shape")
+        if not isinstance(raw_shape, list) or not all(
+            isinstance(d, int) and 0 < d <= 4096 for d in raw_shape
+        ):
+            raise ValueError("reservoir shape must be a list of 1…4096")
+        item_shape = tuple(raw_shape)
+        if shape is not None and item_shape != shape:
+            raise ValueError(f"reservoir values have shape {item_shape}, expected {shape}")
+        seen, kept, encoded = data.get("seen"), data.get("kept"), data.get("data")
+        if not isinstance(seen, int) or not isinstance(kept, int) or not 0 <= kept <= seen:
+            raise ValueError("reservoir counts must satisfy 0 ≤ kept ≤ seen")
+        if kept > MAX_SHARED_KEPT:
+            raise ValueError(f"reservoir keeps {kept} values, more than {MAX_SHARED_KEPT}")
+        if not isinstance(encoded, str):
+            raise ValueError("reservoir data must be base64 text")
+        np_dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
+        size = kept * int(np.prod(item_shape, dtype=np.int64)) * np_dtype.itemsize
+        if len(encoded) != 4 * ((size + 2) // 3):
+            raise ValueError("reservoir data does not match its kept count")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"reservoir data is not base64 ({exc})") from exc
+        values = np.frombuffer(raw, dtype=np_dtype).reshape((kept, *item_shape))
+        if not np.all(np.isfinite(values)):
+            raise ValueError("reservoir values must be finite")
+        out = cls(max(kept, 1), item_shape, _DTYPES[dtype])
+        out.buffer[:kept] = values
+        out.seen, out.kept = seen, kept
+        return out
 
 
 @dataclass
@@ -262,6 +343,129 @@ class Window:
             if self.embeddings is None:
                 self.embeddings = _Reservoir(self.embedding_capacity, embedding.shape, np.float32)
             self.embeddings.offer(embedding, self.rng)
+
+    def to_json(self) -> WindowJson:
+        """This window as one process's share in ``drift_partials`` (exact values, base64)."""
+        return {
+            "version": SHARE_VERSION,
+            "n": self.n,
+            "start": self.start,
+            "values": {name: r.to_json() for name, r in self.values.items()},
+            "classes": dict(self.classes),
+            "embeddings": self.embeddings.to_json() if self.embeddings is not None else None,
+        }
+
+    @classmethod
+    def from_json(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        capacity: int,
+        embedding_capacity: int,
+        rng: random.Random,
+        embedding_shape: tuple[int, ...] | None = None,
+        features: Collection[str] | None = None,
+    ) -> Window:
+        """A share as :meth:`to_json` wrote it; :class:`ValueError` for a corrupt or foreign one.
+        ``features``: the only feature names accepted (the reference's); others are dropped."""
+        if data.get("version") != SHARE_VERSION:
+            raise ValueError(f"share format {data.get('version')!r}, expected {SHARE_VERSION}")
+        n, start = data.get("n"), data.get("start")
+        if not isinstance(n, int) or n < 0:
+            raise ValueError("share n must be a count")
+        if start is not None and (not isinstance(start, int | float) or not np.isfinite(start)):
+            raise ValueError("share start must be a timestamp")
+        raw_values, raw_classes = data.get("values"), data.get("classes")
+        if not isinstance(raw_values, Mapping) or not isinstance(raw_classes, Mapping):
+            raise ValueError("share values and classes must be objects")
+        if len(raw_values) > MAX_SHARED_NAMES or len(raw_classes) > MAX_SHARED_NAMES:
+            raise ValueError(f"share names more than {MAX_SHARED_NAMES} features or classes")
+        values = {
+            str(k): _Reservoir.from_json(v, shape=())
+            for k, v in raw_values.items()
+            if features is None or k in features
+        }
+        if any(r.seen > n for r in values.values()):
+            raise ValueError("a share's reservoir saw more values than the share has observations")
+        classes: Counter[str] = Counter()
+        for k, v in raw_classes.items():
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"class count of {k!r} must be a count")
+            classes[str(k)] = v
+        raw_emb = data.get("embeddings")
+        embeddings = None if raw_emb is None else _Reservoir.from_json(raw_emb, shape=embedding_shape)
+        if embeddings is not None and embeddings.seen > n:
+            raise ValueError("a share's embeddings outnumber its observations")
+        return cls(
+            capacity,
+            embedding_capacity,
+            rng,
+            start=float(start) if start is not None else None,
+            n=n,
+            values=values,
+            classes=classes,
+            embeddings=embeddings,
+        )
+
+
+def merge_reservoirs(
+    parts: Sequence[_Reservoir], capacity: int, rng: np.random.Generator
+) -> _Reservoir | None:
+    """One reservoir that is a uniform sample of the union of what ``parts`` saw.
+
+    Each part is a uniform sample of its own stream; how many values come from each is drawn from
+    the multivariate hypergeometric law over the parts' ``seen`` counts (what a uniform draw from
+    the union would take from each), then that many are taken uniformly from each part's kept
+    values. A part that kept everything it saw is taken whole when that is the draw.
+    """
+    parts = [p for p in parts if p.seen > 0]
+    if not parts:
+        return None
+    first = parts[0]
+    shape, dtype = first.buffer.shape[1:], first.buffer.dtype
+    total = sum(p.seen for p in parts)
+    m = min(capacity, total, *(p.kept for p in parts if p.kept < p.seen))
+    counts = [m] if len(parts) == 1 else rng.multivariate_hypergeometric([p.seen for p in parts], m).tolist()
+    out = _Reservoir(capacity, shape, dtype)
+    at = 0
+    for part, count in zip(parts, counts, strict=True):
+        if count == 0:
+            continue
+        kept = part.values()
+        taken = kept if count == part.kept else kept[rng.choice(part.kept, size=count, replace=False)]
+        out.buffer[at : at + count] = taken
+        at += count
+    out.seen, out.kept = total, at
+    return out
+
+
+def merge_windows(
+    parts: Sequence[Window],
+    *,
+    capacity: int,
+    embedding_capacity: int,
+    rng: np.random.Generator,
+    window_rng: random.Random,
+) -> Window:
+    """The union of ``parts`` as one window: counts and class mixes add up, reservoirs merge into
+    uniform samples of the union (:func:`merge_reservoirs`), the start is the earliest."""
+    starts = [p.start for p in parts if p.start is not None]
+    merged = Window(capacity, embedding_capacity, window_rng, start=min(starts) if starts else None)
+    merged.n = sum(p.n for p in parts)
+    for p in parts:
+        merged.classes.update(p.classes)
+    for name in sorted({name for p in parts for name in p.values}):
+        reservoir = merge_reservoirs(
+            [r for p in parts if (r := p.values.get(name)) is not None], capacity, rng
+        )
+        if reservoir is not None:
+            merged.values[name] = reservoir
+    shapes = {p.embeddings.buffer.shape[1:] for p in parts if p.embeddings is not None}
+    if len(shapes) == 1:  # a share of another dimension cannot be compared: the caller checked
+        merged.embeddings = merge_reservoirs(
+            [p.embeddings for p in parts if p.embeddings is not None], embedding_capacity, rng
+        )
+    return merged
 
 
 def utc_datetime(ts: float) -> datetime:
