@@ -89,6 +89,12 @@ class ServingSettings(_Section):
     store_group_max: int = Field(
         64, ge=1, description="most answers stored by one group commit (one flush, one transaction)"
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="serving processes sharing the port (set by `keeneye serve --workers`); the rate "
+        "and in-flight limits are divided among them so the configured limits hold for the whole server",
+    )
 
 
 class PipelineSettings(_Section):

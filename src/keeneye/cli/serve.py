@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_OPS, PANEL_SERVE, console, err_console, print_json, settings
-from keeneye.domain import ConfigError, InvalidInput, KeeneyeError, Role
+from keeneye.domain import InvalidInput, KeeneyeError, Role
+from keeneye.settings import Settings
 
 
 def serve(
@@ -18,9 +19,20 @@ def serve(
         None, help="Address to bind (default 127.0.0.1; a non-loopback address requires API keys)."
     ),
     port: int = typer.Option(None, help="Port to listen on (default 8000)."),
-    workers: int = typer.Option(1, help="Server processes (each loads its own models)."),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        help="Server processes sharing the port, each with its own models and its share of the CPU "
+        "(ONNX Runtime threads = cores / workers unless set); 2 on a 2-core machine decodes and "
+        "stores in parallel.",
+    ),
 ) -> None:
-    """Run the HTTP API and web page alone (no stream workers)."""
+    """Run the HTTP API and web page alone (no stream workers).
+
+    With [bold]--workers N[/] the port is shared by N processes (uvicorn's process manager restarts
+    one that dies); /metrics adds up all of them, and the rate and in-flight limits are divided among
+    them so the configured limits hold for the whole server. See docs/serving.md.
+    """
     import uvicorn
 
     s = settings()
@@ -36,11 +48,52 @@ def serve(
     console.print(
         f"keeneye serving on http://{serving.host}:{serving.port}  (docs: /docs, metrics: /metrics)"
     )
-    if workers != 1:
-        raise ConfigError(
-            "--workers", "only 1 is supported by `serve`", fix="use `keeneye up` for several processes"
+    if workers == 1:
+        uvicorn.run(
+            create_app(s), host=serving.host, port=serving.port, log_level="warning", access_log=False
         )
-    uvicorn.run(create_app(s), host=serving.host, port=serving.port, log_level="warning", access_log=False)
+        return
+    _serve_processes(s, workers)
+
+
+def _serve_processes(s: Settings, workers: int) -> None:
+    """``serve --workers N``: uvicorn's process manager over ``serving.app.app_from_environment``.
+
+    Every process reads its settings from the environment, so the command line's choices go there
+    first; the processes share one metrics folder (unless ``keeneye up`` gave one) so that /metrics
+    counts all of them, and split the cores so N ONNX Runtime sessions do not fight over them.
+    """
+    import os
+    import shutil
+
+    import uvicorn
+
+    from keeneye.metrics import enable_multiprocess, multiprocess_dir, prepare_multiprocess_dir
+
+    serving = s.serving
+    os.environ["KEENEYE_SERVING__HOST"] = serving.host
+    os.environ["KEENEYE_SERVING__PORT"] = str(serving.port)
+    os.environ["KEENEYE_SERVING__PROCESSES"] = str(workers)
+    if s.inference.intra_op_threads == 0:
+        os.environ["KEENEYE_INFERENCE__INTRA_OP_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    own_metrics = None
+    if multiprocess_dir() is None:
+        own_metrics = s.home / "run" / f"metrics-serve-{os.getpid()}"
+        prepare_multiprocess_dir(own_metrics)
+        enable_multiprocess(own_metrics)
+    try:
+        uvicorn.run(
+            "keeneye.serving.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            host=serving.host,
+            port=serving.port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        if own_metrics is not None:
+            shutil.rmtree(own_metrics, ignore_errors=True)
 
 
 def predict(

@@ -35,6 +35,7 @@ from keeneye.serving.routes import (
     rollout,
     runs,
     shell,
+    smartcut,
     system,
     system_view,
     web,
@@ -42,7 +43,7 @@ from keeneye.serving.routes import (
 from keeneye.serving.routes.login import login_redirect
 from keeneye.serving.routes.shell import not_found, wants_html
 from keeneye.serving.state import AppState, close_state, open_state
-from keeneye.settings import Settings
+from keeneye.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ async def _drift_ticks(state: AppState) -> None:
     while True:
         await asyncio.sleep(interval)
         await asyncio.to_thread(state.service.drift.tick)  # never raises: errors are counted
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``keeneye serve --workers N`` process: uvicorn imports this in every process it
+    starts, and the settings come from the environment the parent prepared."""
+    return create_app(load_settings())
 
 
 def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
@@ -70,6 +77,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            await asyncio.to_thread(smartcut.close_smartcut, app.state)
             await close_state(state)
 
     app = FastAPI(
@@ -134,6 +142,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(model_aliases.router)
     app.include_router(model_evaluation.router)
     app.include_router(observation_list.router)
+    app.include_router(smartcut.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

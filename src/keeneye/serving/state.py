@@ -61,6 +61,7 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
     runtime = ModelRuntime(settings, catalog, registry, metrics)
     await runtime.start(poll=poll_aliases)
     serving = settings.serving
+    share = serving.processes  # `serve --workers N`: each process enforces its share of the limits
     require_key = serving.require_api_key
     if require_key is None:
         require_key = not is_loopback(serving.host)
@@ -75,13 +76,13 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
         metrics=metrics,
         rate={
             n: RateLimiter(
-                catalog.get(n).limits.rate_per_second or serving.rate_limit_per_second,
-                catalog.get(n).limits.burst or serving.rate_limit_burst,
+                (catalog.get(n).limits.rate_per_second or serving.rate_limit_per_second) / share,
+                max(1, (catalog.get(n).limits.burst or serving.rate_limit_burst) // share),
             )
             for n in catalog.names()
         },
         inflight={
-            n: InflightLimiter(catalog.get(n).limits.max_inflight or serving.max_inflight)
+            n: InflightLimiter(max(1, (catalog.get(n).limits.max_inflight or serving.max_inflight) // share))
             for n in catalog.names()
         },
         require_api_key=require_key,
