@@ -50,7 +50,7 @@
     td(tr, a.severity, a.severity);
     td(tr, alertValue(a.value, units[a.rule]), "num value");
     td(tr, when(a.fired_at || a.started_at));
-    td(tr, (a.annotations && (a.annotations.summary || a.annotations.description)) || "");
+    td(tr, (a.annotations && (a.annotations.summary || a.annotations.description)) || "", "summary");
     if (actions) {
       const cell = td(tr, "");
       if (a.acked_by) {
