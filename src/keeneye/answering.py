@@ -147,8 +147,10 @@ class Answering:
 
     # -- after storing ----------------------------------------------------------------------------
 
-    def stored(self, spec: PipelineSpec, answers: Sequence[StoredAnswer]) -> None:
-        """Uncertain answers → the review queue (never raises); one count per answering variant."""
-        queue_answers(self.db, spec, [(a.observation_id, a.answer) for a in answers])
+    def stored(self, spec: PipelineSpec, answers: Sequence[StoredAnswer], *, review: bool = True) -> None:
+        """Uncertain answers → the review queue (never raises; ``review=False`` for answers whose
+        image was already queued, e.g. cached ones); one count per answering variant."""
+        if review:
+            queue_answers(self.db, spec, [(a.observation_id, a.answer) for a in answers])
         for a in answers:
             self.metrics.variant_predictions.labels(spec.name, a.variant.value).inc()

@@ -31,11 +31,13 @@ from keeneye.pipelines import (
     ModelRuntime,
     PipelineCatalog,
     PipelineSpec,
+    answer_key,
     content_type_of,
     finish,
     observation_key,
     prepare,
     quarantine_key,
+    run_model,
 )
 from keeneye.settings import Settings
 from keeneye.store import Cache, GroupCommit, NewObject, NewObservation, ObjectStore, ResultsDB
@@ -73,6 +75,7 @@ class _StoreJob:
     answer: Answer
     latency_ms: float
     timings: dict[str, float]
+    cached: bool = False  # the same bytes were answered (and queued for review) before
 
     @property
     def key(self) -> str:
@@ -135,7 +138,8 @@ class PredictionService:
         digest = content_hash(data)
         # The content hash routes: a canary answers its share of inputs, a retry keeps its variant.
         loaded, variant = self.runtime.get_variant(pipeline, digest)
-        cached = self.answering.cached(pipeline, loaded.ref, digest)
+        key = answer_key(spec, digest, metadata)  # a geo pipeline's band map and CRS are in the key
+        cached = self.answering.cached(pipeline, loaded.ref, key)
         timings: dict[str, float] = {}
         answer: Answer
         if cached is not None:
@@ -143,7 +147,7 @@ class PredictionService:
         else:
             try:
                 answer, fmt, timings, loaded, variant = await self._infer_current(
-                    spec, digest, loaded, variant, data
+                    spec, digest, loaded, variant, data, metadata
                 )
             except InvalidInput as exc:
                 self.metrics.rejections.labels(pipeline, exc.reason).inc()
@@ -156,8 +160,8 @@ class PredictionService:
                 # canary's missing answers roll it back (docs/rollout.md).
                 log.warning("canary %s v%s failed; the champion answers", pipeline, loaded.ref.version)
                 loaded, variant = self.runtime.get(pipeline), Variant.champion
-                answer, fmt, timings = await self._infer(spec, loaded, data)
-            self.answering.remember(pipeline, loaded.ref, digest, answer)
+                answer, fmt, timings = await self._infer(spec, loaded, data, metadata)
+            self.answering.remember(pipeline, loaded.ref, key, answer)
         t_store = time.perf_counter()
         observation_id = await self.writer.submit(
             _StoreJob(
@@ -172,6 +176,7 @@ class PredictionService:
                 answer,
                 (time.perf_counter() - started) * 1000,
                 timings,
+                cached is not None,
             )
         )
         self.runtime.shadow(spec, digest, observation_id, data)  # in the background, when sampled
@@ -192,37 +197,43 @@ class PredictionService:
         return response
 
     async def _infer_current(
-        self, spec: PipelineSpec, digest: str, loaded: LoadedModel, variant: Variant, data: bytes
+        self,
+        spec: PipelineSpec,
+        digest: str,
+        loaded: LoadedModel,
+        variant: Variant,
+        data: bytes,
+        metadata: JsonObject | None = None,
     ) -> tuple[Answer, str, dict[str, float], LoadedModel, Variant]:
         """:meth:`_infer` on the model that serves now: when an alias move or a rollout swapped
         ``loaded`` out while this request was on its way to it (its batcher closed), the runtime
         already serves the successor, which answers instead, so a switch fails no request."""
         for _ in range(SWAP_RETRIES):
             try:
-                answer, fmt, timings = await self._infer(spec, loaded, data)
+                answer, fmt, timings = await self._infer(spec, loaded, data, metadata)
                 return answer, fmt, timings, loaded, variant
             except BatcherClosed:
                 successor, successor_variant = self.runtime.get_variant(spec.name, digest)
                 if successor is loaded:
                     raise  # closing for good (shutdown), not swapped
                 loaded, variant = successor, successor_variant
-        answer, fmt, timings = await self._infer(spec, loaded, data)
+        answer, fmt, timings = await self._infer(spec, loaded, data, metadata)
         return answer, fmt, timings, loaded, variant
 
     async def _infer(
-        self, spec: PipelineSpec, loaded: LoadedModel, data: bytes
+        self, spec: PipelineSpec, loaded: LoadedModel, data: bytes, metadata: JsonObject | None = None
     ) -> tuple[Answer, str, dict[str, float]]:
         manifest = loaded.bundle.manifest
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
         prepared = await self._timed(
-            spec.name, "decode", lambda: prepare(spec, manifest, data, self.settings)
+            spec.name, "decode", lambda: prepare(spec, manifest, data, self.settings, metadata)
         )
         timings["decode"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
-        outputs = await loaded.batcher.submit(prepared.tensor)
+        outputs = await run_model(loaded.batcher, prepared)  # one submit, or one per tile (geo)
         infer_ms = (time.perf_counter() - t1) * 1000
         timings["infer"] = infer_ms  # includes the wait for batch company (queue)
         self.metrics.observe_stage(spec.name, "infer", infer_ms / 1000)
@@ -272,14 +283,16 @@ class PredictionService:
                 for job in jobs
             ]
         )
-        by_spec: dict[str, list[StoredAnswer]] = {}
+        # Review queue and per-variant counts, per pipeline; an image answered from the cache was
+        # queued for review with its first observation already, so it is not queued twice.
+        groups: dict[tuple[str, bool], list[StoredAnswer]] = {}
         for job, observation_id in zip(jobs, ids, strict=True):
-            by_spec.setdefault(job.spec.name, []).append(
+            groups.setdefault((job.spec.name, job.cached), []).append(
                 StoredAnswer(observation_id, job.answer, job.variant)
             )
         specs = {job.spec.name: job.spec for job in jobs}
-        for name, answers in by_spec.items():
-            self.answering.stored(specs[name], answers)
+        for (name, cached), answers in groups.items():
+            self.answering.stored(specs[name], answers, review=not cached)
         return ids
 
     def _quarantine(

@@ -110,6 +110,21 @@ def test_repeat_is_answered_from_cache_and_still_recorded(served: LiveServer) ->
     assert len(db.predictions_for(second["observation_id"])) == 1
 
 
+def test_a_repeated_image_is_queued_for_review_once(served: LiveServer) -> None:
+    url = f"{served.url}/v1/pipelines/species-id/predict"
+    db = open_results_db(served.settings)
+    for seed in range(60):  # find an image the tiny model is unsure about (it is queued for review)
+        data = jpeg((120, 120, 120), seed=100 + seed)
+        first = httpx.post(url, content=data, headers={"content-type": "image/jpeg"}).json()
+        if db.review_items_of([first["observation_id"]]):
+            break
+    else:
+        pytest.fail("no uncertain answer in 60 images: the precondition of this test does not hold")
+    second = httpx.post(url, content=data, headers={"content-type": "image/jpeg"}).json()
+    assert second["cached"] is True and second["observation_id"] != first["observation_id"]
+    assert db.review_items_of([second["observation_id"]]) == {}  # the same image is not queued twice
+
+
 def test_default_predict_route_is_species_id(served: LiveServer) -> None:
     r = httpx.post(
         f"{served.url}/predict", files={"file": ("f.png", png(np.full((40, 40, 3), 90, np.uint8)))}
