@@ -2,14 +2,18 @@
 
     .venv/bin/python benchmarks/streams.py [--model classifier|segmenter|both] [--images 480]
                                           [--rate 60] [--seconds 10] [--buses sqlite,kafka] [--repeat 1]
+                                          [--photo 640x480|1024x768|model]
+
+Inputs are what cameras send (``--photo``, default 640×480 photo-like JPEGs of about 90 KB from
+benchmarks/photos.py); ``--photo model`` keeps the older small inputs at the model's size.
 
 Two models (``--model``, default both, one after the other):
 
 * ``classifier`` — species-id with ``keeneye.models.testing.mobilenet_like_classifier`` (≈0.53 GFLOP at
-  224 px), 224 px JPEGs;
+  224 px);
 * ``segmenter`` — line-inspection with the model its spec trains: a U-Net on a resnet18 encoder
   (segmentation_models_pytorch, keeneye's light decoder) at 128 px, exported to ONNX by
-  ``keeneye.training.export`` (the encoder alone ≈0.6 GMAC at 128 px), 128 px JPEGs. The random
+  ``keeneye.training.export`` (the encoder alone ≈0.6 GMAC at 128 px). The random
   weights are sharpened and given a background bias so that ≈0.5 % of the pixels are defects: about
   one blob per frame that post-processing turns into an instance with a polygon. Without torch the
   1×1-conv ``tiny_segmenter`` stands in (and says so).
@@ -50,6 +54,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from photos import camera_jpegs  # noqa: E402
 from tests.serving_support import SPECIES, jpeg, species_manifest  # noqa: E402
 
 from keeneye.models import OnnxModel, postprocess  # noqa: E402
@@ -85,15 +91,24 @@ class Workload:
 # --------------------------------------------------------------------------------------------------
 
 
-def classifier_workload(root: Path, size: int) -> Workload:
+def inputs(photo: str, size: int) -> list[bytes]:
+    """64 distinct JPEGs: camera photos of ``photo`` (``WxH``, what users send) or, with
+    ``photo="model"``, small ones at the model's input size (decode then costs almost nothing)."""
+    if photo == "model":
+        return [jpeg(size=size, seed=i) for i in range(64)]
+    width, height = (int(v) for v in photo.lower().split("x"))
+    return camera_jpegs(64, width, height)
+
+
+def classifier_workload(root: Path, size: int, photo: str = "model") -> Workload:
     manifest = species_manifest()
     manifest = manifest.model_copy(
         update={"input": manifest.input.model_copy(update={"width": size, "height": size})}
     )
     model = mobilenet_like_classifier(len(SPECIES), size=size)
     bundle = ModelBundle.write(root / "classifier", model, manifest)
-    images = [jpeg(size=size, seed=i) for i in range(64)]
-    return Workload("species-id", bundle, images, f"mobilenet_like_classifier {size} px")
+    images = inputs(photo, size)
+    return Workload("species-id", bundle, images, f"mobilenet_like_classifier {size} px, {photo} JPEGs")
 
 
 def line_manifest(size: int, input_name: str, embedding: str | None) -> ModelManifest:
@@ -118,9 +133,9 @@ def line_manifest(size: int, input_name: str, embedding: str | None) -> ModelMan
     )
 
 
-def segmenter_workload(root: Path, size: int) -> Workload:
+def segmenter_workload(root: Path, size: int, photo: str = "model") -> Workload:
     """The line-inspection recipe's U-Net (resnet18, ``size`` px), or ``tiny_segmenter`` without torch."""
-    images = [jpeg(size=size, seed=i) for i in range(64)]
+    images = inputs(photo, size)
     try:
         onnx_bytes = _unet_onnx(size, images)
     except ImportError as exc:
@@ -393,6 +408,12 @@ def main() -> None:
     parser.add_argument("--model", choices=["classifier", "segmenter", "both"], default="both")
     parser.add_argument("--size", type=int, default=224, help="classifier input size")
     parser.add_argument("--segmenter-size", type=int, default=128, help="segmenter input size (the spec's)")
+    parser.add_argument(
+        "--photo",
+        default="640x480",
+        help="input JPEGs: camera photos WxH (default 640x480; line cameras send 1024x768), "
+        "or 'model' for small ones at the model's input size",
+    )
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--rate", type=float, default=60.0)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -417,9 +438,9 @@ def main() -> None:
             kafka_url = stack.enter_context(kafka_broker(root)).url
         for name in models:
             work = (
-                classifier_workload(root, args.size)
+                classifier_workload(root, args.size, args.photo)
                 if name == "classifier"
-                else segmenter_workload(root, args.segmenter_size)
+                else segmenter_workload(root, args.segmenter_size, args.photo)
             )
             run_model(root, work, buses, kafka_url, args)
 
