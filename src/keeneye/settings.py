@@ -65,6 +65,11 @@ class ImagingSettings(_Section):
     max_pixels: int = Field(
         100_000_000, gt=0, description="images with more pixels per band are refused (decompression bombs)"
     )
+    jpeg_shrink: bool = Field(
+        True,
+        description="decode a JPEG at 1/2, 1/4 or 1/8 of its size (DCT scaling) when the model's input "
+        "is that much smaller: less decode work, same answers in full-size coordinates",
+    )
 
 
 class InferenceSettings(_Section):

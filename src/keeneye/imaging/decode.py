@@ -58,6 +58,11 @@ _JPEG_STANDALONE: Final = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # markers
 
 # IMREAD_COLOR_RGB (OpenCV >= 4.11) decodes straight to RGB, saving a BGR→RGB pass.
 _IMREAD_RGB: Final[int | None] = getattr(cv2, "IMREAD_COLOR_RGB", None)
+# OpenCV's IMREAD_REDUCED_{COLOR,GRAYSCALE}_k flags are the plain flag plus these bits.
+_REDUCED_BITS: Final = {2: 16, 4: 32, 8: 48}
+# A shrunk JPEG keeps at least this longest side: the quality features and drift statistics are
+# computed on a copy of at most 256 px (imaging.features.FEATURE_MAX_SIDE), which must not change.
+MIN_SHRUNK_SIDE: Final = 256
 
 # GeoTIFF tags and keys (OGC GeoTIFF 1.1).
 _TAG_PIXEL_SCALE: Final = 33550
@@ -131,6 +136,10 @@ class Image:
     format: ImageFormat
     content_hash: str
     geo: GeoInfo | None = None
+    # (width, height) of the image as stored when the decoder shrank it (JPEG DCT scaling, see
+    # decode_image's ``shrink_to``); None when ``pixels`` are full size. Geometry that answers refer
+    # to (boxes, masks, ImageFacts) is in full-size coordinates.
+    full_size: tuple[int, int] | None = None
     _band_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +180,16 @@ class Image:
     @property
     def width(self) -> int:
         return int(self.pixels.shape[1])
+
+    @property
+    def full_width(self) -> int:
+        """The stored image's width (``width`` unless the decoder shrank it)."""
+        return self.full_size[0] if self.full_size is not None else self.width
+
+    @property
+    def full_height(self) -> int:
+        """The stored image's height (``height`` unless the decoder shrank it)."""
+        return self.full_size[1] if self.full_size is not None else self.height
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -392,12 +411,18 @@ def decode_image(
     band_map: Sequence[str] | None = None,
     max_pixels: int,
     expected_bands: int | None = None,
+    shrink_to: tuple[int, int] | None = None,
 ) -> Image:
     """Decode JPEG / PNG / (Geo)TIFF bytes into an :class:`Image`, or refuse with ``InvalidInput``.
 
     ``band_map`` names the decoded bands in file order (JPEG/PNG file order is red, green, blue);
     without it JPEG/PNG bands are ``red, green, blue`` (or ``gray``), a 3-band TIFF is RGB and other
     TIFFs get ``b0, b1, …``. ``max_pixels`` bounds width × height and is checked from the header.
+
+    ``shrink_to=(width, height)`` lets a JPEG decode at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+    scaling: fewer coefficients decoded, no full-size buffer) while both sides stay at least that
+    large and the longest at least :data:`MIN_SHRUNK_SIDE` — for a model that resizes the image to
+    ``width × height`` anyway. The image keeps its ``full_size``; other formats decode in full.
     """
     started = time.perf_counter()
     fmt = sniff_format(data)
@@ -405,7 +430,12 @@ def decode_image(
         image = _decode_tiff(data, band_map=band_map, max_pixels=max_pixels, expected_bands=expected_bands)
     else:
         image = _decode_raster(
-            data, fmt, band_map=band_map, max_pixels=max_pixels, expected_bands=expected_bands
+            data,
+            fmt,
+            band_map=band_map,
+            max_pixels=max_pixels,
+            expected_bands=expected_bands,
+            shrink_to=shrink_to,
         )
     logger.debug(
         "decoded image",
@@ -421,6 +451,17 @@ def decode_image(
     return image
 
 
+def jpeg_shrink(width: int, height: int, target: tuple[int, int]) -> int:
+    """The largest DCT scale factor (1, 2, 4 or 8) keeping a ``width × height`` JPEG at least
+    ``target`` on both sides and at least :data:`MIN_SHRUNK_SIDE` on its longest (libjpeg rounds the
+    scaled size up)."""
+    for factor in (8, 4, 2):
+        w, h = -(-width // factor), -(-height // factor)
+        if w >= target[0] and h >= target[1] and max(w, h) >= MIN_SHRUNK_SIDE:
+            return factor
+    return 1
+
+
 def _decode_raster(
     data: bytes,
     fmt: Literal["jpeg", "png"],
@@ -428,6 +469,7 @@ def _decode_raster(
     band_map: Sequence[str] | None,
     max_pixels: int,
     expected_bands: int | None,
+    shrink_to: tuple[int, int] | None = None,
 ) -> Image:
     """JPEG and PNG through OpenCV; the decode flags are chosen from the header so no conversion pass runs."""
     label = fmt.upper()
@@ -439,12 +481,14 @@ def _decode_raster(
         if data.rfind(b"\xff\xd9", jh.scan_start) == -1:
             raise _corrupt(label, "no end-of-image marker")
         gray = jh.components == 1
+        factor = 1 if shrink_to is None else jpeg_shrink(jh.width, jh.height, shrink_to)
     else:
         ph = _png_header(data)
         _check_pixels(label, ph.width, ph.height, max_pixels)
         if data.rfind(b"IEND", 33) == -1:
             raise _corrupt(label, "no IEND chunk")
         gray = ph.color_type in (0, 4)  # gray, gray + alpha
+        factor = 1
 
     default = GRAY if gray else RGB
     bands = _name_bands(label, len(default), default, band_map, expected_bands)
@@ -455,6 +499,8 @@ def _decode_raster(
         flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH
     else:
         flags = (_IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR) | cv2.IMREAD_ANYDEPTH
+    if factor > 1:  # IMREAD_REDUCED_*_k: the plain flags plus the scale bits (16, 32, 48)
+        flags = (flags & ~cv2.IMREAD_ANYDEPTH) | _REDUCED_BITS[factor]
     buf = np.frombuffer(data, dtype=np.uint8)  # zero-copy view of the bytes
     try:
         pixels = cv2.imdecode(buf, flags)
@@ -466,7 +512,12 @@ def _decode_raster(
         cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB, dst=pixels)  # in place: no second buffer
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]
-    return Image(pixels=pixels, bands=bands, format=fmt, content_hash=content_hash(data))
+    full_size = None
+    if factor > 1:
+        # EXIF orientation may have turned the picture: the full size follows the decoded shape.
+        turned = (pixels.shape[1] < pixels.shape[0]) != (jh.width < jh.height)
+        full_size = (jh.height, jh.width) if turned else (jh.width, jh.height)
+    return Image(pixels=pixels, bands=bands, format=fmt, content_hash=content_hash(data), full_size=full_size)
 
 
 @dataclass(frozen=True)

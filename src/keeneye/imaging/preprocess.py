@@ -228,7 +228,8 @@ def prepare_input(image: Image, spec: InputSpec) -> tuple[npt.NDArray[Any], Tran
     to every pixel, padding included — the same arithmetic training used.
     """
     plan = _plan_channels(image, spec.channels)
-    transform = Transform.fit(image.height, image.width, spec)
+    # The geometry of the stored image (outputs map back to it), whatever size it was decoded at.
+    transform = Transform.fit(image.full_height, image.full_width, spec)
     scale = np.float32(default_scale(image.dtype, spec))
 
     # Only the bands the model uses are resized; all of them in one OpenCV call when that is all bands.

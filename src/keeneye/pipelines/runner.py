@@ -57,6 +57,9 @@ def prepare(spec: PipelineSpec, manifest: ModelManifest, data: bytes, settings: 
         band_map=spec.input.band_map,
         max_pixels=spec.input.max_pixels or settings.imaging.max_pixels,
         expected_bands=spec.input.expected_bands,
+        # a 640×480 photo for a 224 px model decodes at 320×240 (JPEG DCT scaling): the model sees
+        # the same resize of a smaller decode, answers stay in full-size coordinates
+        shrink_to=(manifest.input.width, manifest.input.height) if settings.imaging.jpeg_shrink else None,
     )
     if image.format not in spec.input.formats:
         raise InvalidInput(
@@ -77,8 +80,8 @@ def finish(
     prediction = Prediction(instances=instances, model=ref, task=manifest.task)
     image = prepared.image
     facts = ImageFacts(
-        width=image.width,
-        height=image.height,
+        width=image.full_width,
+        height=image.full_height,
         bands=tuple(image.bands),
         format=image.format,
         quality=quality_features(image),
