@@ -13,8 +13,9 @@ the same inputs and the same load for every server:
 
 Servers (each its own process, started by this script):
 
-1. keeneye ``serve`` with its defaults (micro-batching, every image and answer stored durably, metrics,
-   drift) — the per-client rate limit lifted, since one load generator is one client address;
+1. keeneye ``serve --workers 2`` (``--workers``), otherwise its defaults: micro-batching, every image and
+   answer stored durably (group commit), metrics, drift — the per-client rate limit lifted, since one
+   load generator is one client address;
 2. a naive FastAPI server (no batching, nothing stored): benchmarks/peers/naive_server.py;
 3. LitServe with dynamic batching: benchmarks/peers/litserve_server.py;
 4. BentoML with adaptive batching: benchmarks/peers/bentoml_service.py.
@@ -219,7 +220,14 @@ def servers(args: argparse.Namespace, home: Path, model: Path, work: Path) -> di
     out: dict[str, Any] = {}
     port = free_port()
     out["keeneye"] = (
-        [str(REPO / ".venv" / "bin" / "keeneye"), "serve", "--port", str(port)],
+        [
+            str(REPO / ".venv" / "bin" / "keeneye"),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ],
         {
             "KEENEYE_HOME": str(home),
             "KEENEYE_CONFIG": os.devnull,
@@ -342,6 +350,9 @@ def main() -> None:
         "--peers", default="naive,litserve,bentoml", help="peers to measure besides keeneye (comma list)"
     )
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)), help="load levels")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="keeneye serve --workers (processes sharing the port)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     args.peers = set(args.peers.split(","))
