@@ -312,6 +312,35 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
         )
 
+        # The line-inspection edge runner (keeneye.edge): one process per line and camera.
+        self.edge_decisions = self._counter(
+            "keeneye_edge_decisions",
+            "Parts decided by the edge runner, by PLC result (ok|defect|failsafe_defect)",
+            ["pipeline", "line", "camera", "result"],
+        )
+        self.edge_failsafe = self._counter(
+            "keeneye_edge_failsafe",
+            "Fail-safe DEFECT decisions, by reason (deadline_missed|unreadable_frame|model_error)",
+            ["pipeline", "line", "camera", "reason"],
+        )
+        self.edge_decision_seconds = self._histogram(
+            "keeneye_edge_decision_seconds",
+            "Time from a frame's trigger to its decision being handed to the PLC sink",
+            ["pipeline", "line", "camera"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.edge_late_answers = self._counter(
+            "keeneye_edge_late_answers",
+            "Model answers that came after their part's fail-safe decision (discarded, never sent)",
+            ["pipeline", "line", "camera"],
+        )
+        self.edge_unstored = self._gauge(
+            "keeneye_edge_unstored_events",
+            "Decided events in the edge journal not yet in the results DB",
+            ["pipeline", "line", "camera"],
+            mode="mostrecent",
+        )
+
     def _counter(self, name: str, help_text: str, labels: Sequence[str]) -> Counter:
         self.catalogue.append(MetricDoc(name, "counter", help_text, tuple(labels)))
         return Counter(name, help_text, labels, registry=self.registry)

@@ -318,6 +318,39 @@ class PlcSettings(_Section):
     mqtt: MqttSinkSettings = Field(default_factory=MqttSinkSettings)
 
 
+class SkuThresholds(_Section):
+    """One SKU's OK/DEFECT thresholds on the line (``None`` keeps the pipeline spec's value)."""
+
+    defect_score: float | None = Field(
+        None, ge=0, le=1, description="DEFECT when a defect scores at least this"
+    )
+    defect_min_area: int | None = Field(None, ge=0, description="ignore smaller defect instances (px)")
+
+
+class EdgeSettings(_Section):
+    """The line-inspection edge runner (``keeneye inspect``), see docs/line-inspection.md."""
+
+    journal_dir: Path | None = Field(
+        None, description="where decided events wait to be stored (default: $KEENEYE_HOME/edge)"
+    )
+    decision_margin_ms: float = Field(
+        15.0,
+        ge=0,
+        description="the watchdog gives up this long before the deadline, so the fail-safe is in time",
+    )
+    flush_interval_seconds: float = Field(0.2, gt=0, description="how often the journal is copied to the DB")
+    outcome_wait_seconds: float = Field(
+        2.0, ge=0, description="a decision waits this long for its PLC outcome, then is stored without it"
+    )
+    fsync_interval_seconds: float = Field(
+        1.0, gt=0, description="the journal is fsynced this often (kill -9 loses nothing; power loss ≤ this)"
+    )
+    keep_images: bool = Field(True, description="store each frame's image with its event (retention applies)")
+    sku_thresholds: dict[str, SkuThresholds] = Field(
+        default_factory=dict, description="per-SKU overrides of thresholds.defect_score / defect_min_area"
+    )
+
+
 class SmartcutSettings(_Section):
     """smartcut (docs/smartcut.md): where chunks live and what one video may be (the seed's pilot limits)."""
 
@@ -333,6 +366,14 @@ class SmartcutSettings(_Section):
         25 * 1000**3, gt=0, description="larger video files are refused (seed: 25 GB)"
     )
     default_sensitivity: float = Field(1.0, gt=0, description="seconds between sampled frames when not given")
+    max_inflight_per_user: int = Field(3, ge=1, description="open requests per user_id (seed: 3); more → 429")
+    max_active_users: int = Field(10, ge=1, description="users with open requests (seed: 10); more → 429")
+    plugin_timeout_seconds: float = Field(
+        600.0, gt=0, description="a request whose plugin shows no progress this long fails (slot freed)"
+    )
+    allowed_roots: list[Path] = Field(
+        default_factory=list, description="folders POST /v1/smartcut/requests may read a `path` from"
+    )
 
 
 class Settings(BaseSettings):
@@ -366,6 +407,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     plc: PlcSettings = Field(default_factory=PlcSettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     smartcut: SmartcutSettings = Field(default_factory=SmartcutSettings)
 
     @classmethod

@@ -73,6 +73,7 @@ def _register() -> None:
     from keeneye.cli import alerts as alerts_cli
     from keeneye.cli import demo as demo_cli
     from keeneye.cli import drift as drift_cli
+    from keeneye.cli import inspect as inspect_cli
     from keeneye.cli import labels as labels_cli
     from keeneye.cli import models as models_cli
     from keeneye.cli import ops as ops_cli
@@ -89,6 +90,7 @@ def _register() -> None:
     demo_cli.register(app)
     system.register(app)
     serve.register(app)
+    inspect_cli.register(app)
     stream_cli.register(app)
     pipelines_cli.register(app)
     models_cli.register(app)

@@ -59,6 +59,7 @@ SCENARIOS: dict[str, Scenario] = {
     "DeadLettersGrowing": Scenario(labels={"reason": "bad_image"}),
     "ReplicasAtMax": Scenario(),
     "PlcUnreachable": Scenario(hot=0.0, quiet=1.0, labels={"line": "L1", "camera": "C1", "sink": "modbus"}),
+    "InspectionDeadlineMissed": Scenario(labels={"line": "L1", "camera": "C1", "reason": "deadline_missed"}),
 }
 
 
