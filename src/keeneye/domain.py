@@ -325,6 +325,17 @@ class ZoneCollectionJson(TypedDict):
     crs: NotRequired[JsonObject]
 
 
+class GeoModelJson(TypedDict):
+    """Whether the disease model ran on the raster: ``ran``; when it did not, ``reason`` and the
+    ``missing_bands`` it needed; ``tiles`` it ran on, each ``tile_size`` px (the model's input)."""
+
+    ran: bool
+    reason: str | None
+    missing_bands: list[str]
+    tiles: int
+    tile_size: int | None
+
+
 class GeoPartJson(TypedDict):
     indices: dict[str, IndexStatsJson]
     crs: str | None
@@ -335,6 +346,7 @@ class GeoPartJson(TypedDict):
     vigour_index: str | None
     zones: ZoneCollectionJson
     notes: list[str]
+    model: NotRequired[GeoModelJson]
 
 
 class AnswerJson(TypedDict, total=False):
@@ -392,13 +404,14 @@ class GeoPart:
     bands: tuple[str, ...] = ()
     vigour_index: str | None = None
     notes: list[str] = field(default_factory=list)
+    model: GeoModelJson | None = None  # None: no model was asked (geo.analyse_field alone)
 
     @property
     def georeferenced(self) -> bool:
         return self.crs is not None
 
     def to_json(self) -> GeoPartJson:
-        return {
+        out: GeoPartJson = {
             "indices": dict(self.indices),
             "crs": self.crs,
             "georeferenced": self.georeferenced,
@@ -409,6 +422,9 @@ class GeoPart:
             "zones": self.zones,
             "notes": list(self.notes),
         }
+        if self.model is not None:
+            out["model"] = self.model
+        return out
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> GeoPart:
@@ -441,7 +457,23 @@ class GeoPart:
             bands=tuple(str(b) for b in bands) if isinstance(bands, list) else (),
             vigour_index=vigour if isinstance(vigour, str) else None,
             notes=[str(n) for n in notes] if isinstance(notes, list) else [],
+            model=_geo_model_of(doc.get("model")),
         )
+
+
+def _geo_model_of(value: Any) -> GeoModelJson | None:
+    """A stored ``geo.model`` read back; None when absent or malformed."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("ran"), bool):
+        return None
+    reason, missing = value.get("reason"), value.get("missing_bands")
+    tiles, size = value.get("tiles"), value.get("tile_size")
+    return {
+        "ran": value["ran"],
+        "reason": reason if isinstance(reason, str) else None,
+        "missing_bands": [str(b) for b in missing] if isinstance(missing, list) else [],
+        "tiles": tiles if isinstance(tiles, int) else 0,
+        "tile_size": size if isinstance(size, int) else None,
+    }
 
 
 @dataclass(frozen=True)

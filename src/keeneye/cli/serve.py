@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,14 +102,48 @@ def predict(
     pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline to use (default: species-id)."),
     metadata: str = typer.Option(None, help="JSON object stored with each observation."),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON results."),
+    band_map: str = typer.Option(
+        None,
+        "--band-map",
+        help="crop-health: which band is which — a camera preset (micasense-rededge-mx, dji-p4m, "
+        "sentinel2-l2a-10m, … see docs/crop-health.md) or the bands in file order, e.g. "
+        "blue,green,red,nir,red_edge. Default: the pipeline's band map.",
+    ),
+    crs: str = typer.Option(
+        None,
+        "--crs",
+        help="crop-health: zone coordinates, wgs84 (GeoJSON lon/lat, the default) or native "
+        "(the raster's own CRS, e.g. its UTM zone).",
+    ),
+    geojson: Path = typer.Option(
+        None,
+        "--geojson",
+        help="crop-health: write the vigour and disease zones of the (one) file to this GeoJSON file.",
+        dir_okay=False,
+    ),
 ) -> None:
-    """Predict on local files through the same code path as the API (results are stored too)."""
+    """Predict on local files through the same code path as the API (results are stored too).
+
+    Crop-health answers carry a [bold]geo[/] part: NDVI/NDRE/GNDVI statistics and vigour and disease
+    zones with their areas; [bold]--geojson FILE[/] writes the zones, e.g.
+    [dim]keeneye predict -p crop-health field.tif --band-map micasense-rededge-mx --geojson zones.geojson[/]
+    """
     from keeneye.serving.routes.predict import parse_metadata
     from keeneye.serving.state import close_state, open_state
 
     s = settings()
     name = pipeline or s.serving.default_pipeline
     meta = parse_metadata(metadata)
+    if band_map is not None:
+        meta["band_map"] = band_map
+    if crs is not None:
+        if crs not in ("wgs84", "native"):
+            err_console.print(f"[red]--crs must be wgs84 or native, not {crs!r}[/]")
+            raise typer.Exit(2)
+        meta["crs"] = crs
+    if geojson is not None and len(files) != 1:
+        err_console.print("[red]--geojson writes the zones of one file: give exactly one file[/]")
+        raise typer.Exit(2)
 
     async def run() -> list[dict[str, Any]]:
         state = await open_state(s, poll_aliases=False)
@@ -131,6 +166,12 @@ def predict(
         return results
 
     results = asyncio.run(run())
+    if geojson is not None and "error" not in results[0]:
+        geo = results[0].get("geo")
+        if not isinstance(geo, dict):
+            err_console.print(f"[red]pipeline {name!r} answers no zones; --geojson needs crop-health[/]")
+            raise typer.Exit(1)
+        geojson.write_text(json.dumps(geo["zones"], ensure_ascii=False))
     if json_out:
         print_json(results)
     else:

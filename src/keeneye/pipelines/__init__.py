@@ -1,5 +1,6 @@
 """Pipelines: specs (YAML → pydantic) and their catalog, prepare / finish, the served models, routing."""
 
+from keeneye.pipelines.crophealth import answer_key, run_tiles_sync
 from keeneye.pipelines.loaded import LoadedModel
 from keeneye.pipelines.routing import (
     SHADOW_QUEUE,
@@ -17,6 +18,7 @@ from keeneye.pipelines.runner import (
     observation_key,
     prepare,
     quarantine_key,
+    run_model,
 )
 from keeneye.pipelines.runtime import ModelNotReady, ModelRuntime
 from keeneye.pipelines.spec import (
@@ -65,6 +67,7 @@ __all__ = [
     "SplitsSection",
     "ThresholdsSection",
     "TrainingSection",
+    "answer_key",
     "answer_of",
     "builtin_specs",
     "choose_variant",
@@ -78,5 +81,7 @@ __all__ = [
     "prepare",
     "prepare_for",
     "quarantine_key",
+    "run_model",
     "run_shadow_batch",
+    "run_tiles_sync",
 ]

@@ -20,17 +20,19 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TypedDict
 
 import numpy as np
 
 from keeneye.domain import Answer, AnswerJson, KeeneyeError, Variant
-from keeneye.imaging import prepare_input
+from keeneye.imaging import Transform, prepare_input
 from keeneye.metrics import Metrics
 from keeneye.models.manifest import ModelManifest
+from keeneye.pipelines.crophealth import run_tiles_sync, tile_input
 from keeneye.pipelines.loaded import LoadedModel
-from keeneye.pipelines.runner import Prepared, finish, prepare
+from keeneye.pipelines.runner import Prepared, finish, prepare, run_model
 from keeneye.pipelines.spec import PipelineSpec
 from keeneye.settings import Settings
 from keeneye.store import ResultsDB, utcnow
@@ -77,7 +79,11 @@ def in_shadow_sample(rollout: RolloutRecord | None, key: str) -> bool:
 
 
 def prepare_for(manifest: ModelManifest, prepared: Prepared) -> Prepared:
-    """The same decoded image as the input of another model (no second decode)."""
+    """The same decoded image as the input of another model (no second decode; a geo raster is
+    cut again into that model's tiles)."""
+    if prepared.geo is not None:
+        geo = tile_input(prepared.geo.raster, manifest, prepared.geo.request)
+        return replace(prepared, transform=Transform.fit(*geo.raster.shape, manifest.input), geo=geo)
     tensor, transform = prepare_input(prepared.image, manifest.input)
     return Prepared(prepared.image, tensor, transform)
 
@@ -160,7 +166,7 @@ class ShadowRunner:
         manifest = model.bundle.manifest
         try:
             prepared = await asyncio.to_thread(prepare, spec, manifest, data, self.settings)
-            outputs = await model.batcher.submit(prepared.tensor)
+            outputs = await run_model(model.batcher, prepared)  # per tile for a geo pipeline
             result = await asyncio.to_thread(finish, spec, manifest, model.ref, prepared, outputs)
             latency_ms = (time.perf_counter() - started) * 1000
             row = _prediction_row(observation_id, spec, model, result, latency_ms)
@@ -193,9 +199,15 @@ def run_shadow_batch(
     try:
         inputs = [(obs_id, prepare_for(manifest, p)) for obs_id, p in items]
         groups: dict[tuple[tuple[int, ...], str], list[tuple[str, Prepared]]] = {}
-        for obs_id, p in inputs:
-            groups.setdefault((tuple(p.tensor.shape), str(p.tensor.dtype)), []).append((obs_id, p))
         rows = []
+        for obs_id, p in inputs:
+            if p.geo is not None:  # crop-health: its own tiles
+                t0 = time.perf_counter()
+                outs = run_tiles_sync(model.model.run, p.geo)
+                result = finish(spec, manifest, model.ref, p, outs)
+                rows.append(_prediction_row(obs_id, spec, model, result, (time.perf_counter() - t0) * 1000))
+                continue
+            groups.setdefault((tuple(p.tensor.shape), str(p.tensor.dtype)), []).append((obs_id, p))
         for group in groups.values():
             t0 = time.perf_counter()
             outputs = model.model.run(np.stack([p.tensor for _, p in group]))

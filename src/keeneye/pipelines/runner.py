@@ -12,11 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from keeneye.domain import Answer, ClassLabel, ImageFacts, InvalidInput, ModelRef, Prediction, Task
+from keeneye.domain import (
+    Answer,
+    AnswerParts,
+    ClassLabel,
+    ImageFacts,
+    InvalidInput,
+    JsonObject,
+    ModelRef,
+    Prediction,
+    Task,
+)
 from keeneye.geometry import mask_outline
-from keeneye.imaging import Image, Transform, decode_image, prepare_input, quality_features
-from keeneye.models import decide_ok_defect, postprocess
+from keeneye.imaging import Image, Transform, content_hash, decode_image, prepare_input, quality_features
+from keeneye.models import MicroBatcher, decide_ok_defect, postprocess
 from keeneye.models.manifest import ModelManifest
+from keeneye.pipelines.crophealth import GeoInput, geo_answer, geo_request, read_geo_input, run_tiles
 from keeneye.pipelines.spec import PipelineSpec
 from keeneye.settings import Settings
 
@@ -40,18 +51,32 @@ def quarantine_key(pipeline: str, content_hash: str) -> str:
 
 @dataclass(frozen=True)
 class Prepared:
+    """One decoded image and its model input. ``geo``: a geo pipeline's raster and tiles (then the
+    model runs per tile, :func:`run_model`, and ``tensor`` is unused)."""
+
     image: Image
     tensor: np.ndarray
     transform: Transform
+    geo: GeoInput | None = None
 
 
-def prepare(spec: PipelineSpec, manifest: ModelManifest, data: bytes, settings: Settings) -> Prepared:
-    """Decode and validate ``data`` for ``spec`` and build the model input; raises InvalidInput."""
+def prepare(
+    spec: PipelineSpec,
+    manifest: ModelManifest,
+    data: bytes,
+    settings: Settings,
+    metadata: JsonObject | None = None,
+) -> Prepared:
+    """Decode and validate ``data`` for ``spec`` and build the model input; raises InvalidInput.
+
+    ``metadata``: the request's, read by geo pipelines (``band_map``, ``camera``, ``crs``)."""
     if not data:
         raise InvalidInput(
             "empty", "the request carries no image bytes", status=400,
             fix="send the image as multipart field 'file' or as the raw body",
         )  # fmt: skip
+    if spec.input.geo:
+        return _prepare_geo(spec, manifest, data, settings, metadata)
     image = decode_image(
         data,
         band_map=spec.input.band_map,
@@ -72,11 +97,40 @@ def prepare(spec: PipelineSpec, manifest: ModelManifest, data: bytes, settings: 
     return Prepared(image, tensor, transform)
 
 
+def _prepare_geo(
+    spec: PipelineSpec, manifest: ModelManifest, data: bytes, settings: Settings, metadata: JsonObject | None
+) -> Prepared:
+    """A geo pipeline's upload: the raster as reflectance (the image facts and drift features see
+    reflectance 0–1, comparable across cameras) and its tiles at the model's native size."""
+    request = geo_request(spec, metadata)
+    geo = read_geo_input(
+        spec, manifest, data, request, max_pixels=spec.input.max_pixels or settings.imaging.max_pixels
+    )
+    raster = geo.raster
+    pixels = np.moveaxis(np.where(raster.valid, raster.data, np.float32(0)), 0, -1)
+    image = Image(pixels, raster.bands, "tiff", content_hash(data))
+    height, width = raster.shape
+    empty = np.zeros((0,), dtype=np.float32)
+    return Prepared(image, empty, Transform.fit(height, width, manifest.input), geo)
+
+
+async def run_model(batcher: MicroBatcher, prepared: Prepared) -> list[np.ndarray]:
+    """The model's outputs for one prepared image: one submit, or one per tile for a geo pipeline."""
+    if prepared.geo is not None:
+        return await run_tiles(batcher, prepared.geo)
+    return await batcher.submit(prepared.tensor)
+
+
 def finish(
     spec: PipelineSpec, manifest: ModelManifest, ref: ModelRef, prepared: Prepared, outputs: list[np.ndarray]
 ) -> Answer:
     """Post-process one image's model outputs into the pipeline's answer."""
-    instances = postprocess(manifest, outputs, prepared.transform)
+    parts = AnswerParts()
+    if prepared.geo is not None:
+        instances, geo_part = geo_answer(spec, manifest, prepared.geo, outputs)
+        parts = AnswerParts(geo=geo_part)
+    else:
+        instances = postprocess(manifest, outputs, prepared.transform)
     prediction = Prediction(instances=instances, model=ref, task=manifest.task)
     image = prepared.image
     facts = ImageFacts(
@@ -86,17 +140,22 @@ def finish(
         format=image.format,
         quality=quality_features(image),
     )
-    return answer_of(prediction, manifest, spec, image=facts)
+    return answer_of(prediction, manifest, spec, image=facts, parts=parts)
 
 
 def answer_of(
-    prediction: Prediction, manifest: ModelManifest, spec: PipelineSpec, *, image: ImageFacts | None = None
+    prediction: Prediction,
+    manifest: ModelManifest,
+    spec: PipelineSpec,
+    *,
+    image: ImageFacts | None = None,
+    parts: AnswerParts | None = None,
 ) -> Answer:
     """A prediction with what the pipeline adds: class names, outlines, the OK/DEFECT decision."""
     inst = prediction.instances
     classes = tuple(ClassLabel(c.name, c.display) for c in manifest.classes)
     if prediction.task is Task.classify:
-        return Answer(prediction=prediction, classes=classes, image=image)
+        return Answer(prediction=prediction, classes=classes, image=image, parts=parts or AnswerParts())
     decision = decide_ok_defect(inst, manifest) if spec.decision.kind == "ok-defect" else None
     return Answer(
         prediction=prediction,
@@ -105,4 +164,5 @@ def answer_of(
         outlines=None if inst.masks is None else [mask_outline(m) for m in inst.masks],
         decision=decision,
         image=image,
+        parts=parts or AnswerParts(),
     )

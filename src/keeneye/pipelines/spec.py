@@ -90,6 +90,11 @@ class InputSection(_Strict):
     )
     max_upload_bytes: int | None = Field(None, gt=0, description="overrides serving.max_upload_bytes")
     max_pixels: int | None = Field(None, gt=0, description="overrides imaging.max_pixels")
+    geo: bool = Field(
+        False,
+        description="read uploads as (Geo)TIFF rasters with keeneye.geo: per-request band maps, masks, "
+        "per-tile inference and the geo part (crop-health; keeneye.pipelines.crophealth)",
+    )
 
     @model_validator(mode="after")
     def _check_bands(self) -> InputSection:

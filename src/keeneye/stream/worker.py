@@ -55,6 +55,7 @@ from keeneye.pipelines import (
     prepare,
     prepare_for,
     quarantine_key,
+    run_tiles_sync,
 )
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
@@ -447,7 +448,7 @@ class PipelineWorker(WorkerBase):
             return
         t0 = time.perf_counter()
         try:
-            item.prepared = prepare(self.spec, manifest, item.data, self.settings)
+            item.prepared = prepare(self.spec, manifest, item.data, self.settings, obs.metadata)
         except InvalidInput as exc:
             item.ack = self._reject(item, exc)
         except Exception as exc:
@@ -534,6 +535,9 @@ class PipelineWorker(WorkerBase):
         groups: dict[tuple[int, tuple[int, ...], str], list[BatchItem]] = {}
         for item in items:
             assert item.prepared is not None
+            if item.prepared.geo is not None:  # crop-health: its own tiles, at the model's input size
+                seconds += self._run_tiles(item, item.model or loaded)
+                continue
             tensor = item.prepared.tensor
             key = (id(item.model or loaded), tuple(tensor.shape), str(tensor.dtype))
             groups.setdefault(key, []).append(item)
@@ -557,6 +561,20 @@ class PipelineWorker(WorkerBase):
                 item.outputs = [out[j] for out in outputs]
                 item.timings["infer"] = run_seconds * 1000
         return seconds
+
+    def _run_tiles(self, item: BatchItem, model: LoadedModel) -> float:
+        """One geo item's tiles through the model (``keeneye.pipelines.crophealth``)."""
+        assert item.prepared is not None and item.prepared.geo is not None
+        t0 = time.perf_counter()
+        try:
+            item.outputs = run_tiles_sync(model.model.run, item.prepared.geo)
+        except Exception as exc:  # a model failure is not the input's fault: retry
+            log.warning("model run failed", extra={"pipeline": self.pipeline, "error": repr(exc)})
+            item.error = exc
+            return 0.0
+        run_seconds = time.perf_counter() - t0
+        item.timings["infer"] = run_seconds * 1000
+        return run_seconds
 
     def _post_process(self, items: list[BatchItem], loaded: LoadedModel) -> None:
         """Model outputs → each item's answer (``finish``: instances, decision, quality features)."""

@@ -16,8 +16,8 @@ import pytest
 from keeneye.serving.state import close_state, open_state
 from keeneye.settings import ServingSettings, Settings
 from keeneye.store import open_results_db
-from tests.serving_support import jpeg, register_species_model, with_species_limits
 from tests.services import free_port, wait_for_port
+from tests.serving_support import jpeg, register_species_model, with_species_limits
 
 pytestmark = pytest.mark.slow  # two server processes load their models: seconds
 
@@ -69,7 +69,8 @@ def test_two_processes_share_the_port_store_everything_and_count_together(tmp_pa
                 )
 
         responses = asyncio.run(burst())
-        assert [r.status_code for r in responses] == [200] * 40, [r.text for r in responses if r.status_code != 200]
+        refused = [r.text for r in responses if r.status_code != 200]
+        assert [r.status_code for r in responses] == [200] * 40, refused
         ids = {r.json()["observation_id"] for r in responses}
         assert len(ids) == 40
 

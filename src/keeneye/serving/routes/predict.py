@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
 from keeneye.domain import InvalidInput, JsonObject
@@ -137,11 +137,13 @@ async def extract_image(request: Request, limit: int) -> tuple[bytes, JsonObject
     )
 
 
-async def _predict(name: str, request: Request, state: StateDep) -> PredictionJson:
+async def _predict(name: str, request: Request, state: StateDep, crs: str | None = None) -> PredictionJson:
     spec = state.catalog.get(name)  # 404 before reading a byte
     limit = spec.input.max_upload_bytes or state.settings.serving.max_upload_bytes
     try:
         data, metadata = await extract_image(request, limit)
+        if crs is not None:  # crop-health: the zones' CRS, read by the pipeline like metadata.crs
+            metadata = {**metadata, "crs": crs}
         result = await state.service.predict(name, data, metadata, source="http")
     except InvalidInput as exc:
         state.metrics.requests.labels(name, str(exc.status)).inc()
@@ -158,13 +160,24 @@ async def _predict(name: str, request: Request, state: StateDep) -> PredictionJs
     openapi_extra=_BODY_DOC,
     summary="Predict on one image, synchronously",
 )
-async def predict(name: str, request: Request, state: StateDep, _client: AdmitDep) -> PredictionJson:
+async def predict(
+    name: str,
+    request: Request,
+    state: StateDep,
+    _client: AdmitDep,
+    crs: str | None = Query(
+        None,
+        description="crop-health: the zones' coordinates, wgs84 (GeoJSON lon/lat, the default) or "
+        "native (the raster's own CRS)",
+    ),
+) -> PredictionJson:
     """Send the image as multipart field ``file`` (optional ``metadata`` JSON) or as the raw body.
 
     Every accepted image is stored with its prediction; the same bytes for the same model version are
-    answered from the cache (``cached: true``).
+    answered from the cache (``cached: true``). Crop-health reads ``metadata.band_map`` /
+    ``metadata.camera`` and ``?crs=native`` (docs/crop-health.md).
     """
-    return await _predict(name, request, state)
+    return await _predict(name, request, state, crs)
 
 
 @router.post(

@@ -1,0 +1,378 @@
+"""Crop health on any camera and any size: a GeoTIFF → reflectance → per-tile disease model → geo part.
+
+A pipeline whose spec sets ``input.geo: true`` (the built-in ``crop-health``) reads its uploads with
+:func:`keeneye.geo.read_raster` instead of the photo decoder, so
+
+* the bands are named per request: ``metadata.band_map`` (a preset such as ``micasense-rededge-mx``
+  or ``blue,green,red,nir``), else ``metadata.camera`` (the spec's ``band_map_by_camera`` or a preset
+  of that name), else the spec's ``band_map``; a raster with another number of data bands is refused
+  (``wrong_band_count``, naming the map and both counts);
+* nodata, internal masks and alpha are masked out of every statistic and zone (``valid``);
+* the model runs at its native resolution on overlapping tiles (:func:`keeneye.geo.tile_windows`,
+  tile = the model's input size) and the per-tile logits are stitched back (cores only) before the
+  disease zones are cut — a 2048² raster is never shrunk to the model's 128 px;
+* a model that needs a band the raster lacks is not run: the answer says which band is missing and
+  still carries the index statistics and vigour zones (``geo.model``);
+* the size limit is checked on the header before any pixel is read (413 ``image_too_large``).
+
+``metadata.crs`` (``wgs84``, the default, or ``native``; the API's ``?crs=native`` and the CLI's
+``--crs native`` set it) chooses the zones' coordinates. docs/crop-health.md describes all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.io import DatasetReader, MemoryFile
+from rasterio.windows import Window
+
+from keeneye.domain import GeoModelJson, GeoPart, Instances, InvalidInput, JsonObject
+from keeneye.geo import (
+    PRESETS,
+    BandMap,
+    Reflectance,
+    Stitcher,
+    Tile,
+    analyse_reflectance,
+    class_map_of,
+    compute_index,
+    disease_zones,
+    open_raster,
+    read_dataset,
+    resolve_band_map,
+    tile_windows,
+)
+from keeneye.geo.raster import data_band_indexes
+from keeneye.geo.zones import OutputCrs
+from keeneye.imaging import SPECTRAL_INDICES, Image, canonical_band_name, prepare_input
+from keeneye.models import MicroBatcher, RunFn, run_batch
+from keeneye.models.manifest import ModelManifest
+from keeneye.models.postprocess import seg_logits_to_instances
+from keeneye.pipelines.spec import PipelineSpec
+
+FloatArray = npt.NDArray[np.float32]
+CRS_CHOICES: Final = ("wgs84", "native")
+# Tiles submitted to the micro-batcher at once: bounded so a big raster never fills its queue alone.
+TILE_WAVE: Final = 16
+
+
+@dataclass(frozen=True)
+class GeoRequest:
+    """How one request reads its raster: the band map, where it came from, the zones' CRS."""
+
+    band_map: BandMap
+    source: str  # "preset micasense-rededge-mx", "camera keeneye", "band map nir,red", …
+    crs: OutputCrs = "wgs84"
+
+
+@dataclass(frozen=True, eq=False)
+class GeoInput:
+    """A raster read for the crop-health model: reflectance, the tiles that run, their tensors.
+
+    ``tensors[i]`` is the model input of ``tiles[i]`` (only tiles with valid pixels run); empty with a
+    ``reason`` when the model cannot run on these bands.
+    """
+
+    raster: Reflectance
+    request: GeoRequest
+    tile_size: int
+    tiles: tuple[Tile, ...]
+    tensors: tuple[npt.NDArray[np.generic], ...]
+    reason: str | None = None
+    missing_bands: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------------
+# The request: band map and CRS
+# --------------------------------------------------------------------------------------------------
+
+
+def geo_request(spec: PipelineSpec, metadata: JsonObject | None) -> GeoRequest:
+    """The band map and CRS ``metadata`` asks for (see the module docstring); bad values are 400/422."""
+    meta = metadata or {}
+    crs = meta.get("crs", "wgs84")
+    if crs not in CRS_CHOICES:
+        raise InvalidInput(
+            "bad_crs", f"crs {crs!r} is not one of {', '.join(CRS_CHOICES)}", status=400,
+            fix="ask for crs=wgs84 (GeoJSON lon/lat, the default) or crs=native (the raster's own CRS)",
+        )  # fmt: skip
+    output_crs: OutputCrs = "native" if crs == "native" else "wgs84"
+    band_map = meta.get("band_map")
+    if band_map is not None:
+        if isinstance(band_map, str) or (
+            isinstance(band_map, list) and all(isinstance(b, str) for b in band_map)
+        ):
+            resolved = resolve_band_map(band_map if isinstance(band_map, str) else [str(b) for b in band_map])
+            return GeoRequest(resolved, _source_of(resolved), output_crs)
+        raise InvalidInput(
+            "bad_band_map", "metadata.band_map must be a preset name or a list of band names",
+            fix="e.g. \"micasense-rededge-mx\" or \"blue,green,red,nir\"",
+        )  # fmt: skip
+    camera = meta.get("camera")
+    if camera is not None:
+        key = str(camera).strip().lower()
+        bands = spec.input.band_map_by_camera.get(key)
+        if bands is not None:
+            return GeoRequest(resolve_band_map(bands), f"camera {key} ({','.join(bands)})", output_crs)
+        if key in PRESETS:
+            resolved = resolve_band_map(key)
+            return GeoRequest(resolved, _source_of(resolved), output_crs)
+        known = sorted({*spec.input.band_map_by_camera, *PRESETS})
+        raise InvalidInput(
+            "unknown_camera",
+            f"camera {camera!r} has no band map in pipeline {spec.name!r}",
+            fix=f"use one of {', '.join(known)}, or send metadata.band_map",
+        )
+    if spec.input.band_map is None:
+        raise InvalidInput(
+            "bad_band_map", f"pipeline {spec.name!r} names no bands and the request names none",
+            fix="send metadata.band_map (a preset or b1,b2,…) or metadata.camera",
+        )  # fmt: skip
+    resolved = resolve_band_map(spec.input.band_map)
+    return GeoRequest(resolved, f"pipeline band map {','.join(resolved.bands)}", output_crs)
+
+
+def _source_of(band_map: BandMap) -> str:
+    if band_map.preset is not None:
+        return f"preset {band_map.preset} ({','.join(band_map.bands)})"
+    return f"band map {','.join(band_map.bands)}"
+
+
+def answer_key(spec: PipelineSpec, digest: str, metadata: JsonObject | None) -> str:
+    """The cache key of an answer: the content hash, plus the band map and CRS for a geo pipeline
+    (the same bytes read with another band map or asked in another CRS is another answer)."""
+    if not spec.input.geo:
+        return digest
+    meta = metadata or {}
+    extra = [f"{k}={meta[k]!r}" for k in ("band_map", "camera", "crs") if k in meta]
+    return digest if not extra else f"{digest}|{'|'.join(extra)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and tiling
+# --------------------------------------------------------------------------------------------------
+
+
+def read_geo_input(
+    spec: PipelineSpec,
+    manifest: ModelManifest,
+    data: bytes,
+    request: GeoRequest,
+    *,
+    max_pixels: int,
+) -> GeoInput:
+    """Read ``data`` with ``request``'s band map (size and band count checked on the header first)
+    and cut the model's tiles; raises InvalidInput with a precise reason."""
+    with open_raster(data) as ds:
+        if ds.driver == "GTiff" and ds.count == 1 and len(ds.subdatasets) > 1:
+            return read_geo_input(
+                spec, manifest, _stack_pages(ds, max_pixels), request, max_pixels=max_pixels
+            )
+        if ds.driver != "GTiff":
+            raise InvalidInput(
+                "unsupported_format",
+                f"{ds.driver} is not accepted by pipeline {spec.name!r}",
+                status=415,
+                fix="send a GeoTIFF (or a plain multi-band TIFF)",
+            )
+        if ds.width * ds.height > max_pixels:
+            raise InvalidInput(
+                "image_too_large",
+                f"{ds.width}×{ds.height} px is over the {max_pixels:,} pixels one request may hold",
+                status=413,
+                fix="split the mosaic into tiles, or raise the pipeline's input.max_pixels",
+            )
+        count = len(data_band_indexes(ds))
+        names = request.band_map.bands
+        if count != len(names):
+            raise InvalidInput(
+                "wrong_band_count",
+                f"the image has {count} data band{'s' if count != 1 else ''}; {request.source} "
+                f"names {len(names)}",
+                fix="pick the preset of the camera that took it (metadata.band_map or --band-map), "
+                "or list its bands in file order",
+            )
+        raster = read_dataset(ds, request.band_map)
+    return tile_input(raster, manifest, request)
+
+
+def _stack_pages(ds: DatasetReader, max_pixels: int) -> bytes:
+    """A multi-page TIFF with one band per page (what tifffile writes for a (bands, H, W) array
+    unless told ``planarconfig="separate"``) as one multi-band GeoTIFF, georeference of page 1."""
+    if ds.width * ds.height > max_pixels:
+        raise InvalidInput(
+            "image_too_large",
+            f"{ds.width}×{ds.height} px is over the {max_pixels:,} pixels one request may hold",
+            status=413,
+            fix="split the mosaic into tiles, or raise the pipeline's input.max_pixels",
+        )
+    pages = []
+    for name in ds.subdatasets:
+        with rasterio.open(name) as page:
+            if page.count != 1 or page.shape != ds.shape or page.dtypes[0] != ds.dtypes[0]:
+                raise InvalidInput(
+                    "wrong_band_count",
+                    "a multi-page TIFF is read as one band per page; its pages differ in size, type "
+                    "or band count",
+                    fix="send one page holding every band (a multi-band GeoTIFF)",
+                )
+            pages.append(page.read(1))
+    profile = {**ds.profile, "count": len(pages), "tiled": False}
+    profile.pop("blockxsize", None)
+    profile.pop("blockysize", None)
+    with MemoryFile() as mem:
+        with mem.open(**profile) as out:
+            out.write(np.stack(pages))
+        return bytes(mem.read())
+
+
+def missing_channels(bands: Sequence[str], channels: Sequence[str]) -> list[str]:
+    """The bands the model's ``channels`` need that ``bands`` lack (an index needs both of its bands)."""
+    have = set(bands)
+    missing: list[str] = []
+    for requested in channels:
+        name = canonical_band_name(requested)
+        needs = SPECTRAL_INDICES.get(name, (name,)) if name not in have else ()
+        missing.extend(b for b in needs if b not in have and b not in missing)
+    return missing
+
+
+def tile_input(raster: Reflectance, manifest: ModelManifest, request: GeoRequest) -> GeoInput:
+    """The model's tiles of ``raster``: native input size, 1/8 overlap (one tile when the raster fits
+    the model's input), only tiles with valid pixels."""
+    spec = manifest.input
+    size = min(spec.width, spec.height)
+    missing = missing_channels(raster.bands, spec.channels)
+    if missing:
+        reason = (
+            f"the model needs band{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+            f"the image has {', '.join(raster.bands)} ({request.source})"
+        )
+        return GeoInput(raster, request, size, (), (), reason, tuple(missing))
+    if manifest.output_format != "seg-logits":
+        reason = f"a {manifest.output_format} model cannot be run tile by tile (seg-logits only)"
+        return GeoInput(raster, request, size, (), (), reason)
+    height, width = raster.shape
+    tiles: list[Tile] = []
+    tensors: list[npt.NDArray[np.generic]] = []
+    whole = Window(0, 0, width, height)
+    windows = (
+        [Tile(read=whole, core=whole)]  # fits one tile: no overlap needed
+        if width <= size and height <= size
+        else tile_windows(width, height, size=size, overlap=size // 8)
+    )
+    for tile in windows:
+        rows, cols = _slices(tile)
+        valid = raster.valid[rows, cols]
+        if not valid.any():
+            continue
+        padded = np.zeros((size, size, len(raster.bands)), dtype=np.float32)
+        h, w = valid.shape
+        padded[:h, :w] = np.moveaxis(raster.data[:, rows, cols], 0, -1)
+        padded[:h, :w][~valid] = 0.0  # no-data values never reach the model
+        tensor, _ = prepare_input(Image(padded, raster.bands, "tiff", ""), spec)
+        tiles.append(tile)
+        tensors.append(tensor)
+    return GeoInput(raster, request, size, tuple(tiles), tuple(tensors))
+
+
+def _slices(tile: Tile) -> tuple[slice, slice]:
+    r, c = int(tile.read.row_off), int(tile.read.col_off)
+    return slice(r, r + int(tile.read.height)), slice(c, c + int(tile.read.width))
+
+
+async def run_tiles(batcher: MicroBatcher, geo: GeoInput) -> list[npt.NDArray[np.generic]]:
+    """Every tile through the micro-batcher, ``TILE_WAVE`` at a time; ``[(N, C, S, S) logits]``
+    (first output of each tile, stacked), ``[]`` when nothing runs."""
+    if not geo.tensors:
+        return []
+    firsts: list[npt.NDArray[np.generic]] = []
+    for start in range(0, len(geo.tensors), TILE_WAVE):
+        wave = geo.tensors[start : start + TILE_WAVE]
+        outs = await asyncio.gather(*(batcher.submit(t) for t in wave))
+        firsts.extend(out[0] for out in outs)
+    return [np.stack(firsts)]
+
+
+def run_tiles_sync(run: RunFn, geo: GeoInput, *, max_batch: int = TILE_WAVE) -> list[npt.NDArray[np.generic]]:
+    """:func:`run_tiles` without an event loop (the stream workers' model thread)."""
+    if not geo.tensors:
+        return []
+    outs = run_batch(run, geo.tensors, max_batch=max_batch)
+    return [np.stack([out[0] for out in outs])]
+
+
+# --------------------------------------------------------------------------------------------------
+# The answer
+# --------------------------------------------------------------------------------------------------
+
+
+def stitch_logits(geo: GeoInput, tile_logits: npt.NDArray[np.generic]) -> FloatArray:
+    """Per-tile ``(N, C, S, S)`` logits → one ``(C, H, W)`` map (cores only; tiles that did not run
+    stay 0, i.e. no class wins)."""
+    if tile_logits.ndim != 4 or tile_logits.shape[0] != len(geo.tiles):
+        raise InvalidInput(
+            "bad_model_output",
+            f"expected {len(geo.tiles)} tiles of (C, H, W) logits, got shape {tile_logits.shape}",
+            status=500,
+        )
+    height, width = geo.raster.shape
+    full = np.zeros((int(tile_logits.shape[1]), height, width), dtype=np.float32)
+    stitcher = Stitcher(full)
+    for tile, logits in zip(geo.tiles, tile_logits, strict=True):
+        h, w = int(tile.read.height), int(tile.read.width)
+        stitcher.add(tile, np.asarray(logits, dtype=np.float32)[:, :h, :w])
+    return full
+
+
+def geo_answer(
+    spec: PipelineSpec, manifest: ModelManifest, geo: GeoInput, outputs: Sequence[npt.NDArray[np.generic]]
+) -> tuple[Instances, GeoPart]:
+    """The model's instances (full-resolution pixel coordinates) and the geo part: index stats,
+    vigour zones, and disease zones when the model ran."""
+    raster = geo.raster
+    shape = raster.shape
+    model: GeoModelJson = {
+        "ran": geo.reason is None,
+        "reason": geo.reason,
+        "missing_bands": list(geo.missing_bands),
+        "tiles": len(geo.tiles),
+        "tile_size": geo.tile_size,
+    }
+    instances = Instances.empty(shape)
+    zones = []
+    if geo.reason is None and outputs:
+        logits = stitch_logits(geo, outputs[0])
+        channels = logits.shape[0]
+        foreground = [c.id for c in manifest.classes if c.id != manifest.background_class]
+        instances = seg_logits_to_instances(
+            logits,
+            thresholds=manifest.thresholds,
+            background_class=manifest.background_class,
+            class_ids=list(range(channels)) if channels != 1 else foreground[:1] or [0],
+        )
+        class_mask, probability = class_map_of(instances, shape)
+        ndvi = None
+        if {"nir", "red"} <= set(raster.bands):
+            values, ok = compute_index(raster, "ndvi")
+            ndvi = np.where(ok, values, np.nan).astype(np.float32)
+        zones = disease_zones(
+            class_mask,
+            probability,
+            raster.georef,
+            [c.name for c in manifest.classes],
+            valid=raster.valid,
+            ndvi=ndvi,
+        )
+    indices = tuple(str(i) for i in spec.input.indices) or ("ndvi", "ndre", "gndvi")
+    part = analyse_reflectance(raster, indices=indices, crs=geo.request.crs, extra_zones=zones)
+    if geo.reason is not None:
+        part.notes.append(f"disease model not run: {geo.reason}")
+    part.model = model
+    return instances, part
