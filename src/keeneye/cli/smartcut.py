@@ -1,8 +1,9 @@
-"""``keeneye smartcut run | cut | evaluate | plugins``: relevant segments of long videos (docs/smartcut.md).
+"""``keeneye smartcut run | cut | evaluate | plugins`` and ``keeneye plugin run NAME`` (docs/smartcut.md,
+docs/plugins.md).
 
-``run`` works in this process for now (probe → sample → chunks → recommender → segments) and prints
-the seed's ``processed-files`` message; the plugin processes and the HTTP flow come next with the
-same code. Refusals (not a video, damaged, too long …) print one line with the fix and exit 2.
+``run`` works in this process (probe → sample → chunks → recommender → segments) and prints the seed's
+``processed-files`` message; ``plugin run`` serves the same recommender as its own process on the bus.
+Refusals (not a video, damaged, too long, unknown plugin …) print one line with the fix and exit 2.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ _SENSITIVITY_HELP = "Seconds between sampled frames: 1 finds short events, 5 run
 _JSON_HELP = "Print JSON (the seed's processed-files message for run) instead of a table."
 
 
+plugin_app = typer.Typer(
+    help="smartcut plugin processes: one recommender each, on the seed's bus protocol (docs/plugins.md).",
+    no_args_is_help=True,
+)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(smartcut_app, name="smartcut", rich_help_panel=PANEL_DATA)
+    app.add_typer(plugin_app, name="plugin", rich_help_panel=PANEL_DATA)
 
 
 def _limits() -> VideoLimits:
@@ -259,3 +267,42 @@ def plugins(
     for r in rows:
         table.add_row(r["plugin_name"], r["label"], str(r["img_size"]))
     console.print(table)
+
+
+@plugin_app.command("run")
+def plugin_run(
+    name: str = typer.Argument(..., help="Recommender to serve: motion, scene, or an installed plugin."),
+) -> None:
+    """Serve one smartcut plugin on the bus until stopped (Ctrl-C or SIGTERM).
+
+    Example: [bold]keeneye plugin run motion[/]
+
+    It announces itself on started-plugins, scores the chunks announced on NAME-new-files (paths
+    relative to KEENEYE_SMARTCUT__ROOT, which must be the backend's folder), answers on
+    processed-files and sends stopped-plugins when stopped. The bus is KEENEYE_BUS_URL (SQLite by
+    default, kafka://host:9092 for Kafka). An unknown NAME exits 2 and lists the installed ones.
+    """
+    import signal
+
+    from keeneye.settings import mask_url
+    from keeneye.stream.bus import open_bus
+    from keeneye.video import make_recommender
+    from keeneye.video.plugins import PluginProcess
+
+    s = settings()
+    assert s.smartcut.root is not None  # derived from KEENEYE_HOME
+    recommender = make_recommender(name)
+    bus = open_bus(s)
+    process = PluginProcess(recommender, bus, s.smartcut.root)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: process.stop())
+    err_console.print(
+        f"plugin [bold]{name}[/] ({recommender.label}, {recommender.img_size} px) on {mask_url(bus.url)}: "
+        f"reading {process.topic}, chunks under {s.smartcut.root}",
+        highlight=False,
+    )
+    try:
+        process.run()
+    finally:
+        bus.close()
+    err_console.print(f"plugin {name} stopped after {process.answered} answered requests", highlight=False)

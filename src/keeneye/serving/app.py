@@ -35,6 +35,7 @@ from keeneye.serving.routes import (
     rollout,
     runs,
     shell,
+    smartcut,
     system,
     system_view,
     web,
@@ -76,6 +77,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            await asyncio.to_thread(smartcut.close_smartcut, app.state)
             await close_state(state)
 
     app = FastAPI(
@@ -140,6 +142,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(model_aliases.router)
     app.include_router(model_evaluation.router)
     app.include_router(observation_list.router)
+    app.include_router(smartcut.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

@@ -26,6 +26,7 @@ from keeneye.store.predictions import PredictionRepository
 from keeneye.store.reviews import ReviewRepository
 from keeneye.store.rollouts import RolloutRepository
 from keeneye.store.runs import TrainingRunRepository
+from keeneye.store.smartcut import SmartcutRepository
 
 
 class ResultsDB(
@@ -40,6 +41,7 @@ class ResultsDB(
     TrainingRunRepository,
     RolloutRepository,
     ApiKeyRepository,
+    SmartcutRepository,
 ):
     """The results database on SQLite or PostgreSQL; thread-safe, one per process is enough."""
 

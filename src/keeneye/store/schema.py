@@ -355,6 +355,34 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(String(16), server_default="admin")
 
 
+class SmartcutRequestRow(Base):
+    """One smartcut request (docs/smartcut.md): who asked which plugin about which video, how far it
+    got and the segments the plugin answered. Chunks are deleted once processed; this row stays."""
+
+    __tablename__ = "smartcut_requests"
+
+    uid: Mapped[str] = mapped_column(String(36), primary_key=True)  # the seed's user_request_uid
+    user_id: Mapped[str] = mapped_column(String(128))
+    plugin: Mapped[str] = mapped_column(String(128))
+    video_name: Mapped[str] = mapped_column(String(255))
+    sensitivity: Mapped[float] = mapped_column(Double)
+    status: Mapped[str] = mapped_column(String(16))  # sampling | processing | done | failed
+    reason: Mapped[str | None] = mapped_column(Text)
+    frames_sampled: Mapped[int] = mapped_column(Integer)
+    chunks_sent: Mapped[int] = mapped_column(Integer)
+    chunks_processed: Mapped[int] = mapped_column(Integer)
+    # {"timestamps": [{"start", "stop"}]} as the plugin answered, and the user's edited version
+    segments: Mapped[JsonObject | None] = mapped_column(JSONType)
+    edits: Mapped[JsonObject | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_smartcut_requests_user_id", "user_id"),
+        Index("ix_smartcut_requests_status", "status"),
+    )
+
+
 __all__ = [
     "AlertNotificationRow",
     "AlertRow",
@@ -371,6 +399,7 @@ __all__ = [
     "PredictionRow",
     "ReviewItemRow",
     "RolloutRow",
+    "SmartcutRequestRow",
     "TrainingRunRow",
     "UTCDateTime",
 ]

@@ -1,10 +1,11 @@
 """smartcut: relevant segments of very long videos (seed 004, docs/smartcut.md).
 
-This increment runs in process: probe (:mod:`.probe`), sampling at a sensitivity (:mod:`.sampling`),
-the seed's chunks (:mod:`.chunks`), recommenders (:mod:`.recommender`, built-ins :mod:`.motion`,
-:mod:`.scene`), the shared segment post-processing (:mod:`.segments`), lossless cuts (:mod:`.cut`),
-synthetic videos with ground truth (:mod:`.synth`) and TPR/FPR evaluation (:mod:`.evaluate`).
-The bus protocol, plugin processes and the backend routes build on these names.
+In process: probe (:mod:`.probe`), sampling at a sensitivity (:mod:`.sampling`), the seed's chunks
+(:mod:`.chunks`), recommenders (:mod:`.recommender`, built-ins :mod:`.motion`, :mod:`.scene`), the
+shared segment post-processing (:mod:`.segments`), lossless cuts (:mod:`.cut`), synthetic videos with
+ground truth (:mod:`.synth`) and TPR/FPR evaluation (:mod:`.evaluate`). As services: the seed's bus
+protocol (:mod:`.protocol`), plugin processes (:mod:`.plugins`) and the backend (:mod:`.backend`),
+which take the bus structurally so that ``video`` stays beside ``stream`` in the layers.
 """
 
 from keeneye.video import motion as _motion  # noqa: F401  (registers the built-in "motion")

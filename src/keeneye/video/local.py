@@ -5,9 +5,10 @@ probe → sample at the sensitivity (scaled to the plugin's ``img_size``) → ch
 scores its frames → post-processing → the seed's ``processed-files`` message. As in the seed, the
 chunks are deleted once processed (``keep_chunks`` keeps them for inspection).
 
-The backend and the plugin processes (next increment) split this at the chunk boundary: the producer
-writes chunks and announces them on ``{plugin}-new-files``, the plugin reads them with the same
-:func:`~keeneye.video.chunks.read_chunk` and scores them with the same :class:`Recommender`.
+The backend (:mod:`.backend`) and the plugin processes (:mod:`.plugins`) split this at the chunk
+boundary: the producer writes chunks and announces them on ``{plugin}-new-files``, the plugin reads
+them with the same :func:`~keeneye.video.chunks.read_chunk` and scores them with the same
+:class:`Recommender`.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def test_db_upgrade_is_idempotent(tmp_path: Path) -> None:
     for _ in range(2):
         out = run(["db", "upgrade"], tmp_path)
         assert out.returncode == 0, out.stderr
-        assert "is at revision 0005" in out.stdout
+        assert "is at revision 0006" in out.stdout
 
 
 def test_predict_cli_uses_the_api_code_path(settings_home: Path, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ TABLES = {
     "training_runs",
     "rollouts",
     "review_queue",
+    "smartcut_requests",
 }
 Q, P = ObservationStatus.queued, ObservationStatus.processing
 
@@ -116,9 +117,9 @@ def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
 
 def test_upgrade_creates_every_table_at_head(db: ResultsDB) -> None:
     assert set(sa.inspect(db.engine).get_table_names()) == TABLES | {"alembic_version"}
-    assert db.current_revision() == db.head_revision() == "0005"
+    assert db.current_revision() == db.head_revision() == "0006"
     db.ensure_schema()  # already at head: a no-op
-    assert db.current_revision() == "0005"
+    assert db.current_revision() == "0006"
 
 
 def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
@@ -137,7 +138,7 @@ def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
 def test_concurrent_first_starts_migrate_once(url: str) -> None:
     fresh = ResultsDB(url)
     assert fresh.current_revision() is None
-    assert fresh.check().detail == "schema at revision none, code expects 0005; run `keeneye db upgrade`"
+    assert fresh.check().detail == "schema at revision none, code expects 0006; run `keeneye db upgrade`"
     # Several processes starting together all call ensure_schema; the migration lock serialises them.
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
@@ -158,7 +159,7 @@ def test_concurrent_first_starts_migrate_once(url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert fresh.current_revision() == "0005"
+    assert fresh.current_revision() == "0006"
     assert set(sa.inspect(fresh.engine).get_table_names()) == TABLES | {"alembic_version"}
     fresh.close()
 
@@ -420,7 +421,7 @@ def test_check_reports_version_and_revision(db: ResultsDB) -> None:
     health = db.check()
     assert health.reachable is True and health.setting == "KEENEYE_DATABASE_URL"
     assert health.version.startswith("SQLite 3." if db.backend == "sqlite" else "PostgreSQL ")
-    assert health.detail == "schema at revision 0005"
+    assert health.detail == "schema at revision 0006"
 
 
 def test_check_on_a_closed_port_is_quick_and_one_line() -> None:
@@ -505,7 +506,7 @@ def test_processes_write_one_sqlite_file_concurrently(tmp_path: Path) -> None:
     assert sorted((m["writer"], m["i"]) for m in rows) == sorted(
         (w, i) for w in ("w1", "w2", "w3") for i in range(n)
     )
-    assert db.current_revision() == "0005"
+    assert db.current_revision() == "0006"
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -20,6 +20,7 @@ __all__ = [
     "rollout",
     "runs",
     "shell",
+    "smartcut",
     "system",
     "system_view",
     "web",

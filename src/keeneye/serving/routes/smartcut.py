@@ -1,0 +1,283 @@
+"""smartcut over HTTP (docs/smartcut.md → "HTTP API"): the live plugins, requests and their results.
+
+The backend (:class:`keeneye.video.backend.SmartcutBackend`) is opened on first use in this process
+and closed with the app; its state is the results DB, so any API process answers a GET. An uploaded
+``video`` is streamed by Starlette's form parser into a spooled temporary file (at most 1 MB in
+memory), then copied in 1 MB blocks beside the chunks and deleted once sampled; a ``Content-Length``
+over ``KEENEYE_SMARTCUT__MAX_VIDEO_BYTES`` is refused before a byte is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from keeneye.domain import InvalidInput
+from keeneye.serving.routes.deps import OPERATOR, VIEWER, DbDep, StateDep
+from keeneye.serving.state import AppState
+from keeneye.store.smartcut import SmartcutRequestRecord
+from keeneye.stream.bus import open_bus
+from keeneye.video.backend import BackendLimits, SmartcutBackend, SmartcutBusy
+from keeneye.video.chunks import CHUNK_FRAMES, MAX_FRAME_BYTES
+from keeneye.video.errors import BAD_CHUNK, VIDEO_NOT_FOUND, VIDEO_TOO_LARGE, VideoLimits, VideoRejected
+
+router = APIRouter(tags=["smartcut"])
+_OPEN_LOCK = threading.Lock()
+_BLOCK = 1024 * 1024
+
+
+def smartcut_backend(request: Request, state: AppState) -> SmartcutBackend:
+    """This app's backend, opened once (threads: plugin registry, answers, timeouts)."""
+    with _OPEN_LOCK:
+        backend: SmartcutBackend | None = getattr(request.app.state, "smartcut", None)
+        if backend is None:
+            s = state.settings.smartcut
+            assert s.root is not None  # derived from KEENEYE_HOME
+            s.root.mkdir(parents=True, exist_ok=True)
+            backend = SmartcutBackend(
+                open_bus(state.settings),
+                state.db,
+                s.root,
+                BackendLimits(
+                    max_inflight_per_user=s.max_inflight_per_user,
+                    max_active_users=s.max_active_users,
+                    plugin_timeout_seconds=s.plugin_timeout_seconds,
+                ),
+                VideoLimits(max_duration_seconds=s.max_duration_seconds, max_bytes=s.max_video_bytes),
+            )
+            backend.start()
+            request.app.state.smartcut = backend
+        return backend
+
+
+def close_smartcut(app_state: Any) -> None:
+    """Stop this app's backend threads and its bus (called from the app's lifespan)."""
+    backend: SmartcutBackend | None = getattr(app_state, "smartcut", None)
+    if backend is not None:
+        backend.close()
+        backend.bus.close()  # type: ignore[attr-defined]  # a stream Bus; the protocol does not name close
+
+
+def busy_response(exc: SmartcutBusy) -> JSONResponse:
+    return JSONResponse(
+        status_code=429,
+        headers={"Retry-After": str(exc.retry_after)},
+        content={"reason": exc.reason, "detail": exc.message, "fix": exc.fix},
+    )
+
+
+def request_json(r: SmartcutRequestRecord) -> dict[str, Any]:
+    return {
+        "request_uid": r.uid,
+        "user_id": r.user_id,
+        "plugin": r.plugin,
+        "video_name": r.video_name,
+        "sensitivity": r.sensitivity,
+        "status": r.status,
+        "reason": r.reason,
+        "progress": {
+            "frames_sampled": r.frames_sampled,
+            "chunks_sent": r.chunks_sent,
+            "chunks_processed": r.chunks_processed,
+        },
+        "timestamps": None if r.segments is None else r.segments.get("timestamps"),
+        "edits": None if r.edits is None else r.edits.get("timestamps"),
+        "created_at": r.created_at.isoformat(),
+        "updated_at": r.updated_at.isoformat(),
+    }
+
+
+@router.get("/v1/smartcut/plugins", summary="Running smartcut plugins", dependencies=[VIEWER])
+async def get_plugins(request: Request, state: StateDep) -> dict[str, Any]:
+    """The plugins that announced themselves on ``started-plugins`` and have not stopped (refreshed
+    every 5 s): ``plugin_name``, ``label`` (for people) and ``img_size`` (longest side of the frames)."""
+    backend = await asyncio.to_thread(smartcut_backend, request, state)
+    return {"plugins": list(backend.plugins().values())}
+
+
+def _text(form: Any, name: str, default: str | None = None) -> str:
+    value = form.get(name, default)
+    if value is None or not isinstance(value, str):
+        raise InvalidInput("bad_request", f"form field {name!r} is required (text)", status=422)
+    return value.strip()
+
+
+def _copy(upload: UploadFile, dest: Path, limit: int, what: str = "video") -> None:
+    size = 0
+    with dest.open("wb") as out:
+        while block := upload.file.read(_BLOCK):
+            size += len(block)
+            if size > limit:
+                reason = VIDEO_TOO_LARGE if what == "video" else BAD_CHUNK
+                raise VideoRejected(reason, f"the {what} is over {limit} bytes", status=413)
+            out.write(block)
+
+
+def _allowed_path(raw: str, roots: list[Path]) -> Path:
+    path = Path(raw).expanduser().resolve()
+    if not any(path.is_relative_to(root.resolve()) for root in roots):
+        raise InvalidInput(
+            "path_not_allowed",
+            f"{raw!r} is outside the folders the server may read",
+            status=403,
+            fix="upload the file as `video`, or ask the admin to add its folder to "
+            "KEENEYE_SMARTCUT__ALLOWED_ROOTS",
+        )
+    if not path.is_file():
+        raise VideoRejected(VIDEO_NOT_FOUND, f"no file at {raw!r}", status=404)
+    return path
+
+
+@router.post(
+    "/v1/smartcut/requests",
+    summary="Start a smartcut request",
+    status_code=202,
+    dependencies=[OPERATOR],
+    responses={
+        404: {"description": "unknown plugin (the detail names the running ones)"},
+        413: {"description": "video over the size limit"},
+        429: {"description": "too many requests in flight (per user or users), with Retry-After"},
+    },
+)
+async def post_request(request: Request, state: StateDep) -> Any:
+    """Multipart form: ``video`` (a file) or ``path`` (a file under an allowed root), ``plugin``,
+    ``sensitivity`` (seconds between sampled frames) and ``user_id`` → ``{"request_uid"}`` (202).
+    Poll ``GET /v1/smartcut/requests/{request_uid}`` for progress and the segments."""
+    s = state.settings.smartcut
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > s.max_video_bytes + _BLOCK:
+        raise VideoRejected(
+            VIDEO_TOO_LARGE, f"the body is {length} bytes, over {s.max_video_bytes}", status=413
+        )
+    backend = await asyncio.to_thread(smartcut_backend, request, state)
+    async with request.form(max_files=1, max_fields=10) as form:
+        plugin = _text(form, "plugin")
+        user_id = _text(form, "user_id")
+        try:
+            sensitivity = float(_text(form, "sensitivity", str(s.default_sensitivity)))
+        except ValueError:
+            raise InvalidInput(
+                "bad_sensitivity", "sensitivity must be a number of seconds", status=422
+            ) from None
+        try:
+            await asyncio.to_thread(backend.admit, user_id, plugin, sensitivity)
+        except SmartcutBusy as exc:
+            return busy_response(exc)
+        video = form.get("video")
+        if isinstance(video, UploadFile):
+            assert s.root is not None
+            uploads = s.root / ".uploads"
+            uploads.mkdir(parents=True, exist_ok=True)
+            name = Path(video.filename or "video").name
+            dest = uploads / f"{uuid.uuid4()}-{name}"
+            try:
+                await asyncio.to_thread(_copy, video, dest, s.max_video_bytes)
+            except BaseException:
+                dest.unlink(missing_ok=True)
+                raise
+            source, delete = dest, True
+        elif isinstance(form.get("path"), str) and form.get("path"):
+            source = _allowed_path(str(form.get("path")), list(s.allowed_roots))
+            name, delete = source.name, False
+        elif isinstance(form.get("video_name"), str) and form.get("video_name"):
+            uid = await asyncio.to_thread(
+                backend.create_upload,
+                user_id=user_id,
+                plugin=plugin,
+                sensitivity=sensitivity,
+                video_name=Path(str(form.get("video_name"))).name[:255],
+            )
+            return JSONResponse(status_code=201, content={"request_uid": uid})
+        else:
+            raise InvalidInput(
+                "bad_request",
+                "send a `video` file, a `path`, or a `video_name` to upload chunks yourself",
+                status=422,
+            )
+    try:
+        uid = await asyncio.to_thread(
+            backend.submit_video,
+            source,
+            user_id=user_id,
+            plugin=plugin,
+            sensitivity=sensitivity,
+            video_name=name,
+            delete_video=delete,
+        )
+    except SmartcutBusy as exc:
+        if delete:
+            source.unlink(missing_ok=True)
+        return busy_response(exc)
+    except BaseException:
+        if delete:
+            source.unlink(missing_ok=True)
+        raise
+    return JSONResponse(status_code=202, content={"request_uid": uid})
+
+
+@router.post(
+    "/v1/smartcut/requests/{uid}/chunks",
+    summary="Send one chunk of a client-sampled request",
+    dependencies=[OPERATOR],
+    responses={409: {"description": "the request is not taking chunks"}, 422: {"description": "bad chunk"}},
+)
+async def post_chunk(uid: str, request: Request, state: StateDep) -> dict[str, Any]:
+    """Multipart field ``chunk``: a zip of ≤ 50 JPEGs named ``{index:07d}_{milliseconds:011d}.jpg``
+    (docs/smartcut.md → Chunks), in time order across chunks. Checked before it is filed; every chunk
+    but the last is announced to the plugin as soon as the next one arrives."""
+    backend = await asyncio.to_thread(smartcut_backend, request, state)
+    assert state.settings.smartcut.root is not None
+    uploads = state.settings.smartcut.root / ".uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    dest = uploads / f"{uuid.uuid4()}.zip"
+    try:
+        async with request.form(max_files=1, max_fields=2) as form:
+            chunk = form.get("chunk")
+            if not isinstance(chunk, UploadFile):
+                raise InvalidInput(
+                    "bad_request", "multipart field `chunk` (a zip file) is required", status=422
+                )
+            await asyncio.to_thread(_copy, chunk, dest, CHUNK_FRAMES * MAX_FRAME_BYTES, "chunk")
+        frames = await asyncio.to_thread(backend.add_chunk, uid, dest)
+    finally:
+        dest.unlink(missing_ok=True)
+    return {"request_uid": uid, "frames": frames}
+
+
+@router.post(
+    "/v1/smartcut/requests/{uid}/complete",
+    summary="End a client-sampled request's upload",
+    dependencies=[OPERATOR],
+    status_code=202,
+)
+async def post_complete(uid: str, request: Request, state: StateDep) -> dict[str, Any]:
+    """The last chunk was sent: the plugin is told (``uploaded``) and the request is ``processing``."""
+    backend = await asyncio.to_thread(smartcut_backend, request, state)
+    await asyncio.to_thread(backend.complete_upload, uid)
+    return {"request_uid": uid, "status": "processing"}
+
+
+@router.get("/v1/smartcut/requests/{uid}", summary="One smartcut request", dependencies=[VIEWER])
+async def get_request(uid: str, db: DbDep) -> dict[str, Any]:
+    """``status`` (sampling, processing, done, failed), ``reason`` when failed, ``progress`` (frames
+    sampled, chunks sent, chunks processed) and, when done, ``timestamps`` [{start, stop}] in seconds."""
+    return request_json(await asyncio.to_thread(db.smartcut_request, uid))
+
+
+@router.get("/v1/smartcut/requests", summary="A user's smartcut requests", dependencies=[VIEWER])
+async def list_requests(
+    db: DbDep, user_id: str = Query(..., min_length=1, max_length=128, description="whose requests")
+) -> dict[str, Any]:
+    """The user's requests, newest first (at most 100)."""
+    records = await asyncio.to_thread(db.smartcut_requests, user_id)
+    return {"user_id": user_id, "requests": [request_json(r) for r in records]}
+
+
+__all__ = ["close_smartcut", "router", "smartcut_backend"]

@@ -1,0 +1,175 @@
+"""The plugin SDK: a :class:`~keeneye.video.recommender.Recommender` as its own process speaking the
+seed's protocol (``keeneye plugin run NAME``, docs/plugins.md).
+
+Life of a plugin process:
+
+1. announce: ``{"plugin_name", "label", "img_size"}`` on ``started-plugins``;
+2. consume ``{plugin_name}-new-files`` in the consumer group ``smartcut-plugin-{plugin_name}`` (run
+   one process per plugin: a request's scores live in the process that read its chunks);
+3. ``in-progress``: read that chunk, score its frames with the request's own scorer, delete the chunk;
+   ``uploaded``: score the chunks of the folder not seen yet (the last one is only announced this
+   way), turn the scores into segments, answer ``processed-files``, delete the request's folder;
+4. on stop (SIGTERM in the CLI): ``{"plugin_name"}`` on ``stopped-plugins``.
+
+A message that is not the seed's (bad JSON, a path leaving the root) goes to :data:`DLQ_TOPIC` and is
+acked; a bad chunk fails its request the same way, with the request uid in the DLQ headers so the
+backend can say why. Scoring state lives in memory per request: a plugin restarted mid-request loses
+it, and the backend's timeout fails that request with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import statistics
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from keeneye.video.chunks import read_chunk, resolve
+from keeneye.video.errors import VideoRejected
+from keeneye.video.messages import (
+    PROCESSED_FILES,
+    STARTED_PLUGINS,
+    STOPPED_PLUGINS,
+    ProcessedFiles,
+    new_files_topic,
+)
+from keeneye.video.protocol import (
+    DLQ_TOPIC,
+    BusMessage,
+    MalformedMessage,
+    RawBus,
+    parse_new_files,
+    publish_json,
+    to_dlq,
+)
+from keeneye.video.recommender import FrameScorer, Recommender
+from keeneye.video.segments import to_segments
+
+log = logging.getLogger(__name__)
+
+
+def plugin_group(name: str) -> str:
+    return f"smartcut-plugin-{name}"
+
+
+@dataclass
+class _Open:
+    """One request being scored: its scorer, the (time, score) pairs so far, the chunks already read."""
+
+    scorer: FrameScorer
+    times: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+
+class PluginProcess:
+    """Runs one recommender on the bus until :meth:`stop` is called (from another thread or a signal)."""
+
+    def __init__(self, recommender: Recommender, bus: RawBus, root: Path) -> None:
+        self.recommender = recommender
+        self.bus = bus
+        self.root = root
+        self.name = recommender.name
+        self.topic = new_files_topic(self.name)
+        self._open: dict[str, _Open] = {}
+        self._stop = threading.Event()
+        self.ready = threading.Event()  # set once announced and subscribed
+        self.answered = 0
+
+    def announce(self) -> None:
+        self.bus.ensure_topics([STARTED_PLUGINS, STOPPED_PLUGINS, self.topic, PROCESSED_FILES, DLQ_TOPIC])
+        publish_json(self.bus, STARTED_PLUGINS, self.recommender.announcement())
+        self.bus.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, poll_timeout: float = 0.5) -> None:
+        """Announce, serve until stopped, then say so on ``stopped-plugins``."""
+        self.announce()
+        consumer = self.bus.subscribe([self.topic], plugin_group(self.name))
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                for message in consumer.poll(max_messages=10, timeout=poll_timeout):
+                    self.handle(message)
+                    self.bus.flush()
+                    consumer.ack(message)
+        finally:
+            consumer.close()
+            publish_json(self.bus, STOPPED_PLUGINS, {"plugin_name": self.name})
+            self.bus.flush()
+
+    def handle(self, message: BusMessage) -> ProcessedFiles | None:
+        """Process one ``new-files`` value; the answer when it completed a request."""
+        request_uid: str | None = None
+        try:
+            parsed = parse_new_files(message.value)
+            if parsed["status"] == "in-progress":
+                chunk = parsed["last_zipped_chunk_path"]
+                request_uid = PurePosixPath(chunk).parts[0]
+                self._score_chunk(str(PurePosixPath(chunk).parent), chunk)
+                return None
+            folder = parsed["zipped_chunks_path"]
+            request_uid = PurePosixPath(folder).parts[0]
+            return self._finish(folder, parsed["user_id"])
+        except (MalformedMessage, VideoRejected) as exc:
+            log.warning("smartcut message refused", extra={"plugin": self.name, "reason": exc.message})
+            if request_uid is not None:
+                self._forget(request_uid)
+            to_dlq(self.bus, message, f"{exc.reason}: {exc.message}", request_uid)
+            return None
+
+    def _state(self, folder: str) -> _Open:
+        state = self._open.get(folder)
+        if state is None:
+            state = self._open[folder] = _Open(self.recommender.scorer())
+        return state
+
+    def _score_chunk(self, folder: str, chunk: str) -> None:
+        state = self._state(folder)
+        if chunk in state.seen:
+            return  # redelivered: already scored and deleted
+        path = resolve(self.root, chunk)
+        if not path.exists():
+            raise VideoRejected("bad_chunk", f"chunk {chunk!r} does not exist under the smartcut root")
+        for frame in read_chunk(path):
+            state.times.append(frame.timestamp)
+            state.scores.append(float(state.scorer(frame.image)))
+        state.seen.add(chunk)
+        path.unlink(missing_ok=True)  # the seed: processed files are deleted
+
+    def _finish(self, folder: str, user_id: str) -> ProcessedFiles:
+        path = resolve(self.root, folder)
+        state = self._state(folder)
+        for zip_path in sorted(path.glob("*.zip")) if path.is_dir() else []:
+            self._score_chunk(folder, str(PurePosixPath(folder) / zip_path.name))
+        del self._open[folder]
+        request_uid, video_name = PurePosixPath(folder).parts[:2]
+        gaps = [b - a for a, b in zip(state.times, state.times[1:], strict=False)]
+        step = statistics.median(gaps) if gaps else 1.0  # the sensitivity the frames were sampled at
+        duration = (state.times[-1] + step) if state.times else 0.0
+        segments = to_segments(state.times, state.scores, duration, self.recommender.policy, step)
+        answer: ProcessedFiles = {
+            "user_id": user_id,
+            "user_request_uid": request_uid,
+            "video_name": video_name,
+            "plugin_name": self.name,
+            "timestamps": [{"start": round(s.start, 3), "stop": round(s.stop, 3)} for s in segments],
+        }
+        publish_json(self.bus, PROCESSED_FILES, answer)
+        self._remove(request_uid)
+        self.answered += 1
+        return answer
+
+    def _forget(self, request_uid: str) -> None:
+        for folder in [f for f in self._open if PurePosixPath(f).parts[0] == request_uid]:
+            del self._open[folder]
+        self._remove(request_uid)
+
+    def _remove(self, request_uid: str) -> None:
+        with contextlib.suppress(VideoRejected):  # a uid that would leave the root: nothing to delete
+            shutil.rmtree(resolve(self.root, request_uid), ignore_errors=True)
