@@ -169,7 +169,7 @@ def test_silence_refuses_bad_input_with_one_line(cli: Cli, home: Path, args: lis
 
 
 def test_check_counts_rules_and_names_the_bad_file(cli: Cli, home: Path, tmp_path: Path) -> None:
-    assert "OK: 11 rules (11 packaged defaults, 0 added)" in cli.ok(["alerts", "check"])
+    assert "OK: 13 rules (13 packaged defaults, 0 added)" in cli.ok(["alerts", "check"])
     extra = tmp_path / "site.yaml"
     extra.write_text(
         textwrap.dedent(
@@ -187,7 +187,7 @@ def test_check_counts_rules_and_names_the_bad_file(cli: Cli, home: Path, tmp_pat
             """
         )
     )
-    assert "OK: 12 rules (11 packaged defaults, 1 added)" in cli.ok(["alerts", "check", str(extra)])
+    assert "OK: 14 rules (13 packaged defaults, 1 added)" in cli.ok(["alerts", "check", str(extra)])
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "rules:\n  - name: Broken\n    kind: quantile\n"
