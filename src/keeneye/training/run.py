@@ -30,6 +30,7 @@ from keeneye.models import ModelBundle, Thresholds
 from keeneye.pipelines import PipelineCatalog, PipelineSpec, SplitsSection
 from keeneye.registry import CHALLENGER, CHAMPION, ModelRegistry
 from keeneye.settings import Settings
+from keeneye.training.calibrate import calibrate_decision, calibrated_manifest_changes
 from keeneye.training.datasets import (
     ANNOTATIONS_FILE,
     Dataset,
@@ -404,6 +405,20 @@ def train_pipeline(
             ) from exc
 
     categories = {c.id: c.name for c in dataset.categories}
+    if spec.decision.kind == "ok-defect" and task is not Task.classify and val_imgs:
+        with _stage(timings, "calibrate"):
+            _emit(progress, "calibrate", "calibrating the OK/DEFECT threshold on the validation split")
+            calibration = calibrate_decision(
+                exported.bundle, spec, val_imgs, categories, max_pixels=max_pixels
+            )
+            if calibration is not None:
+                exported = replace(
+                    exported,
+                    bundle=update_manifest(
+                        exported.bundle, **calibrated_manifest_changes(exported.bundle.manifest, calibration)
+                    ),
+                )
+                log.info("decision calibrated on the validation split: %s", calibration.to_dict())
     with _stage(timings, "evaluate"):
         _emit(
             progress, "evaluate", "evaluating the ONNX model on the test split", done=0, total=len(test_imgs)

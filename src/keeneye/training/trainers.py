@@ -47,7 +47,7 @@ LIGHT_DECODER = (128, 64, 32, 16, 16)
 class ProgressEvent:
     """One step of a long job, for a progress bar: ``stage`` names it, ``done``/``total`` measure it."""
 
-    stage: str  # load | search | train | export | evaluate | register | done
+    stage: str  # load | search | train | export | calibrate | evaluate | register | done
     message: str = ""
     done: int | None = None
     total: int | None = None
@@ -222,18 +222,37 @@ class WithEmbedding(nn.Module):
 
 
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weights: torch.Tensor,
+    foreground_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted cross-entropy + soft Dice over the foreground classes: defects and disease zones cover
-    a few percent of the pixels, and plain cross-entropy would happily predict background everywhere."""
+    """Weighted cross-entropy + soft Dice over the foreground classes + a foreground-vs-background term.
+
+    Defects and disease zones cover a few percent of the pixels, and plain cross-entropy would happily
+    predict background everywhere. The per-class terms must also tell four defect kinds apart, which a
+    model learns late; the OK/DEFECT decision only needs "anything here?". So the foreground union
+    (log-odds ``logsumexp(foreground logits) − background logit``) gets its own binary cross-entropy,
+    with ``foreground_weight`` as positive weight, and its own soft Dice: a short training then
+    already finds every defect, even before it names the kind right.
+    """
     ce = F.cross_entropy(logits, target, weight=class_weights)
-    probs = logits.float().softmax(dim=1)
+    logits = logits.float()
+    probs = logits.softmax(dim=1)
     one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
     dims = (0, 2, 3)
     inter = (probs * one_hot).sum(dims)
     denom = probs.sum(dims) + one_hot.sum(dims)
     dice = 1.0 - (2 * inter + 1.0) / (denom + 1.0)
-    return ce + dice[1:].mean()
+    loss = ce + dice[1:].mean()
+    if logits.shape[1] > 1:
+        fg_truth = (target > 0).float()
+        fg_logit = torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
+        loss = loss + F.binary_cross_entropy_with_logits(fg_logit, fg_truth, pos_weight=foreground_weight)
+        fg_prob = 1.0 - probs[:, 0]
+        fg_dice = 1.0 - (2 * (fg_prob * fg_truth).sum() + 1.0) / (fg_prob.sum() + fg_truth.sum() + 1.0)
+        loss = loss + fg_dice
+    return loss
 
 
 def macro_f1_from_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
@@ -288,6 +307,13 @@ def _class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     # Inverse square-root frequency, background pinned to 1, capped so rare classes do not dominate.
     w = (freq[0] / freq).sqrt().clamp(1.0, 20.0) if num_classes > 1 else torch.ones(1, dtype=torch.float64)
     return w.float()
+
+
+def _foreground_weight(y: torch.Tensor) -> torch.Tensor:
+    """Positive weight of the foreground-union term: inverse square-root frequency, 1 to 20."""
+    fg = float((y > 0).sum())
+    bg = float(y.numel()) - fg
+    return torch.tensor(math.sqrt(bg / max(fg, 1.0))).clamp(1.0, 20.0)
 
 
 @torch.no_grad()
@@ -351,6 +377,7 @@ def fit(
     weights = (
         _class_weights(y_train, config.num_classes).to(device) if config.task is not Task.classify else None
     )
+    fg_weight = _foreground_weight(y_train).to(device) if config.task is not Task.classify else None
     has_val = x_val.shape[0] > 0
 
     best_state = copy.deepcopy(model.state_dict())
@@ -375,7 +402,7 @@ def fit(
                     loss = F.cross_entropy(logits, yb, label_smoothing=0.05)
                 else:
                     assert weights is not None
-                    loss = segmentation_loss(logits, yb, weights)
+                    loss = segmentation_loss(logits, yb, weights, fg_weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
