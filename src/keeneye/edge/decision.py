@@ -1,9 +1,11 @@
 """The line decision: a model's instances → OK / DEFECT with the class and confidence the PLC gets.
 
-The thresholds are the pipeline spec's ``thresholds.defect_score`` and ``thresholds.defect_min_area``
-(falling back to the model manifest's ``score`` and ``min_area``), overridden per SKU by
-``edge.sku_thresholds`` — a glossy SKU may need a higher score before a reflection counts as a
-scratch. Pure functions: no I/O, tested on arrays.
+The thresholds, per value, first found in: ``edge.sku_thresholds`` for the part's SKU (a glossy SKU
+may need a higher score before a reflection counts as a scratch); the model's own thresholds when
+training calibrated them on the validation split (``extra.decision_calibration``: the OK/DEFECT
+threshold the gates were passed with, which the API decides with too); the pipeline spec's
+``thresholds.defect_score`` and ``thresholds.defect_min_area``; the manifest's ``score`` and
+``min_area``. Pure functions: no I/O, tested on arrays.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class LineThresholds:
         sku: str,
         overrides: Mapping[str, SkuThresholds] | None = None,
     ) -> LineThresholds:
-        """SKU override → spec → manifest, per value."""
+        """SKU override → the model's calibrated thresholds → spec → manifest, per value."""
         override = (overrides or {}).get(sku)
-        score = spec.thresholds.defect_score
-        area = spec.thresholds.defect_min_area
+        calibrated = "decision_calibration" in manifest.extra  # then the manifest's values are the model's
+        score = None if calibrated else spec.thresholds.defect_score
+        area = None if calibrated else spec.thresholds.defect_min_area
         if override is not None and override.defect_score is not None:
             score = override.defect_score
         if override is not None and override.defect_min_area is not None:

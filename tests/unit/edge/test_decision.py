@@ -1,4 +1,5 @@
-"""The line decision: which thresholds apply (SKU → spec → manifest) and what the PLC gets."""
+"""The line decision: which thresholds apply (SKU → calibrated model → spec → manifest) and what the
+PLC gets."""
 
 from __future__ import annotations
 
@@ -69,6 +70,23 @@ def test_without_spec_values_the_manifest_decides(spec: PipelineSpec) -> None:
     )
     th = LineThresholds.for_sku(bare, MANIFEST, "")
     assert (th.defect_score, th.defect_min_area) == (0.3, 2)
+
+
+def test_a_calibrated_model_decides_with_its_own_thresholds_unless_the_sku_says_otherwise(
+    spec: PipelineSpec,
+) -> None:
+    """Training calibrated 0.2 / 4 px on the validation split (what the gates passed with and what
+    the API decides with): the spec's 0.5 / 16 must not undo it on the line; a SKU override still wins."""
+    calibrated = MANIFEST.model_copy(
+        update={
+            "thresholds": MANIFEST.thresholds.model_copy(update={"score": 0.2, "min_area": 4}),
+            "extra": {**MANIFEST.extra, "decision_calibration": {"mask": 0.2, "min_area": 4}},
+        }
+    )
+    th = LineThresholds.for_sku(spec, calibrated, "matte")
+    assert (th.defect_score, th.defect_min_area) == (0.2, 4)
+    glossy = LineThresholds.for_sku(spec, calibrated, "glossy", {"glossy": SkuThresholds(defect_score=0.6)})
+    assert (glossy.defect_score, glossy.defect_min_area) == (0.6, 4)
 
 
 @pytest.mark.parametrize(
