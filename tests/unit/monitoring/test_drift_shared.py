@@ -237,12 +237,14 @@ def test_two_os_processes_on_one_sqlite_file(tmp_path: Path, profile: dict[str, 
         c.join(timeout=240)
     assert [c.exitcode for c in children] == [0, 0]
     first, *flushed = sorted(latest_reports(db, PIPELINE), key=lambda r: r.id)
-    # The closer saw the other's count as of its last publish: 500 up to 549 observations in the
-    # first window. The rest was closed or published by the flushes at the end: 600 in all, none
-    # counted twice, none lost.
-    assert 500 <= first.n < 550 and first.source in {"proc-0", "proc-1"}
+    # The first window closes at 500 or more: the closer decided on the other's count as of its last
+    # read, and its claim takes every share there is by then — the other may have published one or
+    # more batches of 50 in between (on a loaded CI machine it did: 550), so no tighter upper bound
+    # holds across real processes. The rest was closed or published by the flushes at the end: 600 in
+    # all, none counted twice, none lost.
+    assert 500 <= first.n <= 600 and first.source in {"proc-0", "proc-1"}
     assert first.features["brightness"]["n"] == first.n
-    assert len(flushed) in (1, 2) and all(r.n >= 50 for r in flushed)
+    assert len(flushed) <= 2 and all(r.n >= 50 for r in flushed)  # none when the first took all
     assert conserved(db) == 600
 
 
