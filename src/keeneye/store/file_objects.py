@@ -103,30 +103,15 @@ class FileObjectStore:
         return meta if isinstance(meta, dict) else {}
 
     def _atomic_write(self, target: Path, key: str, data: bytes | BinaryIO) -> tuple[int, str]:
+        """``data`` at ``target`` or not at all: written beside it, synced, renamed, directory synced."""
+        tmp, size, etag = self._write_tmp(target, key, data, sync=True)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise self._conflict(key) from exc
-        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(data, bytes | bytearray | memoryview):
-                    out.write(data)
-                    result = len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
-                else:
-                    result = copy_limited(data, out, key=key, limit=self.max_object_bytes)
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.replace(tmp, target)
-            except IsADirectoryError as exc:
-                raise self._conflict(key) from exc
+            self._replace(tmp, target, key)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
-        return result
+        return size, etag
 
     @staticmethod
     def _conflict(key: str) -> InvalidInput:
@@ -163,8 +148,8 @@ class FileObjectStore:
                 if len(obj.data) > self.max_object_bytes:
                     raise too_large(obj.key, len(obj.data), self.max_object_bytes)
                 target = self._path(obj.key)
-                tmp = self._write_tmp(target, obj.key, obj.data)
-                staged.append((tmp, target, obj, hashlib.md5(obj.data, usedforsecurity=False).hexdigest()))
+                tmp, _size, etag = self._write_tmp(target, obj.key, obj.data)
+                staged.append((tmp, target, obj, etag))
             for tmp, _target, _obj, _etag in staged:
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
@@ -177,7 +162,7 @@ class FileObjectStore:
                 self._replace(tmp, target, obj.key)
                 meta = json.dumps({"content_type": obj.content_type, "etag": etag}).encode()
                 meta_target = self._meta_path(obj.key)
-                os.replace(self._write_tmp(meta_target, obj.key, meta), meta_target)
+                os.replace(self._write_tmp(meta_target, obj.key, meta)[0], meta_target)
                 dirs.add(target.parent)
                 infos.append(ObjectInfo(obj.key, len(obj.data), obj.content_type, etag))
         except BaseException:
@@ -188,8 +173,11 @@ class FileObjectStore:
             _fsync_dir(folder)
         return infos
 
-    def _write_tmp(self, target: Path, key: str, data: bytes) -> Path:
-        """``data`` in a new temporary file beside ``target`` (not synced)."""
+    def _write_tmp(
+        self, target: Path, key: str, data: bytes | BinaryIO, *, sync: bool = False
+    ) -> tuple[Path, int, str]:
+        """``data`` in a new temporary file beside ``target`` (synced only with ``sync``): its path,
+        size and MD5. A stream is copied up to the store's object limit."""
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -197,11 +185,18 @@ class FileObjectStore:
         fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    out.write(data)
+                    size, etag = len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+                else:
+                    size, etag = copy_limited(data, out, key=key, limit=self.max_object_bytes)
+                if sync:
+                    out.flush()
+                    os.fsync(out.fileno())
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return Path(tmp_name)
+        return Path(tmp_name), size, etag
 
     def _replace(self, tmp: Path, target: Path, key: str) -> None:
         try:
