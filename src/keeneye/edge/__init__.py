@@ -7,7 +7,7 @@ to the PLC sink, and the :class:`EventRecorder` stores events, images and sink o
 DB asynchronously. See docs/line-inspection.md.
 """
 
-from keeneye.edge.decision import LineThresholds, LineVerdict, decide_line, defect_class_ids
+from keeneye.edge.decision import LineThresholds, LineVerdict, decide_line
 from keeneye.edge.frames import FolderSource, Frame, FrameSource, Pacer, SourceFrame, VideoSource, open_source
 from keeneye.edge.journal import DecidedEvent, Journal, OutcomeNote, check_name
 from keeneye.edge.launch import InspectOptions, build_runner, edge_root, load_model
@@ -56,7 +56,6 @@ __all__ = [
     "build_runner",
     "check_name",
     "decide_line",
-    "defect_class_ids",
     "edge_root",
     "event_message",
     "event_metadata",

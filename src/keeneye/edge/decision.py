@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from keeneye.domain import Decision, Instances
-from keeneye.models import ModelManifest, ok_class_names
+from keeneye.models import ModelManifest, defect_class_ids
 from keeneye.pipelines import PipelineSpec
 from keeneye.settings import SkuThresholds
 
@@ -60,16 +60,6 @@ class LineVerdict:
     class_id: int
     class_name: str
     confidence: float
-
-
-def defect_class_ids(manifest: ModelManifest) -> list[int]:
-    """The classes that make a part DEFECT: ``extra.defect_classes`` when the manifest names them, else
-    every class that is neither an OK class nor the background (as ``decide_ok_defect`` reads them)."""
-    if "defect_classes" in manifest.extra:
-        wanted = {str(n).lower() for n in manifest.extra["defect_classes"]}
-        return [c.id for c in manifest.classes if c.name.lower() in wanted]
-    ok = ok_class_names(manifest)
-    return [c.id for c in manifest.classes if c.name.lower() not in ok and c.id != manifest.background_class]
 
 
 def decide_line(instances: Instances, manifest: ModelManifest, thresholds: LineThresholds) -> LineVerdict:

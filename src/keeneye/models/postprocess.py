@@ -402,6 +402,16 @@ def ok_class_names(manifest: ModelManifest) -> frozenset[str]:
     return frozenset(str(n).lower() for n in names)
 
 
+def defect_class_ids(manifest: ModelManifest) -> list[int]:
+    """The classes that make a part DEFECT: ``extra.defect_classes`` when the manifest names them, else
+    every class that is neither an OK class (``ok_class_names``) nor the background."""
+    if "defect_classes" in manifest.extra:
+        wanted = {str(n).lower() for n in manifest.extra["defect_classes"]}
+        return [c.id for c in manifest.classes if c.name.lower() in wanted]
+    ok = ok_class_names(manifest)
+    return [c.id for c in manifest.classes if c.name.lower() not in ok and c.id != manifest.background_class]
+
+
 def decide_ok_defect(instances: Instances, manifest: ModelManifest) -> Decision:
     """Image-level OK / DEFECT.
 
@@ -418,13 +428,7 @@ def decide_ok_defect(instances: Instances, manifest: ModelManifest) -> Decision:
             return Decision.defect
         top = int(instances.class_ids[int(np.argmax(instances.scores))])
         return Decision.ok if names[top].lower() in ok else Decision.defect
-    if "defect_classes" in manifest.extra:
-        wanted = {str(n).lower() for n in manifest.extra["defect_classes"]}
-        defect_ids = [c.id for c in manifest.classes if c.name.lower() in wanted]
-    else:
-        defect_ids = [
-            c.id for c in manifest.classes if c.name.lower() not in ok and c.id != manifest.background_class
-        ]
+    defect_ids = defect_class_ids(manifest)
     if len(instances) == 0 or not defect_ids:
         return Decision.ok
     th = manifest.thresholds
