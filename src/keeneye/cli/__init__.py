@@ -13,17 +13,6 @@ import logging
 import sys
 from typing import Any
 
-if "loadtest" in sys.argv[1:4]:  # pragma: no branch
-    # Locust runs on gevent, which must patch the standard library before anything imports a user of
-    # ssl: rasterio (via keeneye.pipelines → keeneye.geo) imports boto3 and urllib3 at import time,
-    # and a patch after that recurses in SSLContext. Only `keeneye loadtest` pays for gevent.
-    try:
-        from gevent import monkey  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-        monkey.patch_all()
-    except ImportError:  # the load extra is missing: `loadtest` says how to install it
-        pass
-
 import typer
 from typer.core import TyperGroup, TyperOption
 

@@ -8,22 +8,27 @@ running — the autoscaler adding workers and the load alert firing.
 Bounded on purpose: a run refuses non-loopback targets unless ``allow_remote`` is set, and a plan
 over :data:`MAX_TOTAL_SECONDS` or :data:`MAX_TOTAL_REQUESTS` is refused before anything is sent.
 
-Locust monkey-patches the standard library with gevent when imported, so it is imported only inside
-:func:`run_http` (the ``keeneye loadtest`` process), never by the rest of keeneye.
+Locust runs on gevent, which must monkey-patch the standard library before anything imports ssl
+(keeneye's own imports do: rasterio → boto3 → urllib3). So :func:`run_http` runs Locust in a child
+Python that patches first and then runs this module (:data:`_CHILD_BOOT`); the child streams its step
+announcements and the report back as JSON lines. No other keeneye process ever imports gevent.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import math
 import random
 import struct
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -265,6 +270,15 @@ class JpegSource:
 # --------------------------------------------------------------------------------------------------
 
 
+_CHILD_BOOT = (
+    "from gevent import monkey\n"
+    "monkey.patch_all()\n"
+    "import runpy\n"
+    "runpy.run_module('keeneye.scaling.loadtest', run_name='__main__', alter_sys=True)\n"
+)
+_LINE = "keeneye-loadtest "  # prefix of the child's protocol lines on stdout (Locust logs to stderr)
+
+
 def run_http(
     plan: StepPlan,
     *,
@@ -276,7 +290,94 @@ def run_http(
     max_requests: int = MAX_TOTAL_REQUESTS,
 ) -> LoadReport:
     """Offer ``plan`` to ``url`` with Locust (a LoadTestShape for the steps, a FastHttpUser posting
-    raw JPEG bodies to ``/v1/pipelines/<pipeline>/predict`` or ``…/observations``)."""
+    raw JPEG bodies to ``/v1/pipelines/<pipeline>/predict`` or ``…/observations``), in a child
+    process patched for gevent before it imports anything else."""
+    request = {
+        "plan": asdict(plan),
+        "url": url,
+        "pipeline": pipeline,
+        "asynchronous": asynchronous,
+        "api_key": api_key,
+        "max_requests": max_requests,
+    }
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter running our own module
+        [sys.executable, "-c", _CHILD_BOOT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    report: dict[str, Any] | None = None  # the child's JSON, as LoadReport.as_dict wrote it
+    failure: dict[str, Any] | None = None
+    try:
+        child.stdin.write(json.dumps(request))
+        child.stdin.close()
+        for line in child.stdout:
+            if not line.startswith(_LINE):
+                continue
+            message = json.loads(line[len(_LINE) :])
+            if "step" in message and on_step is not None:
+                on_step(int(message["step"]), float(message["rate"]))
+            report = message.get("report", report)
+            failure = message.get("error", failure)
+        child.wait()
+    finally:
+        if child.poll() is None:  # interrupted: take the load off the target at once
+            child.kill()
+            child.wait()
+    if failure is not None:
+        raise KeeneyeError(str(failure["message"]), fix=failure.get("fix"))
+    if report is None:
+        raise KeeneyeError(
+            f"the load test's Locust process ended (exit {child.returncode}) without a report",
+            fix="run again with --debug; its errors are printed above",
+        )
+    steps = [StepReport(**step) for step in report["steps"]]
+    return LoadReport(
+        target="http",
+        pipeline=str(report["pipeline"]),
+        url=str(report["url"]),
+        step_seconds=float(report["step_seconds"]),
+        steps=steps,
+        truncated=report["truncated"],
+    )
+
+
+def _child_main() -> None:
+    """The Locust child of :func:`run_http`: its request on stdin, protocol lines on stdout."""
+
+    def say(message: JsonObject) -> None:
+        sys.stdout.write(_LINE + json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    request = json.loads(sys.stdin.read())
+    try:
+        report = _run_http_here(
+            StepPlan(**request["plan"]),
+            url=request["url"],
+            pipeline=request["pipeline"],
+            asynchronous=request["asynchronous"],
+            api_key=request["api_key"],
+            on_step=lambda index, rate: say({"step": index, "rate": rate}),
+            max_requests=request["max_requests"],
+        )
+    except KeeneyeError as exc:
+        say({"error": {"message": exc.message, "fix": exc.fix}})
+        raise SystemExit(1) from exc
+    say({"report": report.as_dict()})
+
+
+def _run_http_here(
+    plan: StepPlan,
+    *,
+    url: str,
+    pipeline: str,
+    asynchronous: bool,
+    api_key: str | None,
+    on_step: Callable[[int, float], None],
+    max_requests: int,
+) -> LoadReport:
+    """:func:`run_http`'s work, in the gevent-patched child."""
     try:
         import gevent  # type: ignore[import-untyped,import-not-found,unused-ignore]
         from locust import FastHttpUser, LoadTestShape, task
@@ -308,7 +409,7 @@ def run_http(
             step = plan.step_at(elapsed())
             if step is None or stop_reason:
                 return None
-            if on_step is not None and step not in announced:
+            if step not in announced:
                 announced.add(step)
                 on_step(step, plan.rates[step])
             users = plan.users_for(plan.rates[step])
@@ -477,3 +578,7 @@ __all__ = [
     "run_http",
     "summarize",
 ]
+
+
+if __name__ == "__main__":  # the child of run_http, started through _CHILD_BOOT
+    _child_main()
