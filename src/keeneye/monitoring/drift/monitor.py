@@ -94,8 +94,10 @@ class DriftMonitor:
     starts the next window. A single process behaves exactly as before sharing existed.
 
     Thread-safe: :meth:`add` takes a lock only to update the local reservoirs (O(features)). Database
-    exchanges run one at a time per monitor under a second lock, in the calling thread: a publish is
-    skipped when another exchange is under way (the next sample retries), a close waits for it.
+    exchanges run one at a time per monitor under a second lock: with ``background`` on the process's
+    one drift thread (the window's close too, so :meth:`add` then never returns a report), otherwise in
+    the calling thread, where a publish is skipped when another exchange is under way (the next sample
+    retries) and a close waits for it.
     """
 
     def __init__(
@@ -114,8 +116,8 @@ class DriftMonitor:
         on_error: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
-        # Publish from the process's drift thread instead of the thread of the observation (what
-        # DriftMonitors does: a request never waits for a share to be written); closes stay inline.
+        # Publish and close from the process's drift thread instead of the thread of the observation
+        # (what DriftMonitors does: a request never waits for a share or a report to be written).
         self.background = background
         self.on_error = on_error  # called inside the except block of a failed background publish
         self._queued = False  # a background publish is waiting to run (under _lock)
@@ -204,27 +206,30 @@ class DriftMonitor:
             publish = self._publish_due(now)
         if halfway:
             prewarm()  # a close is coming: load SciPy now, in the background
-        if due:
+        if self.background and (due or publish):
+            self._exchange_later()
+        elif due:
             return self._exchange(now, self._rule(now), wait=True)
-        if publish:
-            if self.background:
-                self._publish_later()
-            else:
-                self._exchange(now, None, wait=False)
+        elif publish:
+            self._exchange(now, None, wait=False)
         return None
 
-    def _publish_later(self) -> None:
+    def _exchange_later(self) -> None:
         with self._lock:
             if self._queued:
                 return
             self._queued = True
-        _publisher().submit(self._publish_job)
+        _publisher().submit(self._background_exchange)
 
-    def _publish_job(self) -> None:
+    def _background_exchange(self) -> None:
+        """On the drift thread: close the window if it is due by then (the comparison and the report
+        write take a while — no request waits for them), else publish the local share."""
+        now = self.clock()
         with self._lock:
             self._queued = False
+            due = self._total() > 0 and self._due(self._total(), now)
         try:
-            self._exchange(self.clock(), None, wait=True)
+            self._exchange(now, self._rule(now) if due else None, wait=True)
         except Exception:
             if self.on_error is None:
                 log.exception("drift share of pipeline %s not published", self.pipeline)
