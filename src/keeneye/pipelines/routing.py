@@ -26,7 +26,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from keeneye.domain import Answer, AnswerJson, KeeneyeError, Variant
+from keeneye.domain import Answer, AnswerJson, JsonObject, KeeneyeError, Variant
 from keeneye.imaging import Transform, prepare_input
 from keeneye.metrics import Metrics
 from keeneye.models.manifest import ModelManifest
@@ -148,24 +148,39 @@ class ShadowRunner:
     def pending(self) -> int:
         return len(self._tasks)
 
-    def submit(self, spec: PipelineSpec, model: LoadedModel, observation_id: str, data: bytes) -> bool:
-        """Schedule one shadow run (call on the event loop); False when the queue is full."""
+    def submit(
+        self,
+        spec: PipelineSpec,
+        model: LoadedModel,
+        observation_id: str,
+        data: bytes,
+        metadata: JsonObject | None = None,
+    ) -> bool:
+        """Schedule one shadow run (call on the event loop); False when the queue is full. ``metadata``:
+        the request's, so the challenger reads the bytes as the champion did (a crop-health band map)."""
         if len(self._tasks) >= self.max_pending:
             self.skipped[spec.name] = self.skipped.get(spec.name, 0) + 1
             log.debug("shadow queue full; skipped observation %s of %s", observation_id, spec.name)
             return False
         task = asyncio.get_running_loop().create_task(
-            self._run(spec, model, observation_id, data), name=f"keeneye-shadow-{spec.name}"
+            self._run(spec, model, observation_id, data, metadata), name=f"keeneye-shadow-{spec.name}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _run(self, spec: PipelineSpec, model: LoadedModel, observation_id: str, data: bytes) -> None:
+    async def _run(
+        self,
+        spec: PipelineSpec,
+        model: LoadedModel,
+        observation_id: str,
+        data: bytes,
+        metadata: JsonObject | None,
+    ) -> None:
         started = time.perf_counter()
         manifest = model.bundle.manifest
         try:
-            prepared = await asyncio.to_thread(prepare, spec, manifest, data, self.settings)
+            prepared = await asyncio.to_thread(prepare, spec, manifest, data, self.settings, metadata)
             outputs = await run_model(model.batcher, prepared)  # per tile for a geo pipeline
             result = await asyncio.to_thread(finish, spec, manifest, model.ref, prepared, outputs)
             latency_ms = (time.perf_counter() - started) * 1000

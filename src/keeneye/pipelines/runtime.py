@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
-from keeneye.domain import KeeneyeError, ModelRef, Variant
+from keeneye.domain import JsonObject, KeeneyeError, ModelRef, Variant
 from keeneye.metrics import Metrics
 from keeneye.models import MicroBatcher, OnnxModel
 from keeneye.pipelines.loaded import LoadedModel
@@ -139,13 +139,20 @@ class ModelRuntime:
             return None
         return challenger
 
-    def shadow(self, spec: PipelineSpec, key: str, observation_id: str, data: bytes) -> bool:
-        """After an answer (call on the event loop): run the challenger on the same bytes in the
-        background when ``key`` is in the shadow sample. True when a run was scheduled."""
+    def shadow(
+        self,
+        spec: PipelineSpec,
+        key: str,
+        observation_id: str,
+        data: bytes,
+        metadata: JsonObject | None = None,
+    ) -> bool:
+        """After an answer (call on the event loop): run the challenger on the same bytes and request
+        metadata in the background when ``key`` is in the shadow sample. True when a run was scheduled."""
         model = self.shadow_model(spec.name, key)
         if model is None:
             return False
-        return self.shadow_runner.submit(spec, model, observation_id, data)
+        return self.shadow_runner.submit(spec, model, observation_id, data, metadata)
 
     def shadow_batch(self, spec: PipelineSpec, items: Sequence[tuple[str, Prepared]]) -> int:
         """The stream's shadow, synchronous: ``(observation id, decoded input)`` of answered items;

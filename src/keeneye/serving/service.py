@@ -179,7 +179,7 @@ class PredictionService:
                 cached is not None,
             )
         )
-        self.runtime.shadow(spec, digest, observation_id, data)  # in the background, when sampled
+        self.runtime.shadow(spec, digest, observation_id, data, metadata)  # in the background, when sampled
         timings["store"] = (time.perf_counter() - t_store) * 1000
         self.metrics.observe_stage(pipeline, "store", timings["store"] / 1000)
         total_ms = (time.perf_counter() - started) * 1000

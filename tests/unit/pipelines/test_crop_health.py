@@ -12,10 +12,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from keeneye.domain import Answer, GeoPart, InvalidInput, JsonObject, ModelRef
+from keeneye.domain import Answer, GeoPart, InvalidInput, JsonObject, ModelRef, Variant
 from keeneye.geo import tile_windows
+from keeneye.metrics import Metrics
 from keeneye.models import MicroBatcher, OnnxModel
 from keeneye.pipelines import (
+    LoadedModel,
     PipelineCatalog,
     PipelineSpec,
     answer_key,
@@ -25,7 +27,9 @@ from keeneye.pipelines import (
     run_model,
     run_tiles_sync,
 )
+from keeneye.pipelines.routing import ShadowRunner
 from keeneye.settings import Settings
+from keeneye.store import open_results_db
 from tests.serving_support import tiff
 
 from .crop_support import (
@@ -277,3 +281,41 @@ def test_a_multi_page_tiff_is_read_one_band_per_page_and_a_small_one_is_one_tile
     geo = geo_of(result)
     assert geo.bands == MICASENSE and geo.crs is None and geo.area_basis == "pixels"
     assert result.areas_px is not None and result.areas_px.tolist() == [600.0]
+
+
+def test_the_api_shadow_run_reads_the_bytes_with_the_requests_band_map(
+    spec: PipelineSpec, tmp_path: Path
+) -> None:
+    """A five-band MicaSense upload: without the request's band map the challenger would read it with
+    the spec's four-band default and refuse it (wrong_band_count); with it, the shadow answer is stored."""
+    settings = Settings(home=tmp_path / "home")
+    db = open_results_db(settings)
+    bundle = crop_bundle(tmp_path / "challenger")
+    data = geotiff_bytes(micasense_field(200, 300, blight=(20, 30, 40, 50)))
+    ids = [
+        db.create_observation("crop-health", f"h{i}", None, "image/tiff", len(data), MICA, "api")
+        for i in (1, 2)
+    ]
+
+    async def scenario() -> ShadowRunner:
+        model = OnnxModel(bundle, settings.inference)
+        batcher = MicroBatcher(model.run, max_batch=8, max_wait_ms=1.0)
+        loaded = LoadedModel(
+            ModelRef("crop-health", "2", "challenger"), bundle, model, batcher, "crop-health"
+        )
+        runner = ShadowRunner(settings, Metrics(), lambda: db, max_pending=4)
+        try:
+            assert runner.submit(spec, loaded, ids[0], data, MICA)
+            assert runner.submit(spec, loaded, ids[1], data)  # no metadata: the spec's default bands
+            await runner.aclose()
+        finally:
+            await batcher.aclose()
+        return runner
+
+    runner = asyncio.run(scenario())
+    assert (runner.stored, runner.failed) == ({"crop-health": 1}, {"crop-health": 1})
+    [stored] = db.predictions_for(ids[0])
+    assert (stored.variant, stored.model_version) == (Variant.shadow, "2")
+    assert [(i["class"], i["area_px"]) for i in stored.result["instances"]] == [("blight", 2000.0)]
+    assert stored.result["image"]["bands"] == ["blue", "green", "red", "nir", "red_edge"]
+    assert db.predictions_for(ids[1]) == []
