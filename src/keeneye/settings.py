@@ -75,6 +75,11 @@ class ImagingSettings(_Section):
 class InferenceSettings(_Section):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session; 0 = all cores")
     inter_op_threads: int = Field(1, ge=0)
+    allow_spinning: bool = Field(
+        False,
+        description="let ONNX Runtime's threads busy-wait for work between runs: a little lower latency "
+        "on an idle machine, but under load the spinning takes the cores that decoding and storing need",
+    )
     max_batch: int = Field(16, ge=1, description="micro-batcher: largest batch sent to the model")
     max_wait_ms: float = Field(4.0, ge=0, description="micro-batcher: how long a request waits for company")
     alias_poll_seconds: float = Field(5.0, gt=0, description="how often serving checks for an alias move")

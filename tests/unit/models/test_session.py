@@ -101,6 +101,11 @@ def test_session_options_from_settings() -> None:
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 2)
     defaults = session_options(InferenceSettings())
     assert defaults.intra_op_num_threads == 0  # ORT picks
+    # Pool threads sleep between runs unless asked to spin (spinning takes the decode threads' cores).
+    assert defaults.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_options(InferenceSettings(allow_spinning=True))
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.get_session_config_entry("session.inter_op.allow_spinning") == "1"
 
 
 # --------------------------------------------------------------------------------------------------
