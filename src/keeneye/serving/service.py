@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from keeneye.answering import Answering, StoredAnswer
 from keeneye.domain import Answer, AnswerJson, InvalidInput, JsonObject, ObservationStatus, Variant
-from keeneye.imaging import content_hash
+from keeneye.imaging import content_hash, sniff_format
 from keeneye.metrics import Metrics
 from keeneye.models import BatcherClosed
 from keeneye.monitoring.drift import DriftMonitors
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # How often one request follows a model swap (alias moves come seconds apart, so one is the rule).
 SWAP_RETRIES = 3
+EARLY_STORE_MAX_IN_FLIGHT = 2  # requests in flight up to which images are stored while the model runs
 
 
 class PredictionJson(AnswerJson, total=False):
@@ -76,6 +77,7 @@ class _StoreJob:
     latency_ms: float
     timings: dict[str, float]
     cached: bool = False  # the same bytes were answered (and queued for review) before
+    object_stored: bool = False  # staged while the model ran (PredictionService._stage_image)
 
     @property
     def key(self) -> str:
@@ -109,6 +111,7 @@ class PredictionService:
             max_group=settings.serving.store_group_max,
             on_group=lambda size, _seconds: metrics.store_group_size.observe(size),
         )
+        self._in_flight = 0  # predict calls between arrival and answer, this process
 
     def close(self) -> None:
         """Store what is queued and stop the writer (at shutdown, after the last request)."""
@@ -136,6 +139,23 @@ class PredictionService:
                 fix="send the image as multipart field 'file' or as the raw body",
             )
         digest = content_hash(data)
+        self._in_flight += 1
+        try:
+            return await self._predict(spec, data, digest, metadata, source, started)
+        finally:
+            self._in_flight -= 1
+
+    async def _predict(
+        self,
+        spec: PipelineSpec,
+        data: bytes,
+        digest: str,
+        metadata: JsonObject,
+        source: str,
+        started: float,
+    ) -> PredictionJson:
+        pipeline = spec.name
+        staging = self._stage_image(spec, digest, data)
         # The content hash routes: a canary answers its share of inputs, a retry keeps its variant.
         loaded, variant = self.runtime.get_variant(pipeline, digest)
         key = answer_key(spec, digest, metadata)  # a geo pipeline's band map and CRS are in the key
@@ -151,6 +171,7 @@ class PredictionService:
                 )
             except InvalidInput as exc:
                 self.metrics.rejections.labels(pipeline, exc.reason).inc()
+                await self._unstage(staging)
                 await asyncio.to_thread(self._quarantine, spec, data, digest, metadata, source, exc)
                 raise
             except Exception:
@@ -163,6 +184,7 @@ class PredictionService:
                 answer, fmt, timings = await self._infer(spec, loaded, data, metadata)
             self.answering.remember(pipeline, loaded.ref, key, answer)
         t_store = time.perf_counter()
+        staged_key = await self._staged_key(staging)
         observation_id = await self.writer.submit(
             _StoreJob(
                 spec,
@@ -177,6 +199,7 @@ class PredictionService:
                 (time.perf_counter() - started) * 1000,
                 timings,
                 cached is not None,
+                object_stored=staged_key is not None and staged_key == observation_key(pipeline, digest, fmt),
             )
         )
         self.runtime.shadow(spec, digest, observation_id, data, metadata)  # in the background, when sampled
@@ -260,7 +283,7 @@ class PredictionService:
         new: dict[str, NewObject] = {}
         for job in jobs:
             key = job.key
-            if key not in new and not self.objects.exists(key):
+            if not job.object_stored and key not in new and not self.objects.exists(key):
                 new[key] = NewObject(key, job.data, content_type_of(job.fmt))
         if new:
             self.objects.put_many(list(new.values()))
@@ -294,6 +317,56 @@ class PredictionService:
         for (name, cached), answers in groups.items():
             self.answering.stored(specs[name], answers, review=not cached)
         return ids
+
+    def _stage_image(
+        self, spec: PipelineSpec, digest: str, data: bytes
+    ) -> asyncio.Task[tuple[str, bool]] | None:
+        """At low load, store the image while the model runs, so a request's answer waits only for
+        its row: the image's fsyncs overlap decode and inference instead of following them. Under
+        load the group commit writes images together instead (fewer fsyncs per request, no threads
+        parked on the disk). Not for geo pipelines, whose band map comes with the request: elsewhere
+        the bytes alone decide whether a request is refused, so a refused request's image, taken back
+        by :meth:`_unstage`, is one no concurrent request with the same bytes can be storing a row for."""
+        if spec.input.geo or self._in_flight > EARLY_STORE_MAX_IN_FLIGHT:
+            return None
+        try:
+            fmt = sniff_format(data)
+        except InvalidInput:
+            return None  # refused by prepare, with its reason
+        key = observation_key(spec.name, digest, fmt)
+        return asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._put_new, key, data, content_type_of(fmt)), name="keeneye-stage-image"
+        )
+
+    def _put_new(self, key: str, data: bytes, content_type: str) -> tuple[str, bool]:
+        """``data`` stored at ``key`` unless it is there already: the key, and whether this call wrote it."""
+        if self.objects.exists(key):
+            return key, False
+        self.objects.put(key, data, content_type=content_type)
+        return key, True
+
+    async def _staged_key(self, staging: asyncio.Task[tuple[str, bool]] | None) -> str | None:
+        """The key the staged image is durable at, or None (not staged, or the write failed: the group
+        commit writes it then, as for any request)."""
+        if staging is None:
+            return None
+        try:
+            key, _wrote = await staging
+        except Exception:
+            log.warning("staging an image failed; the group commit stores it", exc_info=True)
+            return None
+        return key
+
+    async def _unstage(self, staging: asyncio.Task[tuple[str, bool]] | None) -> None:
+        """Take back the image staged for a request that was then refused (no row points at it)."""
+        if staging is None:
+            return
+        try:
+            key, wrote = await staging
+        except Exception:
+            return  # nothing was stored
+        if wrote:
+            await asyncio.to_thread(self.objects.delete, key)
 
     def _quarantine(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -371,3 +372,23 @@ def test_an_uncertain_answer_is_queued_for_review(served: LiveServer) -> None:
     items = {item["observation_id"]: item for item in queue["items"]}
     assert body["observation_id"] in items
     assert "low_confidence" in items[body["observation_id"]]["reasons"]
+
+
+def test_a_corrupt_jpeg_leaves_no_image_under_observations(served: LiveServer) -> None:
+    """At low load the image is stored while the model runs; a JPEG that then fails to decode is taken
+    back, so the only copy is the quarantined one its rejected observation points at."""
+    corrupt = GOOD[:200] + b"\0" * 64  # JPEG magic, truncated body
+    digest = hashlib.sha256(corrupt).hexdigest()
+    url = f"{served.url}/v1/pipelines/species-id/predict"
+    r = httpx.post(url, content=corrupt, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 422, r.text
+    store = open_object_store(served.settings)
+    assert [o.key for o in store.list("observations/") if digest in o.key] == []
+    assert [o.key for o in store.list("quarantine/") if digest in o.key] != []
+    ok = httpx.post(
+        f"{served.url}/v1/pipelines/species-id/predict", content=GOOD, headers={"content-type": "image/jpeg"}
+    )
+    assert ok.status_code == 200
+    stored = open_results_db(served.settings).get_observation(ok.json()["observation_id"])
+    assert stored is not None and stored.object_key is not None
+    assert store.get(stored.object_key) == GOOD  # staged while the model ran, then pointed at
