@@ -340,6 +340,28 @@ class Metrics:
             ["pipeline", "line", "camera"],
             mode="mostrecent",
         )
+        self.retention_deleted = self._counter(
+            "keeneye_retention_deleted",
+            "Images (their observation keeps its row) and events (observation rows) deleted by retention",
+            ["pipeline", "kind"],
+        )
+        self.retention_deleted_bytes = self._counter(
+            "keeneye_retention_deleted_bytes",
+            "Object-store bytes freed by retention",
+            ["pipeline", "kind"],
+        )
+        self.retention_runs = self._counter(
+            "keeneye_retention_runs",
+            "Retention runs per pipeline by outcome (ok; partial: out of time, goes on next run; error)",
+            ["pipeline", "outcome"],
+        )
+        # max: the newest finished run of any process (CLI or scheduler) is what an alert wants.
+        self.retention_last_run = self._gauge(
+            "keeneye_retention_last_run_timestamp_seconds",
+            "When retention last finished a run for the pipeline (Unix time)",
+            ["pipeline"],
+            mode="max",
+        )
 
     def _counter(self, name: str, help_text: str, labels: Sequence[str]) -> Counter:
         self.catalogue.append(MetricDoc(name, "counter", help_text, tuple(labels)))

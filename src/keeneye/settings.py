@@ -381,6 +381,19 @@ class SmartcutSettings(_Section):
     )
 
 
+class RetentionSettings(_Section):
+    """How the scheduler enforces each pipeline spec's ``retention:`` (docs/storage.md#retention)."""
+
+    enabled: bool = Field(True, description="the scheduler deletes what the pipelines' retention lets go")
+    interval_seconds: float = Field(3600.0, gt=0, description="how often the scheduler runs retention")
+    batch_size: int = Field(
+        500, ge=1, le=10000, description="observations per transaction (and per object-store delete)"
+    )
+    max_run_seconds: float = Field(
+        300.0, gt=0, description="a scheduled run stops after this long and goes on at the next round"
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Backend URLs left empty are derived from ``home``."""
 
@@ -414,6 +427,7 @@ class Settings(BaseSettings):
     plc: PlcSettings = Field(default_factory=PlcSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     smartcut: SmartcutSettings = Field(default_factory=SmartcutSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -79,6 +79,7 @@ def _register() -> None:
     from keeneye.cli import ops as ops_cli
     from keeneye.cli import pipelines as pipelines_cli
     from keeneye.cli import quality as quality_cli
+    from keeneye.cli import retention as retention_cli
     from keeneye.cli import retrain as retrain_cli
     from keeneye.cli import scheduler as scheduler_cli
     from keeneye.cli import serve, system
@@ -104,6 +105,7 @@ def _register() -> None:
     labels_cli.register(app)
     retrain_cli.register(app)
     smartcut_cli.register(app)
+    retention_cli.register(app)
 
 
 _register()

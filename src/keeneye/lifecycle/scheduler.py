@@ -8,7 +8,9 @@ Every ``alerting.interval_seconds`` it
 * evaluates the retraining triggers (``keeneye.lifecycle.triggers.tick``), starting each new run as
   its own ``keeneye retrain --run-id`` process, and
 * ticks the rollout controller (``keeneye.lifecycle.rollout``): shadow → canary → promotion or
-  rollback, when the measurements say so.
+  rollback, when the measurements say so, and
+* every ``retention.interval_seconds`` (hourly), applies each pipeline's ``retention:``
+  (:mod:`keeneye.store.retention`; off with ``retention.enabled: false``).
 
 Each job is isolated: one that raises is logged and the loop goes on (an API that is restarting, a
 broken rule, a quality query that times out never stop the others). It lives in ``lifecycle/``, the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,9 @@ from keeneye.monitoring.quality import evaluate_quality
 from keeneye.pipelines import PipelineCatalog
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
-from keeneye.store import ResultsDB, open_results_db, utcnow
+from keeneye.store import ResultsDB, open_object_store, open_results_db, utcnow
+from keeneye.store.leader import LeaderLock
+from keeneye.store.retention import RetentionPolicy, run_retention_all
 from keeneye.workers import WorkerBase
 
 log = logging.getLogger(__name__)
@@ -75,15 +80,20 @@ class Scheduler(WorkerBase):
         self.quality: QualityJob | None = None
         self.retrain: RetrainJob | None = None
         self.rollouts: QualityJob | None = None
+        self.retention: QualityJob | None = None
+        self._next_retention = 0.0  # on self._clock; 0 = the first round runs it
         self.rounds = 0
         self.last_states: list[AlertState] = []
         self.last_error: str | None = None
         self._metrics_down = False
+        self.leader: LeaderLock | None = None  # set in setup(): one scheduler per database runs rounds
+        self.standby = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def setup(self) -> None:
         s = self.settings
+        self.leader = LeaderLock(s.database_url, "scheduler")
         db = open_results_db(s)
         catalog = PipelineCatalog(s)
         self.engine = RulesEngine.from_settings(
@@ -92,6 +102,8 @@ class Scheduler(WorkerBase):
         self.quality = self._quality_job(db, catalog)
         self.retrain = self._retrain_job(db, catalog)
         self.rollouts = self._rollout_job(db, catalog)
+        if s.retention.enabled:
+            self.retention = self._retention_job(db, catalog)
         log.info(
             "scheduler started",
             extra={"rules": len(self.engine.rules), "interval_seconds": self.interval},
@@ -124,20 +136,52 @@ class Scheduler(WorkerBase):
         )
         return controller.tick
 
+    def _retention_job(self, db: ResultsDB, catalog: PipelineCatalog) -> QualityJob:
+        """Each pipeline's ``retention:`` as of the scheduler's clock, in batches of retention.batch_size,
+        for at most retention.max_run_seconds (the alert rules wait while it runs)."""
+        objects = open_object_store(self.settings)
+        settings, metrics, clock = self.settings, self.metrics, self._clock
+
+        def job() -> Any:
+            policies = {spec.name: RetentionPolicy.from_spec(spec.retention) for spec in catalog.specs()}
+            now = datetime.fromtimestamp(clock(), UTC)
+            r = settings.retention
+            deadline = time.monotonic() + r.max_run_seconds
+            return run_retention_all(
+                db, objects, policies, now=now, batch_size=r.batch_size, metrics=metrics, deadline=deadline
+            )
+
+        return job
+
     def step(self) -> None:
         wait = self._next_round - time.monotonic()
         if wait > 0:
             self.stop_event.wait(min(wait, 0.5))  # short waits: a stop request is honoured at once
             return
         self._next_round = time.monotonic() + self.interval
+        if self.leader is not None and not self.leader.try_acquire():
+            # another replica leads (docs/deploy.md): stand by, ask again within 5 s
+            if not self.standby:
+                log.info("another scheduler holds the leader lock; standing by")
+            self.standby = True
+            self._next_round = time.monotonic() + min(self.interval, 5.0)
+            return
+        if self.standby:
+            log.info("took the leader lock; running the rounds")
+        self.standby = False
         with self.busy():
             self.run_round()
+
+    def teardown(self) -> None:
+        if self.leader is not None:
+            self.leader.close()  # the stand-by takes over at its next check
+        super().teardown()
 
     # -- one round --------------------------------------------------------------------------------
 
     def run_round(self) -> list[AlertState]:
         """The alert rules, online quality, then the retraining triggers; a failure in one is logged and
-        the others still run; last the rollout controller."""
+        the others still run; then the rollout controller, and retention when it is due."""
         self.rounds += 1
         self.processed = self.rounds
         self.last_error = None
@@ -174,6 +218,15 @@ class Scheduler(WorkerBase):
             except Exception as exc:
                 self.last_error = f"rollouts: {exc}"
                 log.exception("rollout evaluation failed")
+        if self.retention is not None and self._clock() >= self._next_retention:
+            self._next_retention = self._clock() + self.settings.retention.interval_seconds
+            try:
+                reports = self.retention()
+                if any(not r.complete for r in reports or ()):
+                    self._next_retention = self._clock()  # out of time: go on at the next round
+            except Exception as exc:
+                self.last_error = f"retention: {exc}"
+                log.exception("retention failed")
         return self.last_states
 
     def status(self) -> JsonObject:
@@ -186,6 +239,7 @@ class Scheduler(WorkerBase):
             "interval_seconds": self.interval,
             "alerts_firing": firing,
             "alerts_pending": pending,
+            "leader": not self.standby,
             "last_error": self.last_error,
         }
 

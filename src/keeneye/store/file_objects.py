@@ -274,6 +274,20 @@ class FileObjectStore:
             return  # a folder of other keys, not an object
         self._meta_path(key).unlink(missing_ok=True)
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Unlink each file and its sidecar, then sync each folder once (a rerun finishes a crashed one)."""
+        paths = [(key, self._path(key)) for key in keys]  # every key refused before any is deleted
+        folders: set[Path] = set()
+        for key, path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except IsADirectoryError:
+                continue  # a folder of other keys, not an object
+            self._meta_path(key).unlink(missing_ok=True)
+            folders.add(path.parent)
+        for folder in folders:
+            _fsync_dir(folder)
+
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
 

@@ -74,6 +74,15 @@ class ObjectStore(Protocol):
         """Remove the object; deleting a missing key is not an error."""
         ...
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove several objects (retention's batches); missing keys are not an error.
+
+        S3: one ``DeleteObjects`` request per 1000 keys. Every key is validated before anything is
+        deleted; on a failure some keys may be gone and others not, so a retry of the whole list is
+        safe (deleting is idempotent).
+        """
+        ...
+
     def uri(self, key: str) -> str:
         """Where the object lives, as ``file:///…`` or ``s3://bucket/…``."""
         ...

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024  # larger uploads spool to a temporary file, not RAM
 _PUT_MANY_THREADS = 8  # below botocore's default pool of 10 connections
+DELETE_BATCH = 1000  # keys per DeleteObjects request, S3's limit
 
 # https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -332,6 +333,32 @@ class S3ObjectStore:
             raise self._error(exc) from exc
         except BotoCoreError as exc:
             raise self._error(exc) from exc
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """``DeleteObjects`` in quiet mode, :data:`DELETE_BATCH` keys per request (S3's limit); a key
+        S3 could not delete raises, naming it and S3's reason."""
+        full = [self._key(key) for key in dict.fromkeys(keys)]  # all refused before any is deleted
+        for start in range(0, len(full), DELETE_BATCH):
+            chunk = full[start : start + DELETE_BATCH]
+            request = {"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            try:
+                reply = self._client.delete_objects(Bucket=self.bucket, Delete=request)
+            except ClientError as exc:
+                if error_code(exc) == "NoSuchBucket":
+                    return  # nothing was ever written: nothing to delete
+                raise self._error(exc) from exc
+            except BotoCoreError as exc:
+                raise self._error(exc) from exc
+            errors = [e for e in reply.get("Errors", []) if e.get("Code") not in ("NoSuchKey", "404")]
+            if errors:
+                first = errors[0]
+                raise BackendUnavailable(
+                    OBJECTS_SETTING,
+                    self.url,
+                    f"S3 did not delete {len(errors)} of {len(chunk)} object(s), e.g. {first.get('Key')!r}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip(),
+                    fix="check the credentials may s3:DeleteObject in this bucket, then run again",
+                )
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

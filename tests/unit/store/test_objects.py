@@ -165,6 +165,22 @@ def test_delete_then_get_is_not_found_and_deleting_twice_is_fine(store: ObjectSt
     assert list(store.list()) == []
 
 
+def test_delete_many_removes_the_listed_objects_in_batches(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keeneye.store import s3_objects
+
+    monkeypatch.setattr(s3_objects, "DELETE_BATCH", 2)  # S3: three DeleteObjects requests
+    for name in ("a", "b", "c", "d", "keep"):
+        store.put(f"dir/{name}", name.encode())
+    store.delete_many(["dir/a", "dir/b", "dir/c", "dir/d", "dir/never-written", "dir/a"])
+    assert [o.key for o in store.list("dir/")] == ["dir/keep"]
+    store.delete_many([])  # nothing to do
+    with pytest.raises(InvalidInput):
+        store.delete_many(["dir/keep", "../escape"])  # every key is checked before any is deleted
+    assert store.exists("dir/keep")
+
+
 def test_missing_key_raises_not_found_everywhere(store: ObjectStore) -> None:
     store.put("present", b"1")
     with pytest.raises(NotFound):

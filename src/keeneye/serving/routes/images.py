@@ -35,7 +35,8 @@ def _stored(state: AppState, observation_id: str) -> ObservationRecord:
     if obs.object_key is None:
         raise NotFound(
             f"observation {observation_id} has no stored image",
-            fix="images are stored when the observation is accepted; this one was not kept",
+            fix="images are stored when the observation is accepted; this one was not kept, or the "
+            "pipeline's retention policy removed it (docs/storage.md#retention)",
         )
     return obs
 
