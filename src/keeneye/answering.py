@@ -8,7 +8,9 @@ workers (``stream/worker.py``) so both do them the same way:
   would replace its window);
 * the storage record: the answer's JSON, decision and confidence as the ``predictions`` row holds them
   (:meth:`Answering.prediction_record`, :meth:`Answering.completion`);
-* after storing: uncertain answers into the review queue (never raises) and the per-variant count.
+* after storing: uncertain answers into the review queue (never raises), the per-variant count, and
+  for a geo pipeline (crop-health) the answer's flight joined to its field (:class:`FieldBook`:
+  by ``metadata.field`` or by overlap with a boundary; never raises).
 
 Where each caller stores (one ``record_prediction`` for the API, ``complete_many`` for a worker's
 batch) and what it acknowledges stay with the caller; what is stored is decided here.
@@ -26,6 +28,7 @@ from typing import Any
 import numpy.typing as npt
 
 from keeneye.domain import Answer, ModelRef, Variant
+from keeneye.fields import FieldBook
 from keeneye.imaging import Image
 from keeneye.lifecycle.labels import queue_answers
 from keeneye.metrics import Metrics
@@ -66,6 +69,7 @@ class Answering:
         self.cache = cache
         self.metrics = metrics
         self.drift = drift
+        self.fields = FieldBook(db, cache, metrics)
 
     # -- cache ------------------------------------------------------------------------------------
 
@@ -154,3 +158,22 @@ class Answering:
             queue_answers(self.db, spec, [(a.observation_id, a.answer) for a in answers])
         for a in answers:
             self.metrics.variant_predictions.labels(spec.name, a.variant.value).inc()
+        if spec.input.geo:
+            self.join_fields(answers)
+
+    def join_fields(self, answers: Sequence[StoredAnswer]) -> None:
+        """Each crop-health answer's flight into its field's history (never raises: the answer is
+        stored and acknowledged whatever happens here)."""
+        for a in answers:
+            geo = a.answer.parts.geo
+            if geo is None:
+                continue
+            try:
+                observation = self.db.get_observation(a.observation_id)
+                if observation is None:
+                    continue
+                self.fields.record_answer(
+                    a.observation_id, geo, observation.metadata or {}, observation.created_at
+                )
+            except Exception:
+                log.exception("could not record observation %s in its field", a.observation_id)

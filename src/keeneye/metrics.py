@@ -340,6 +340,21 @@ class Metrics:
             ["pipeline", "line", "camera"],
             mode="mostrecent",
         )
+        # crop-health fields (keeneye.fields): the latest flight of each field, for trends and alerts.
+        self.field_ndvi_mean = self._gauge(
+            "keeneye_field_ndvi_mean",
+            "Mean NDVI of the field's latest flight (the whole image's valid pixels)",
+            ["field"],
+            mode="mostrecent",
+        )
+        self.field_diseased_hectares = self._gauge(
+            "keeneye_field_diseased_hectares",
+            "Hectares of disease zones inside the field on its latest flight",
+            ["field"],
+            mode="mostrecent",
+        )
+        # Retention (store/retention.py): what each pipeline's `retention:` deleted, by kind of data
+        # (raw_images, defect_images, ok_sample_images, events); a dry run counts nothing here.
         self.retention_deleted = self._counter(
             "keeneye_retention_deleted",
             "Images (their observation keeps its row) and events (observation rows) deleted by retention",

@@ -73,6 +73,7 @@ def _register() -> None:
     from keeneye.cli import alerts as alerts_cli
     from keeneye.cli import demo as demo_cli
     from keeneye.cli import drift as drift_cli
+    from keeneye.cli import fields as fields_cli
     from keeneye.cli import inspect as inspect_cli
     from keeneye.cli import labels as labels_cli
     from keeneye.cli import models as models_cli
@@ -106,6 +107,7 @@ def _register() -> None:
     retrain_cli.register(app)
     smartcut_cli.register(app)
     retention_cli.register(app)
+    fields_cli.register(app)
 
 
 _register()

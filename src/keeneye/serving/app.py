@@ -21,6 +21,7 @@ from keeneye.serving.routes import (
     browse,
     drift,
     feedback,
+    fields,
     images,
     login,
     model_aliases,
@@ -143,6 +144,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(model_evaluation.router)
     app.include_router(observation_list.router)
     app.include_router(smartcut.router)
+    app.include_router(fields.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

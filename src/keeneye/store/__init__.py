@@ -2,13 +2,15 @@
 
 ``keeneye.store`` is the only code that writes SQL: :class:`ResultsDB` gathers one repository per
 aggregate (``observations``, ``predictions``, ``feedback``, ``reviews``, ``runs``, ``rollouts``,
-``alerts``, ``drift_reports``, ``model_events``, ``keys``) and hands out the frozen records below.
+``alerts``, ``drift_reports``, ``model_events``, ``keys``, ``smartcut``, ``fields``) and hands out
+the frozen records below.
 """
 
 from keeneye.store.cache import Cache, open_cache
 from keeneye.store.db import ResultsDB, open_results_db
 from keeneye.store.drift_partials import CloseRule, DriftPartialRecord, DriftShare
 from keeneye.store.engine import insert_ignoring_conflicts, utcnow
+from keeneye.store.fields import FieldFlightRecord, FieldRecord, NewField, NewFieldFlight
 from keeneye.store.group_commit import GroupCommit, GroupCommitClosed
 from keeneye.store.objects import NewObject, ObjectInfo, ObjectStore, open_object_store
 from keeneye.store.observations import ObservationFilter, ObservationPage
@@ -52,9 +54,13 @@ __all__ = [
     "DriftShare",
     "DriftWindow",
     "FeedbackRecord",
+    "FieldFlightRecord",
+    "FieldRecord",
     "GroupCommit",
     "GroupCommitClosed",
     "ModelEventRecord",
+    "NewField",
+    "NewFieldFlight",
     "NewObject",
     "NewObservation",
     "NewPrediction",

@@ -2,10 +2,15 @@
 
 Values are bytes; callers serialise (JSON) themselves. A cache never raises on a miss or on a backend
 hiccup during ``get`` (it logs and answers ``None``): the cache makes things fast, never fails them.
+
+Hashes (``set_hash`` / ``get_hash``) are the feature store's mirror of what the results DB holds
+(a field's latest flight, :mod:`keeneye.fields`): string fields, no expiry, replaced as a whole;
+the DB stays the record, so a lost hash is rebuilt by the next write.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from keeneye.domain import BackendHealth, ConfigError
@@ -23,6 +28,14 @@ class Cache(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def set_hash(self, key: str, values: Mapping[str, str]) -> None:
+        """Replace the hash at ``key`` with ``values`` (the feature store: no expiry)."""
+        ...
+
+    def get_hash(self, key: str) -> dict[str, str]:
+        """The hash at ``key``; ``{}`` when there is none or the backend is down."""
+        ...
 
     def check(self) -> BackendHealth: ...
 

@@ -19,6 +19,7 @@ from keeneye.store.alerts import AlertRepository
 from keeneye.store.drift_partials import DriftPartialRepository
 from keeneye.store.drift_reports import DriftReportRepository
 from keeneye.store.feedback import FeedbackRepository
+from keeneye.store.fields import FieldRepository
 from keeneye.store.keys import ApiKeyRepository
 from keeneye.store.model_events import ModelEventRepository
 from keeneye.store.observations import ObservationRepository
@@ -42,6 +43,7 @@ class ResultsDB(
     RolloutRepository,
     ApiKeyRepository,
     SmartcutRepository,
+    FieldRepository,
 ):
     """The results database on SQLite or PostgreSQL; thread-safe, one per process is enough."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from keeneye.domain import BackendHealth
 from keeneye.store.cache import CACHE_SETTING, check_ttl
@@ -38,6 +38,7 @@ class MemoryCache:
         self.misses = 0
         self._clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key → (value, expires at)
+        self._hashes: dict[str, dict[str, str]] = {}  # feature-store hashes: no LRU, no expiry
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -71,6 +72,14 @@ class MemoryCache:
         with self._lock:
             self._entries.pop(key, None)
 
+    def set_hash(self, key: str, values: Mapping[str, str]) -> None:
+        with self._lock:
+            self._hashes[key] = dict(values)
+
+    def get_hash(self, key: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._hashes.get(key, {}))
+
     def check(self) -> BackendHealth:
         with self._lock:
             size = len(self._entries)
@@ -85,3 +94,4 @@ class MemoryCache:
     def close(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._hashes.clear()

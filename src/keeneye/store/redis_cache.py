@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.typing import EncodableT
 
 from keeneye.domain import BackendHealth, ConfigError
 from keeneye.settings import mask_url
@@ -128,6 +130,33 @@ class RedisCache:
             return
         self._succeeded()
 
+    def set_hash(self, key: str, values: Mapping[str, str]) -> None:
+        """DEL + HSET in one MULTI/EXEC, so a reader never sees a half-replaced hash."""
+        if self._skipping():
+            return
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.prefix + key)
+                if values:
+                    mapping: dict[EncodableT, EncodableT] = {k: v for k, v in values.items()}
+                    pipe.hset(self.prefix + key, mapping=mapping)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._failed("hset", exc)
+            return
+        self._succeeded()
+
+    def get_hash(self, key: str) -> dict[str, str]:
+        if self._skipping():
+            return {}
+        try:
+            raw = self._client.hgetall(self.prefix + key)
+        except redis.RedisError as exc:
+            self._failed("hgetall", exc)
+            return {}
+        self._succeeded()
+        return {_text(k): _text(v) for k, v in raw.items()}
+
     def check(self) -> BackendHealth:
         try:
             self._client.ping()
@@ -155,3 +184,7 @@ class RedisCache:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

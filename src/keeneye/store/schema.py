@@ -8,13 +8,14 @@ outside ``keeneye.store`` sees them — repositories hand out the records of :mo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Dialect,
     Double,
@@ -383,6 +384,50 @@ class SmartcutRequestRow(Base):
     )
 
 
+class FieldRow(Base):
+    """A crop-health field (docs/crop-health.md, "Fields"): its boundary as a WGS84 GeoJSON geometry,
+    its geodesic area and bounding box (the bbox prefilters the overlap join in SQL)."""
+
+    __tablename__ = "fields"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # a slug: a7, north-12
+    name: Mapped[str] = mapped_column(String(255))
+    crop: Mapped[str | None] = mapped_column(String(128))
+    sowing_date: Mapped[date | None] = mapped_column(Date)
+    boundary: Mapped[JsonObject] = mapped_column(JSONType)
+    area_ha: Mapped[float] = mapped_column(Double)
+    min_lon: Mapped[float] = mapped_column(Double)
+    min_lat: Mapped[float] = mapped_column(Double)
+    max_lon: Mapped[float] = mapped_column(Double)
+    max_lat: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FieldFlightRow(Base):
+    """What one flight saw over one field: index statistics, hectares per disease class and vigour
+    zone, and the zones clipped to the boundary (WGS84) a prescription is cut from. One per field and
+    flight: a later image of the same flight replaces the row."""
+
+    __tablename__ = "field_flights"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    field_id: Mapped[str] = mapped_column(String(64), ForeignKey("fields.id", ondelete="CASCADE"))
+    flight: Mapped[str] = mapped_column(String(64))
+    observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    observation_id: Mapped[str | None] = mapped_column(String(32))
+    joined_by: Mapped[str] = mapped_column(String(16))  # metadata | overlap
+    indices: Mapped[JsonObject] = mapped_column(JSONType)
+    disease_ha: Mapped[JsonObject] = mapped_column(JSONType)
+    vigour_ha: Mapped[JsonObject] = mapped_column(JSONType)
+    zones: Mapped[JsonObject] = mapped_column(JSONType)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("field_id", "flight"),
+        Index("ix_field_flights_field_id_observed_at", "field_id", "observed_at"),
+    )
+
+
 __all__ = [
     "AlertNotificationRow",
     "AlertRow",
@@ -393,6 +438,8 @@ __all__ = [
     "DriftPartialRow",
     "DriftReportRow",
     "FeedbackRow",
+    "FieldFlightRow",
+    "FieldRow",
     "JSONType",
     "ModelEventRow",
     "ObservationRow",

@@ -63,6 +63,15 @@ def test_round_trip(cache: Cache) -> None:
     assert cache.get("empty") == b""
 
 
+def test_hashes_are_replaced_whole(cache: Cache) -> None:
+    assert cache.get_hash("field:a") == {}
+    cache.set_hash("field:a", {"flight": "f1", "ndvi_mean": "0.61", "disease_ha": "0.35"})
+    cache.set_hash("field:a", {"flight": "f2", "ndvi_mean": "0.58"})  # a field not given is gone
+    cache.set_hash("field:b", {})
+    assert cache.get_hash("field:a") == {"flight": "f2", "ndvi_mean": "0.58"}
+    assert cache.get_hash("field:b") == {}
+
+
 def test_miss_is_none(cache: Cache) -> None:
     assert cache.get("never-set") is None
 

@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import StatementError
 
+import keeneye.store
 from keeneye.domain import ConfigError, Decision, NotFound, ObservationStatus, Role, Variant
 from keeneye.settings import Settings
 from keeneye.store import (
@@ -44,8 +45,14 @@ TABLES = {
     "rollouts",
     "review_queue",
     "smartcut_requests",
+    "fields",
+    "field_flights",
 }
 Q, P = ObservationStatus.queued, ObservationStatus.processing
+# The newest migration file: the head every fresh database reaches (the chain is checked below).
+HEAD = max(
+    p.name[:4] for p in (Path(keeneye.store.__file__).parent / "migrations" / "versions").glob("[0-9]*.py")
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
@@ -117,9 +124,9 @@ def age(db: ResultsDB, observation_id: str, seconds: float) -> None:
 
 def test_upgrade_creates_every_table_at_head(db: ResultsDB) -> None:
     assert set(sa.inspect(db.engine).get_table_names()) == TABLES | {"alembic_version"}
-    assert db.current_revision() == db.head_revision() == "0006"
+    assert db.current_revision() == db.head_revision() == HEAD
     db.ensure_schema()  # already at head: a no-op
-    assert db.current_revision() == "0006"
+    assert db.current_revision() == HEAD
 
 
 def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
@@ -138,7 +145,8 @@ def test_migrated_schema_matches_the_models(db: ResultsDB) -> None:
 def test_concurrent_first_starts_migrate_once(url: str) -> None:
     fresh = ResultsDB(url)
     assert fresh.current_revision() is None
-    assert fresh.check().detail == "schema at revision none, code expects 0006; run `keeneye db upgrade`"
+    head = fresh.head_revision()
+    assert fresh.check().detail == f"schema at revision none, code expects {head}; run `keeneye db upgrade`"
     # Several processes starting together all call ensure_schema; the migration lock serialises them.
     barrier = threading.Barrier(3)
     errors: list[BaseException] = []
@@ -159,7 +167,7 @@ def test_concurrent_first_starts_migrate_once(url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert fresh.current_revision() == "0006"
+    assert fresh.current_revision() == HEAD
     assert set(sa.inspect(fresh.engine).get_table_names()) == TABLES | {"alembic_version"}
     fresh.close()
 
@@ -421,7 +429,7 @@ def test_check_reports_version_and_revision(db: ResultsDB) -> None:
     health = db.check()
     assert health.reachable is True and health.setting == "KEENEYE_DATABASE_URL"
     assert health.version.startswith("SQLite 3." if db.backend == "sqlite" else "PostgreSQL ")
-    assert health.detail == "schema at revision 0006"
+    assert health.detail == f"schema at revision {HEAD}"
 
 
 def test_check_on_a_closed_port_is_quick_and_one_line() -> None:
@@ -506,7 +514,7 @@ def test_processes_write_one_sqlite_file_concurrently(tmp_path: Path) -> None:
     assert sorted((m["writer"], m["i"]) for m in rows) == sorted(
         (w, i) for w in ("w1", "w2", "w3") for i in range(n)
     )
-    assert db.current_revision() == "0006"
+    assert db.current_revision() == HEAD
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
