@@ -379,6 +379,16 @@ class SmartcutSettings(_Section):
     allowed_roots: list[Path] = Field(
         default_factory=list, description="folders POST /v1/smartcut/requests may read a `path` from"
     )
+    allowed_s3: list[str] = Field(
+        default_factory=list,
+        description="s3://bucket[/prefix] locations POST /v1/smartcut/requests may read a video URL from "
+        "(with the KEENEYE_S3__* connection)",
+    )
+    objects_detector: str = Field(
+        "",
+        description="detector of the `objects` plugin: a detection pipeline (its served model from the "
+        "registry) or a model bundle folder; empty: OpenCV's HOG people detector",
+    )
 
 
 class RetentionSettings(_Section):

@@ -19,6 +19,7 @@ import pytest
 
 from keeneye.settings import Settings
 from keeneye.store import open_results_db
+from keeneye.web import NAV
 from tests.e2e.test_monitoring_page import register_with_test_metrics
 from tests.e2e.test_web import ARGS, CHROMIUM
 from tests.services import unavailable
@@ -37,6 +38,7 @@ PAGES = [
     ("/runs", "runs", "section[data-pipeline='species-id']"),
     ("/alerts", "alerts", "#alerts[data-loaded]"),
     ("/observations", "observations", "#lookup"),
+    ("/smartcut", "smartcut", "#start"),
     ("/system", "system", "#system-state"),
     ("/no-such-page", None, "#not-found"),
 ]
@@ -100,7 +102,7 @@ def test_every_page_in_the_shell_at_desktop_and_phone_width(served: LiveServer, 
                     else:
                         assert current.count() == 1, path
                         assert current.get_attribute("data-nav") == nav, path
-                    assert page.locator("header.shell nav a").count() == 10
+                    assert page.locator("header.shell nav a").count() == len(NAV)
                     width = page.evaluate("document.documentElement.scrollWidth")
                     assert width <= size["width"], f"{path} is {width} px wide at {size['width']} px"
                     page.screenshot(path=str(shots / f"{_page_name(path)}-{size_name}.png"), full_page=True)

@@ -50,11 +50,32 @@ def _prepare_stores(s: Settings) -> None:
         err_console.print(f"[yellow]warning:[/] model registry: {health.detail}", highlight=False)
 
 
+BUILTIN_PLUGINS = ("motion", "scene", "objects")
+
+
+def _plugin_names(value: str) -> list[str]:
+    """``--plugins``: ``builtin`` (motion, scene, objects), ``none``, or names, comma-separated."""
+    names = _split_names([value])
+    if names in (["none"], []):
+        return []
+    out: list[str] = []
+    for name in names:
+        out.extend(BUILTIN_PLUGINS if name == "builtin" else [name])
+    return list(dict.fromkeys(out))
+
+
 def _fixed_children(
-    python: str, *, host: str, port: int, api_url: str | None, scheduler: bool
+    python: str,
+    *,
+    host: str,
+    port: int,
+    api_url: str | None,
+    scheduler: bool,
+    plugins: list[str] | None = None,
 ) -> tuple[list[ChildSpec], list[str]]:
     """The children besides the workers (the API unless ``api_url`` is None, the scheduler unless
-    turned off) and the notes the system view shows about what was not started."""
+    turned off, one process per smartcut plugin) and the notes the system view shows about what was
+    not started."""
     from keeneye.scaling import ChildSpec
 
     fixed: list[ChildSpec] = []
@@ -77,7 +98,16 @@ def _fixed_children(
         )
     else:
         notes.append("scheduler: not started (--no-scheduler): no alert evaluation, no periodic jobs")
-    notes.append("plugins: none started — smartcut plugins are not part of this build yet")
+    for name in plugins or []:
+        # Each smartcut plugin its own process (seed 004): it announces itself on started-plugins,
+        # is restarted with backoff when it crashes, and says stopped-plugins on SIGTERM.
+        fixed.append(
+            ChildSpec(
+                name=f"plugin-{name}", role="plugin", command=(python, "-m", "keeneye", "plugin", "run", name)
+            )
+        )
+    if not plugins:
+        notes.append("plugins: none started (--plugins none): smartcut requests find no plugin")
     return fixed, notes
 
 
@@ -100,11 +130,19 @@ def up(
         "--scheduler/--no-scheduler",
         help="Run the scheduler (alert rules engine, periodic monitoring jobs).",
     ),
+    plugins: str = typer.Option(
+        "builtin",
+        "--plugins",
+        help="smartcut plugin processes, comma-separated: builtin (motion, scene, objects), "
+        "installed plugin names, or none.",
+    ),
 ) -> None:
-    """Run the whole system: the API, the scheduler and autoscaled stream workers, restarted when they crash.
+    """Run the whole system: the API, the scheduler, the smartcut plugins and autoscaled stream
+    workers, each restarted when it crashes.
 
-    Ctrl-C (or SIGTERM) stops the API and the scheduler first, lets the workers finish their batch,
-    then exits. The API's /metrics shows the metrics of every process.
+    Ctrl-C (or SIGTERM) stops the API, the scheduler and the plugins first (each plugin says
+    stopped-plugins), lets the workers finish their batch, then exits. The API's /metrics shows the
+    metrics of every process.
     """
     from keeneye.metrics import Metrics, enable_multiprocess
     from keeneye.pipelines import PipelineCatalog
@@ -140,7 +178,21 @@ def up(
             raise ConfigError("--port", f"{host}:{port} is already in use", fix="pass another --port")
         shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104 - a bind address, shown
         api_url = f"http://{shown}:{port}"
-    fixed, notes = _fixed_children(python, host=host, port=port, api_url=api_url, scheduler=scheduler)
+    plugin_names = _plugin_names(plugins)
+    if plugin_names:
+        from keeneye.video import recommenders
+
+        installed = recommenders()
+        unknown = [n for n in plugin_names if n not in installed]
+        if unknown:
+            raise ConfigError(
+                "--plugins",
+                f"no smartcut plugin named {', '.join(unknown)}",
+                fix=f"use builtin, none, or some of: {', '.join(installed)}",
+            )
+    fixed, notes = _fixed_children(
+        python, host=host, port=port, api_url=api_url, scheduler=scheduler, plugins=plugin_names
+    )
 
     _prepare_stores(s)
     # One metrics directory for this supervisor and all its children, before any metric value exists
@@ -178,7 +230,7 @@ def up(
     workers = ", ".join(f"{p} {pol.min_replicas}–{pol.max_replicas}" for p, pol in policies.items())
     console.print(
         f"keeneye up: API {api_url or '(not started)'} · scheduler {'on' if scheduler else 'off'}"
-        f" · workers per pipeline: {workers}\n"
+        f" · plugins: {', '.join(plugin_names) or 'none'} · workers per pipeline: {workers}\n"
         f"  logs in {s.home / 'logs'} · system view at {api_url or ''}/v1/system"
         f" · metrics of every process at {api_url or ''}/metrics · Ctrl-C to stop",
         highlight=False,

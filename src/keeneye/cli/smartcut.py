@@ -22,7 +22,7 @@ from rich.table import Table
 from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, settings, state
 
 if TYPE_CHECKING:
-    from keeneye.video import Evaluation, VideoLimits
+    from keeneye.video import Evaluation, Recommender, RequestOptions, VideoLimits
 
 smartcut_app = typer.Typer(
     help="smartcut: find the relevant segments of very long videos, cut them into clips, measure TPR/FPR.",
@@ -31,7 +31,13 @@ smartcut_app = typer.Typer(
 
 _VIDEO_ARG = typer.Argument(..., help="Video file (MP4, MKV, MOV, AVI, TS …; up to 24 h / 25 GB by default).")
 _PLUGIN_HELP = (
-    "Recommender: motion (fixed cameras: something moves) or scene (content changes); see `smartcut plugins`."
+    "Recommender: motion (fixed cameras: something moves), scene (content changes) or objects "
+    "(people, or the --classes of a detector); see `smartcut plugins`."
+)
+_CLASSES_HELP = "objects only: classes to look for, comma-separated (default: every class of the detector)."
+_DETECTOR_HELP = (
+    "objects only: a detection pipeline (its served model) or a model bundle folder. "
+    "Default: KEENEYE_SMARTCUT__OBJECTS_DETECTOR, else OpenCV's HOG people detector."
 )
 _SENSITIVITY_HELP = "Seconds between sampled frames: 1 finds short events, 5 runs about 5× faster."
 _JSON_HELP = "Print JSON (the seed's processed-files message for run) instead of a table."
@@ -46,6 +52,23 @@ plugin_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     app.add_typer(smartcut_app, name="smartcut", rich_help_panel=PANEL_DATA)
     app.add_typer(plugin_app, name="plugin", rich_help_panel=PANEL_DATA)
+
+
+def _recommender(name: str, detector: str | None) -> Recommender:
+    """The named recommender; ``objects`` with its detector (option, setting, or HOG)."""
+    from keeneye.video import ObjectsRecommender, load_detector, make_recommender
+
+    if name != ObjectsRecommender.name:
+        if detector:
+            raise typer.BadParameter("--detector is for the objects plugin only", param_hint="--detector")
+        return make_recommender(name)
+    ref = detector if detector is not None else settings().smartcut.objects_detector
+    return ObjectsRecommender(detector=load_detector(settings(), ref))
+
+
+def _options(classes: str | None) -> RequestOptions | None:
+    names = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    return {"classes": names} if names else None
 
 
 def _limits() -> VideoLimits:
@@ -88,11 +111,16 @@ def run(
         "--keep-chunks/--no-keep-chunks",
         help="Keep the JPEG chunks under the smartcut root (deleted by default).",
     ),
+    classes: str | None = typer.Option(None, "--classes", help=_CLASSES_HELP),
+    detector: str | None = typer.Option(None, "--detector", help=_DETECTOR_HELP),
     json_out: bool = typer.Option(False, "--json/--no-json", help=_JSON_HELP),
 ) -> None:
     """Recommend the relevant segments of VIDEO (in this process) and print them.
 
     Example: [bold]keeneye smartcut run cam1.mp4 --plugin motion --sensitivity 1 --json > cam1.json[/]
+
+    People or objects: [bold]keeneye smartcut run cam1.mp4 -p objects --classes person,car --detector
+    my-detector[/] (a detection pipeline or bundle folder; without --detector, OpenCV's HOG finds people).
 
     A refused video (not a video, damaged, no video stream, over 24 h / 25 GB …) prints one line with
     the fix and exits 2.
@@ -107,9 +135,18 @@ def run(
         sensitivity=sensitivity if sensitivity is not None else s.default_sensitivity,
         user_id=user_id,
         request_uid=request_uid or str(uuid.uuid4()),
+        options=_options(classes),
     )
+    recommender = _recommender(plugin, detector)
     with _progress(f"{video.name} · {plugin}", json_out) as progress:
-        result = run_local(request, s.root, _limits(), keep_chunks=keep_chunks, progress=progress)
+        result = run_local(
+            request,
+            s.root,
+            _limits(),
+            keep_chunks=keep_chunks,
+            progress=progress,
+            recommender=recommender,
+        )
     if json_out:
         print_json(result.message)
         return
@@ -205,6 +242,8 @@ def evaluate_cmd(
     check: bool = typer.Option(
         False, "--check/--no-check", help="Exit 1 unless the seed's bar is met (TPR > 0.9 and FPR < 0.2)."
     ),
+    classes: str | None = typer.Option(None, "--classes", help=_CLASSES_HELP),
+    detector: str | None = typer.Option(None, "--detector", help=_DETECTOR_HELP),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print the figures as JSON."),
 ) -> None:
     """TPR and FPR by seconds, and event recall, of a plugin's segments against ground-truth events."""
@@ -219,7 +258,11 @@ def evaluate_cmd(
         assert root is not None
         with _progress(f"{video.name} · {plugin}", json_out) as progress:
             result = run_local(
-                SmartcutRequest(video, plugin, sensitivity), root, _limits(), progress=progress
+                SmartcutRequest(video, plugin, sensitivity, options=_options(classes)),
+                root,
+                _limits(),
+                progress=progress,
+                recommender=_recommender(plugin, detector),
             )
         info, segs, seconds = result.info, result.recommendation.segments, result.seconds
     ev = evaluate(segs, gt.events, info.duration)
@@ -257,21 +300,24 @@ def plugins(
     """The recommenders available here: built-ins and installed `keeneye.smartcut` entry points."""
     from keeneye.video import recommenders
 
-    rows = [cls().announcement() for cls in recommenders().values()]
+    rows = [cls().announcement() for cls in recommenders().values()]  # objects: HOG's classes
     if json_out:
         print_json(rows)
         return
     table = Table(title="smartcut plugins", title_justify="left")
-    for col in ("plugin_name", "label", "img_size"):
+    for col in ("plugin_name", "label", "img_size", "classes"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["plugin_name"], r["label"], str(r["img_size"]))
+        table.add_row(r["plugin_name"], r["label"], str(r["img_size"]), ", ".join(r.get("classes", [])))
     console.print(table)
 
 
 @plugin_app.command("run")
 def plugin_run(
-    name: str = typer.Argument(..., help="Recommender to serve: motion, scene, or an installed plugin."),
+    name: str = typer.Argument(
+        ..., help="Recommender to serve: motion, scene, objects, or an installed plugin."
+    ),
+    detector: str | None = typer.Option(None, "--detector", help=_DETECTOR_HELP),
 ) -> None:
     """Serve one smartcut plugin on the bus until stopped (Ctrl-C or SIGTERM).
 
@@ -286,12 +332,11 @@ def plugin_run(
 
     from keeneye.settings import mask_url
     from keeneye.stream.bus import open_bus
-    from keeneye.video import make_recommender
     from keeneye.video.plugins import PluginProcess
 
     s = settings()
     assert s.smartcut.root is not None  # derived from KEENEYE_HOME
-    recommender = make_recommender(name)
+    recommender = _recommender(name, detector)
     bus = open_bus(s)
     process = PluginProcess(recommender, bus, s.smartcut.root)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -37,6 +37,7 @@ from keeneye.serving.routes import (
     runs,
     shell,
     smartcut,
+    smartcut_studio,
     system,
     system_view,
     web,
@@ -144,6 +145,7 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(model_evaluation.router)
     app.include_router(observation_list.router)
     app.include_router(smartcut.router)
+    app.include_router(smartcut_studio.router)
     app.include_router(fields.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app

@@ -377,6 +377,8 @@ class SmartcutRequestRow(Base):
     edits: Mapped[JsonObject | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # what the request asked its plugin for beyond the seed's fields, e.g. {"classes": ["person"]}
+    options: Mapped[JsonObject | None] = mapped_column(JSONType)
 
     __table_args__ = (
         Index("ix_smartcut_requests_user_id", "user_id"),

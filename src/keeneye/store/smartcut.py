@@ -37,6 +37,7 @@ class SmartcutRequestRecord:
     edits: JsonObject | None
     created_at: datetime
     updated_at: datetime
+    options: JsonObject | None = None
 
     @classmethod
     def of(cls, row: SmartcutRequestRow) -> SmartcutRequestRecord:
@@ -55,6 +56,7 @@ class SmartcutRequestRecord:
             edits=None if row.edits is None else dict(row.edits),
             created_at=row.created_at,
             updated_at=row.updated_at,
+            options=None if row.options is None else dict(row.options),
         )
 
 
@@ -62,7 +64,14 @@ class SmartcutRepository(Database):
     """smartcut request reads and writes of :class:`~keeneye.store.ResultsDB`."""
 
     def create_smartcut_request(
-        self, uid: str, *, user_id: str, plugin: str, video_name: str, sensitivity: float
+        self,
+        uid: str,
+        *,
+        user_id: str,
+        plugin: str,
+        video_name: str,
+        sensitivity: float,
+        options: JsonObject | None = None,
     ) -> SmartcutRequestRecord:
         now = utcnow()
         row = SmartcutRequestRow(
@@ -80,6 +89,7 @@ class SmartcutRepository(Database):
             edits=None,
             created_at=now,
             updated_at=now,
+            options=options or None,
         )
         with self.session() as s:
             s.add(row)

@@ -29,11 +29,19 @@ from keeneye.domain import InvalidInput, JsonObject, NotFound
 from keeneye.store import ResultsDB
 from keeneye.store.smartcut import SmartcutRequestRecord
 from keeneye.video.chunks import CHUNK_NAME, read_chunk, video_folder, write_chunks
-from keeneye.video.errors import BAD_CHUNK, UNKNOWN_PLUGIN, VideoLimits, VideoRejected
+from keeneye.video.errors import (
+    BAD_CHUNK,
+    BAD_OPTIONS,
+    UNKNOWN_CLASS,
+    UNKNOWN_PLUGIN,
+    VideoLimits,
+    VideoRejected,
+)
 from keeneye.video.messages import (
     PROCESSED_FILES,
     STARTED_PLUGINS,
     STOPPED_PLUGINS,
+    RequestOptions,
     StartedPlugin,
     new_files_topic,
 )
@@ -43,12 +51,13 @@ from keeneye.video.protocol import (
     BusMessage,
     MalformedMessage,
     RawBus,
+    encode,
     parse_processed,
     parse_started,
     parse_stopped,
-    publish_json,
     to_dlq,
 )
+from keeneye.video.remote import RemoteVideo
 from keeneye.video.sampling import SampledFrame, check_sensitivity, sample_frames
 
 log = logging.getLogger(__name__)
@@ -182,8 +191,11 @@ class SmartcutBackend:
     def plugins(self) -> dict[str, StartedPlugin]:
         return self.directory.plugins()
 
-    def admit(self, user_id: str, plugin: str, sensitivity: float) -> None:
-        """Refuse before any byte is stored: unknown plugin (404), bad sensitivity, busy (429)."""
+    def admit(
+        self, user_id: str, plugin: str, sensitivity: float, options: RequestOptions | None = None
+    ) -> None:
+        """Refuse before any byte is stored: unknown plugin (404), bad sensitivity or options (422),
+        busy (429)."""
         check_sensitivity(sensitivity)
         known = self.plugins()
         if plugin not in known:
@@ -193,6 +205,7 @@ class SmartcutBackend:
                 status=404,
                 fix=f"use one of: {', '.join(known) or 'none running (start: keeneye plugin run motion)'}",
             )
+        check_options(known[plugin], options)
         if not user_id or len(user_id) > 128:
             raise InvalidInput("bad_user_id", "user_id must be 1…128 characters", status=422)
         open_by_user = self.db.count_open_smartcut_requests()
@@ -213,22 +226,24 @@ class SmartcutBackend:
 
     def submit_video(
         self,
-        video: Path,
+        video: Path | RemoteVideo,
         *,
         user_id: str,
         plugin: str,
         sensitivity: float,
         video_name: str | None = None,
         delete_video: bool = False,
+        options: RequestOptions | None = None,
     ) -> str:
-        """Admit, record and start sampling ``video``; the request uid. ``delete_video``: an upload."""
+        """Admit, record and start sampling ``video``; the request uid. ``delete_video``: an upload.
+        A :class:`RemoteVideo` (``s3://``) is copied beside the chunks by the sampling thread first."""
         with self._admit:  # admission and the row that counts against it, atomically per process
-            self.admit(user_id, plugin, sensitivity)
+            self.admit(user_id, plugin, sensitivity, options)
             uid = str(uuid.uuid4())
             img_size = self.plugins()[plugin]["img_size"]
             worker = threading.Thread(
                 target=self._sample,
-                args=(uid, video, user_id, plugin, sensitivity, img_size, delete_video),
+                args=(uid, video, user_id, plugin, sensitivity, img_size, delete_video, options),
                 name=f"smartcut-sample-{uid[:8]}",
                 daemon=True,
             )
@@ -239,19 +254,33 @@ class SmartcutBackend:
                 plugin=plugin,
                 video_name=video_name or video.name,
                 sensitivity=sensitivity,
+                options=_json_options(options),
             )
         worker.start()
         return uid
 
     # ------------------------------------------------------------------ chunks from the client
 
-    def create_upload(self, *, user_id: str, plugin: str, sensitivity: float, video_name: str) -> str:
+    def create_upload(
+        self,
+        *,
+        user_id: str,
+        plugin: str,
+        sensitivity: float,
+        video_name: str,
+        options: RequestOptions | None = None,
+    ) -> str:
         """Admit and record a request whose frames the client samples and sends as chunks."""
         with self._admit:
-            self.admit(user_id, plugin, sensitivity)
+            self.admit(user_id, plugin, sensitivity, options)
             uid = str(uuid.uuid4())
             self.db.create_smartcut_request(
-                uid, user_id=user_id, plugin=plugin, video_name=video_name, sensitivity=sensitivity
+                uid,
+                user_id=user_id,
+                plugin=plugin,
+                video_name=video_name,
+                sensitivity=sensitivity,
+                options=_json_options(options),
             )
         return uid
 
@@ -280,7 +309,9 @@ class SmartcutBackend:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
             chunk.replace(self.root / folder / CHUNK_NAME.format(n))
             if n > 0:
-                self._announce_chunk(record.plugin, record.user_id, folder / CHUNK_NAME.format(n - 1))
+                self._announce_chunk(
+                    record.plugin, record.user_id, folder / CHUNK_NAME.format(n - 1), _options(record)
+                )
             self.db.update_smartcut_progress(
                 uid, frames_sampled=record.frames_sampled + len(frames), chunks_sent=n + 1
             )
@@ -294,24 +325,56 @@ class SmartcutBackend:
                 raise VideoRejected(BAD_CHUNK, "no chunk was sent", status=422, fix="POST …/chunks first")
             folder = video_folder(uid, Path(record.video_name).stem)
             self.db.update_smartcut_progress(uid, status="processing")
-            self._announce_uploaded(record.plugin, record.user_id, folder)
+            self._announce_uploaded(record.plugin, record.user_id, folder, _options(record))
 
-    def _announce_chunk(self, plugin: str, user_id: str, chunk: Path) -> None:
-        message = {"status": "in-progress", "user_id": user_id, "last_zipped_chunk_path": chunk.as_posix()}
-        publish_json(self.bus, new_files_topic(plugin), message)
-        self.bus.flush()
+    def _announce_chunk(
+        self, plugin: str, user_id: str, chunk: Path, options: RequestOptions | None = None
+    ) -> None:
+        message: dict[str, object] = {
+            "status": "in-progress",
+            "user_id": user_id,
+            "last_zipped_chunk_path": chunk.as_posix(),
+        }
+        if options:  # keeneye's extension; without options the value is the seed's, key for key
+            message["options"] = dict(options)
+        self._publish_new_files(plugin, chunk.parts[0], message)
 
-    def _announce_uploaded(self, plugin: str, user_id: str, folder: Path) -> None:
-        message = {"status": "uploaded", "user_id": user_id, "zipped_chunks_path": folder.as_posix()}
-        publish_json(self.bus, new_files_topic(plugin), message)
+    def _announce_uploaded(
+        self, plugin: str, user_id: str, folder: Path, options: RequestOptions | None = None
+    ) -> None:
+        message: dict[str, object] = {
+            "status": "uploaded",
+            "user_id": user_id,
+            "zipped_chunks_path": folder.as_posix(),
+        }
+        if options:
+            message["options"] = dict(options)
+        self._publish_new_files(plugin, folder.parts[0], message)
+
+    def _publish_new_files(self, plugin: str, request_uid: str, message: dict[str, object]) -> None:
+        # Keyed by the request: on a topic of several partitions (Kafka) one request's chunks stay
+        # in order on one partition. Nothing has to read the key; the value is the seed's message.
+        self.bus.publish(new_files_topic(plugin), encode(message), key=request_uid)
         self.bus.flush()
 
     # ------------------------------------------------------------------ sampling (server side)
 
     def _sample(
-        self, uid: str, video: Path, user_id: str, plugin: str, step: float, img_size: int, delete: bool
+        self,
+        uid: str,
+        source: Path | RemoteVideo,
+        user_id: str,
+        plugin: str,
+        step: float,
+        img_size: int,
+        delete: bool,
+        options: RequestOptions | None = None,
     ) -> None:
+        video: Path | None = source if isinstance(source, Path) else None
         try:
+            if isinstance(source, RemoteVideo):
+                video, delete = source.fetch(self.root / ".uploads", self.video_limits.max_bytes), True
+            assert video is not None
             info = probe(video, self.video_limits)
             folder = video_folder(uid, info.basename)
             frames = 0
@@ -328,14 +391,14 @@ class SmartcutBackend:
                 if self._stop.is_set():
                     raise VideoRejected("backend_stopped", "the backend stopped while sampling", status=503)
                 if pending is not None:  # every chunk except the last: in-progress
-                    self._announce_chunk(plugin, user_id, pending)
+                    self._announce_chunk(plugin, user_id, pending, options)
                 pending = chunk
                 sent += 1
                 self.db.update_smartcut_progress(uid, frames_sampled=frames, chunks_sent=sent)
             self.db.update_smartcut_progress(
                 uid, status="processing", frames_sampled=frames, chunks_sent=sent
             )
-            self._announce_uploaded(plugin, user_id, folder)
+            self._announce_uploaded(plugin, user_id, folder, options)
         except InvalidInput as exc:
             self.db.finish_smartcut_request(uid, reason=f"{exc.reason}: {exc.message}")
             shutil.rmtree(self.root / uid, ignore_errors=True)
@@ -344,7 +407,7 @@ class SmartcutBackend:
             self.db.finish_smartcut_request(uid, reason=f"error: {exc}")
             shutil.rmtree(self.root / uid, ignore_errors=True)
         finally:
-            if delete:
+            if delete and video is not None:
                 video.unlink(missing_ok=True)
             self._workers.pop(uid, None)
 
@@ -413,6 +476,39 @@ class SmartcutBackend:
                 failed += int(self.db.finish_smartcut_request(record.uid, reason=reason))
                 shutil.rmtree(self.root / record.uid, ignore_errors=True)
         return failed
+
+
+def check_options(plugin: StartedPlugin, options: RequestOptions | None) -> None:
+    """Classes only for a plugin that announced ``classes``, and only those it announced (422)."""
+    wanted = (options or {}).get("classes") or []
+    if not wanted:
+        return
+    name = plugin["plugin_name"]
+    offered = plugin.get("classes")
+    if offered is None:
+        raise VideoRejected(
+            BAD_OPTIONS,
+            f"plugin {name!r} takes no classes",
+            fix="leave `classes` out, or choose a plugin that announces classes (objects)",
+        )
+    unknown = [c for c in wanted if c not in offered]
+    if unknown:
+        raise VideoRejected(
+            UNKNOWN_CLASS,
+            f"plugin {name!r} does not detect {', '.join(map(repr, unknown))}",
+            fix=f"choose among: {', '.join(offered) or '(none announced)'}",
+        )
+
+
+def _json_options(options: RequestOptions | None) -> JsonObject | None:
+    classes = (options or {}).get("classes")
+    return {"classes": list(classes)} if classes else None
+
+
+def _options(record: SmartcutRequestRecord) -> RequestOptions | None:
+    raw = record.options or {}
+    classes = raw.get("classes")
+    return {"classes": [str(c) for c in classes]} if isinstance(classes, list) and classes else None
 
 
 def _is_uuid(value: str) -> bool:

@@ -12,7 +12,8 @@ other file; nothing else is read from a zip. Paths in bus messages are relative 
 
 Reading is defensive (chunks arrive from clients): at most :data:`CHUNK_FRAMES` entries, only flat
 ``*.jpg`` names of the pattern above (no directories, so no zip-slip), a bounded size per entry and
-per chunk, and JPEGs that decode. Anything else is ``bad_chunk``.
+per chunk, and JPEGs that decode. Anything else is ``bad_chunk``. The zip checks themselves are the
+shared :mod:`keeneye.imaging.archive` (crop-health captures use the same).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from keeneye.domain import InvalidInput
+from keeneye.imaging.archive import SafeZip, ZipLimits, open_safe_zip
 from keeneye.video.errors import BAD_CHUNK, VideoRejected
 from keeneye.video.sampling import SampledFrame
 
@@ -36,6 +39,11 @@ MAX_FRAME_BYTES = 8 * 1024 * 1024
 MAX_FRAME_PIXELS = 4096 * 4096
 FRAME_NAME = re.compile(r"^(\d{7})_(\d{11})\.jpg$")
 CHUNK_NAME = "chunk_{:06d}.zip"
+CHUNK_LIMITS = ZipLimits(
+    max_members=CHUNK_FRAMES,
+    max_member_bytes=MAX_FRAME_BYTES,
+    max_total_bytes=CHUNK_FRAMES * MAX_FRAME_BYTES,
+)
 _BASENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -113,48 +121,47 @@ def resolve(root: Path, relative: str | Path) -> Path:
 
 
 def read_chunk(path: Path, max_bytes: int = CHUNK_FRAMES * MAX_FRAME_BYTES) -> list[ChunkFrame]:
-    """The frames of one chunk, in index order; ``bad_chunk`` for anything but the documented layout."""
+    """The frames of one chunk, in index order; ``bad_chunk`` for anything but the documented layout.
+
+    The zip checks (entry count, names, declared sizes, compression ratio) are the shared
+    :func:`keeneye.imaging.archive.open_safe_zip`, run before any frame is inflated."""
     name = path.name
     try:
         if path.stat().st_size > max_bytes:
             raise VideoRejected(
                 BAD_CHUNK, f"{name}: {path.stat().st_size} bytes, over {max_bytes}", status=413
             )
-        zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except OSError as exc:
         raise VideoRejected(
             BAD_CHUNK, f"{name}: not a readable zip ({exc})", fix="send a zip of JPEG frames"
         ) from exc
-    with zf:
-        entries = zf.infolist()
-        if len(entries) > CHUNK_FRAMES:
-            raise VideoRejected(BAD_CHUNK, f"{name}: {len(entries)} entries, at most {CHUNK_FRAMES} allowed")
-        frames = []
-        for entry in entries:
-            match = FRAME_NAME.match(entry.filename)
-            if entry.is_dir() or not match:
-                raise VideoRejected(
-                    BAD_CHUNK,
-                    f"{name}: entry {entry.filename!r} is not a frame named "
-                    "{index:07d}_{milliseconds:011d}.jpg",
-                    fix="name frames as docs/smartcut.md says",
-                )
-            if entry.file_size > MAX_FRAME_BYTES:
-                raise VideoRejected(
-                    BAD_CHUNK,
-                    f"{name}: {entry.filename} unpacks to {entry.file_size} bytes, over {MAX_FRAME_BYTES}",
-                    status=413,
-                )
-            frames.append(ChunkFrame(int(match[1]), int(match[2]) / 1000, _decode(zf, entry, name)))
+
+    def frame_named(entry: zipfile.ZipInfo) -> None:
+        if entry.is_dir() or not FRAME_NAME.match(entry.filename):
+            raise VideoRejected(
+                BAD_CHUNK,
+                f"{name}: entry {entry.filename!r} is not a frame named "
+                "{index:07d}_{milliseconds:011d}.jpg",
+                fix="name frames as docs/smartcut.md says",
+            )
+
+    frames = []
+    try:
+        with open_safe_zip(path, CHUNK_LIMITS, name=name, check_name=frame_named) as zf:
+            for entry in zf.members:
+                match = FRAME_NAME.match(entry.filename)
+                assert match is not None  # frame_named checked every entry
+                frames.append(ChunkFrame(int(match[1]), int(match[2]) / 1000, _decode(zf, entry, name)))
+    except VideoRejected:
+        raise
+    except InvalidInput as exc:  # the shared zip checks: same message, the chunk's reason
+        raise VideoRejected(BAD_CHUNK, exc.message, status=exc.status, fix=exc.fix) from exc
     frames.sort(key=lambda f: f.index)
     return frames
 
 
-def _decode(zf: zipfile.ZipFile, entry: zipfile.ZipInfo, name: str) -> np.ndarray:
-    try:
-        data = zf.read(entry)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise VideoRejected(BAD_CHUNK, f"{name}: {entry.filename} cannot be read ({exc})") from exc
+def _decode(zf: SafeZip, entry: zipfile.ZipInfo, name: str) -> np.ndarray:
+    data = zf.read(entry)  # refuses (zip_bomb, corrupt_zip) a member that lies about its size
     head = np.frombuffer(data[:64], np.uint8)
     if len(head) < 4 or head[0] != 0xFF or head[1] != 0xD8:
         raise VideoRejected(BAD_CHUNK, f"{name}: {entry.filename} is not a JPEG")

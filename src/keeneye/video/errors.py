@@ -26,6 +26,8 @@ VIDEO_TOO_LARGE = "video_too_large"
 BAD_CHUNK = "bad_chunk"
 BAD_SENSITIVITY = "bad_sensitivity"
 UNKNOWN_PLUGIN = "unknown_plugin"
+UNKNOWN_CLASS = "unknown_class"
+BAD_OPTIONS = "bad_options"
 BAD_SEGMENTS = "bad_segments"
 BAD_GROUND_TRUTH = "bad_ground_truth"
 

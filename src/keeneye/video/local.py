@@ -22,9 +22,9 @@ from pathlib import Path
 
 from keeneye.video.chunks import ChunkFrame, read_chunk, video_folder, write_chunks
 from keeneye.video.errors import VideoLimits
-from keeneye.video.messages import ProcessedFiles, processed_files
+from keeneye.video.messages import ProcessedFiles, RequestOptions, processed_files
 from keeneye.video.probe import VideoInfo, probe
-from keeneye.video.recommender import Recommendation, make_recommender
+from keeneye.video.recommender import Recommendation, Recommender, make_recommender
 from keeneye.video.sampling import check_sensitivity, sample_frames, uses_keyframes
 from keeneye.video.segments import SegmentPolicy
 
@@ -36,6 +36,7 @@ class SmartcutRequest:
     sensitivity: float
     user_id: str = "local"
     request_uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    options: RequestOptions | None = None  # e.g. {"classes": ["person"]} for objects
 
 
 @dataclass
@@ -62,11 +63,16 @@ def run_local(
     policy: SegmentPolicy | None = None,
     keep_chunks: bool = False,
     progress: Callable[[float], None] | None = None,
+    recommender: Recommender | None = None,
 ) -> SmartcutRun:
-    """Run the request as the module docstring says; ``progress`` gets the share of the video done."""
+    """Run the request as the module docstring says; ``progress`` gets the share of the video done.
+    ``recommender`` replaces the registered one named by the request (e.g. ``objects`` with a
+    detector loaded from the registry)."""
     started = time.perf_counter()
     step = check_sensitivity(request.sensitivity)
-    recommender = make_recommender(request.plugin, policy)
+    recommender = recommender or make_recommender(request.plugin, policy)
+    if request.options:
+        recommender.scorer_for(request.options)  # refuse bad options before decoding anything
     info = probe(request.video, limits)
     folder = video_folder(request.request_uid, info.basename)
     n_chunks = 0
@@ -82,7 +88,7 @@ def run_local(
                 progress(min(1.0, chunk[-1].timestamp / info.duration))
 
     try:
-        recommendation = recommender.recommend(frames_from_chunks(), info.duration, step)
+        recommendation = recommender.recommend(frames_from_chunks(), info.duration, step, request.options)
     finally:
         if not keep_chunks:
             shutil.rmtree(root / folder.parts[0], ignore_errors=True)

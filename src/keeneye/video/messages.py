@@ -8,7 +8,7 @@ relative to the smartcut root. The bus protocol itself comes with the plugin SDK
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 from keeneye.video.segments import Segment
 
@@ -25,6 +25,16 @@ class StartedPlugin(TypedDict):
     plugin_name: str
     label: str
     img_size: int
+    # keeneye's extension (the seed's readers ignore it): the classes a plugin can be asked for
+    classes: NotRequired[list[str]]
+
+
+class RequestOptions(TypedDict, total=False):
+    """keeneye's extension of ``{plugin}-new-files`` values: ``"options"``, what the request asked
+    the plugin for beyond the seed's fields. Sent only when not empty, so a request without options
+    is the seed's message byte for byte."""
+
+    classes: list[str]
 
 
 class StoppedPlugin(TypedDict):
@@ -35,12 +45,14 @@ class ChunkInProgress(TypedDict):
     status: Literal["in-progress"]
     user_id: str
     last_zipped_chunk_path: str
+    options: NotRequired[RequestOptions]
 
 
 class UploadComplete(TypedDict):
     status: Literal["uploaded"]
     user_id: str
     zipped_chunks_path: str
+    options: NotRequired[RequestOptions]
 
 
 class Timestamp(TypedDict):

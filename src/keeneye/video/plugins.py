@@ -6,15 +6,18 @@ Life of a plugin process:
 1. announce: ``{"plugin_name", "label", "img_size"}`` on ``started-plugins``;
 2. consume ``{plugin_name}-new-files`` in the consumer group ``smartcut-plugin-{plugin_name}`` (run
    one process per plugin: a request's scores live in the process that read its chunks);
-3. ``in-progress``: read that chunk, score its frames with the request's own scorer, delete the chunk;
+3. ``in-progress``: read that chunk, score its frames with the request's own scorer (made from the
+   request's ``options`` when the message has them, :meth:`Recommender.scorer_for`), delete the chunk;
    ``uploaded``: score the chunks of the folder not seen yet (the last one is only announced this
    way), turn the scores into segments, answer ``processed-files``, delete the request's folder;
 4. on stop (SIGTERM in the CLI): ``{"plugin_name"}`` on ``stopped-plugins``.
 
 A message that is not the seed's (bad JSON, a path leaving the root) goes to :data:`DLQ_TOPIC` and is
 acked; a bad chunk fails its request the same way, with the request uid in the DLQ headers so the
-backend can say why. Scoring state lives in memory per request: a plugin restarted mid-request loses
-it, and the backend's timeout fails that request with a reason.
+backend can say why, and the request's later messages are dropped. Scoring state lives in memory per
+request: a plugin restarted mid-request lost it — the first chunk it then reads does not start at
+frame 0 (frames are numbered without gaps across a request) — so it refuses the request
+(``lost_frames``) instead of answering for part of the video, and the backend fails it at once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from keeneye.video.messages import (
     STARTED_PLUGINS,
     STOPPED_PLUGINS,
     ProcessedFiles,
+    RequestOptions,
     new_files_topic,
 )
 from keeneye.video.protocol import (
@@ -51,6 +55,11 @@ from keeneye.video.segments import to_segments
 log = logging.getLogger(__name__)
 
 
+LOST_FRAMES = "lost_frames"
+PLUGIN_ERROR = "plugin_error"
+MAX_REFUSED = 10_000
+
+
 def plugin_group(name: str) -> str:
     return f"smartcut-plugin-{name}"
 
@@ -63,6 +72,7 @@ class _Open:
     times: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+    next_index: int = 0  # frames are numbered from 0 without gaps across a request's chunks
 
 
 class PluginProcess:
@@ -75,6 +85,7 @@ class PluginProcess:
         self.name = recommender.name
         self.topic = new_files_topic(self.name)
         self._open: dict[str, _Open] = {}
+        self._refused: dict[str, None] = {}  # request uids refused here: their later messages are dropped
         self._stop = threading.Event()
         self.ready = threading.Event()  # set once announced and subscribed
         self.answered = 0
@@ -108,45 +119,76 @@ class PluginProcess:
         request_uid: str | None = None
         try:
             parsed = parse_new_files(message.value)
+            options = parsed.get("options")
+            path = (
+                parsed["last_zipped_chunk_path"]
+                if parsed["status"] == "in-progress"
+                else parsed["zipped_chunks_path"]
+            )
+            request_uid = PurePosixPath(path).parts[0]
+            if request_uid in self._refused:
+                return None  # already failed with a reason; nothing more to say about it
             if parsed["status"] == "in-progress":
                 chunk = parsed["last_zipped_chunk_path"]
-                request_uid = PurePosixPath(chunk).parts[0]
-                self._score_chunk(str(PurePosixPath(chunk).parent), chunk)
+                self._score_chunk(str(PurePosixPath(chunk).parent), chunk, options)
                 return None
-            folder = parsed["zipped_chunks_path"]
-            request_uid = PurePosixPath(folder).parts[0]
-            return self._finish(folder, parsed["user_id"])
+            return self._finish(parsed["zipped_chunks_path"], parsed["user_id"], options)
         except (MalformedMessage, VideoRejected) as exc:
             log.warning("smartcut message refused", extra={"plugin": self.name, "reason": exc.message})
-            if request_uid is not None:
-                self._forget(request_uid)
-            to_dlq(self.bus, message, f"{exc.reason}: {exc.message}", request_uid)
+            self._refuse(message, f"{exc.reason}: {exc.message}", request_uid)
+            return None
+        except Exception as exc:  # a scorer's bug on one request must not crash-loop the plugin
+            log.exception("smartcut plugin failed on a request", extra={"plugin": self.name})
+            self._refuse(message, f"{PLUGIN_ERROR}: {type(exc).__name__}: {exc}", request_uid)
             return None
 
-    def _state(self, folder: str) -> _Open:
+    def _refuse(self, message: BusMessage, reason: str, request_uid: str | None) -> None:
+        """Park the value in the DLQ (the backend fails its request) and drop the request's rest."""
+        if request_uid is not None:
+            self._forget(request_uid)
+            self._refused[request_uid] = None
+            while len(self._refused) > MAX_REFUSED:
+                del self._refused[next(iter(self._refused))]
+        to_dlq(self.bus, message, reason, request_uid)
+
+    def _state(self, folder: str, options: RequestOptions | None) -> _Open:
         state = self._open.get(folder)
-        if state is None:
-            state = self._open[folder] = _Open(self.recommender.scorer())
+        if state is None:  # the request's first chunk: its options make its scorer
+            scorer = self.recommender.scorer_for(options) if options else self.recommender.scorer()
+            state = self._open[folder] = _Open(scorer)
         return state
 
-    def _score_chunk(self, folder: str, chunk: str) -> None:
-        state = self._state(folder)
+    def _score_chunk(self, folder: str, chunk: str, options: RequestOptions | None = None) -> None:
+        state = self._state(folder, options)
         if chunk in state.seen:
             return  # redelivered: already scored and deleted
         path = resolve(self.root, chunk)
         if not path.exists():
             raise VideoRejected("bad_chunk", f"chunk {chunk!r} does not exist under the smartcut root")
-        for frame in read_chunk(path):
+        frames = read_chunk(path)
+        if frames and frames[0].index != state.next_index:
+            # This process never saw the frames before these: it restarted mid-request (the scores
+            # of the earlier chunks died with the old process) or a chunk went missing. Answering
+            # with the rest would silently leave out part of the video.
+            raise VideoRejected(
+                LOST_FRAMES,
+                f"frames {state.next_index}–{frames[0].index - 1} of this request were not scored by this "
+                f"plugin process (it restarted mid-request, or a chunk is missing)",
+                fix="send the video again",
+            )
+        for frame in frames:
             state.times.append(frame.timestamp)
             state.scores.append(float(state.scorer(frame.image)))
+        if frames:
+            state.next_index = frames[-1].index + 1
         state.seen.add(chunk)
         path.unlink(missing_ok=True)  # the seed: processed files are deleted
 
-    def _finish(self, folder: str, user_id: str) -> ProcessedFiles:
+    def _finish(self, folder: str, user_id: str, options: RequestOptions | None = None) -> ProcessedFiles:
         path = resolve(self.root, folder)
-        state = self._state(folder)
+        state = self._state(folder, options)
         for zip_path in sorted(path.glob("*.zip")) if path.is_dir() else []:
-            self._score_chunk(folder, str(PurePosixPath(folder) / zip_path.name))
+            self._score_chunk(folder, str(PurePosixPath(folder) / zip_path.name), options)
         del self._open[folder]
         request_uid, video_name = PurePosixPath(folder).parts[:2]
         gaps = [b - a for a, b in zip(state.times, state.times[1:], strict=False)]

@@ -22,6 +22,7 @@ from keeneye.domain import InvalidInput
 from keeneye.video.messages import (
     ChunkInProgress,
     ProcessedFiles,
+    RequestOptions,
     StartedPlugin,
     StoppedPlugin,
     Timestamp,
@@ -31,6 +32,8 @@ from keeneye.video.messages import (
 DLQ_TOPIC = "smartcut.dlq"
 MAX_VALUE_BYTES = 1024 * 1024  # a seed message is tens of bytes; timestamps of a day fit easily
 MALFORMED = "malformed_message"
+MAX_CLASSES = 1000  # an announcement's or a request's class list
+MAX_CLASS_CHARS = 100
 PLUGIN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -131,16 +134,46 @@ def relative_path(value: str, min_parts: int) -> str:
     return str(path)
 
 
+def class_names(value: object, what: str) -> list[str]:
+    """A list of class names (keeneye's extension, see :class:`RequestOptions`), bounded."""
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_CLASSES
+        or not all(isinstance(c, str) and 0 < len(c) <= MAX_CLASS_CHARS for c in value)
+    ):
+        raise MalformedMessage(
+            f"{what} must be a list of at most {MAX_CLASSES} class names of 1…{MAX_CLASS_CHARS} characters"
+        )
+    return list(dict.fromkeys(value))  # duplicates dropped, order kept
+
+
 def parse_started(value: bytes) -> StartedPlugin:
     data = _object(value)
     size = data.get("img_size")
     if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 8192:
         raise MalformedMessage("'img_size' must be an integer number of pixels, 16…8192")
-    return {
+    started: StartedPlugin = {
         "plugin_name": plugin_name(_text(data, "plugin_name")),
         "label": _text(data, "label", 200),
         "img_size": size,
     }
+    if "classes" in data:  # keeneye's extension: what a plugin can be asked for
+        started["classes"] = class_names(data["classes"], "'classes'")
+    return started
+
+
+def parse_options(data: Mapping[str, object]) -> RequestOptions | None:
+    """The optional ``"options"`` of a ``new-files`` value (keeneye's extension); None when absent.
+    Keys other than ``classes`` are ignored, so newer backends can add options older plugins skip."""
+    raw = data.get("options")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise MalformedMessage("'options' must be a JSON object")
+    options: RequestOptions = {}
+    if "classes" in raw:
+        options["classes"] = class_names(raw["classes"], "'options.classes'")
+    return options or None
 
 
 def parse_stopped(value: bytes) -> StoppedPlugin:
@@ -151,14 +184,21 @@ def parse_new_files(value: bytes) -> ChunkInProgress | UploadComplete:
     data = _object(value)
     status = data.get("status")
     user_id = _text(data, "user_id", 128)
+    options = parse_options(data)
     if status == "in-progress":
         path = relative_path(_text(data, "last_zipped_chunk_path", 1024), 3)
         if not path.endswith(".zip"):
             raise MalformedMessage(f"last_zipped_chunk_path {path!r} must name a .zip")
-        return {"status": "in-progress", "user_id": user_id, "last_zipped_chunk_path": path}
+        chunk: ChunkInProgress = {"status": "in-progress", "user_id": user_id, "last_zipped_chunk_path": path}
+        if options:
+            chunk["options"] = options
+        return chunk
     if status == "uploaded":
         folder = relative_path(_text(data, "zipped_chunks_path", 1024), 2)
-        return {"status": "uploaded", "user_id": user_id, "zipped_chunks_path": folder}
+        done: UploadComplete = {"status": "uploaded", "user_id": user_id, "zipped_chunks_path": folder}
+        if options:
+            done["options"] = options
+        return done
     raise MalformedMessage(f"'status' must be 'in-progress' or 'uploaded', not {status!r}")
 
 

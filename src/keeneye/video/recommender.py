@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import ClassVar, Protocol
@@ -28,7 +28,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from keeneye.video.errors import UNKNOWN_PLUGIN, VideoRejected
-from keeneye.video.messages import StartedPlugin
+from keeneye.video.messages import RequestOptions, StartedPlugin
 from keeneye.video.segments import Segment, SegmentPolicy, to_segments
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,25 @@ class Recommender(ABC):
     def scorer(self) -> FrameScorer:
         """A fresh scorer for one video."""
 
+    def scorer_for(self, options: Mapping[str, object] | RequestOptions | None) -> FrameScorer:
+        """A fresh scorer for one request's ``options`` (e.g. ``{"classes": ["person"]}``, see
+        docs/smartcut.md → "Request options"). The default ignores them: a plugin that takes none
+        behaves as the seed's. Raise :class:`VideoRejected` to refuse options it cannot honour."""
+        return self.scorer()
+
     def announcement(self) -> StartedPlugin:
         """The seed's ``started-plugins`` message for this recommender."""
         return {"plugin_name": self.name, "label": self.label, "img_size": self.img_size}
 
-    def recommend(self, frames: Iterable[TimedImage], duration: float, step: float) -> Recommendation:
+    def recommend(
+        self,
+        frames: Iterable[TimedImage],
+        duration: float,
+        step: float,
+        options: Mapping[str, object] | RequestOptions | None = None,
+    ) -> Recommendation:
         """Score ``frames`` (in time order), then post-process the scores into segments."""
-        score = self.scorer()
+        score = self.scorer_for(options) if options else self.scorer()
         out = Recommendation()
         for frame in frames:
             out.times.append(frame.timestamp)

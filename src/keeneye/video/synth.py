@@ -47,6 +47,7 @@ class SynthSpec:
     min_event_seconds: float = 15.0
     max_event_seconds: float = 60.0
     name: str = "smartcut"
+    crf: int = 23  # libx264 quality (higher: smaller files, sensor noise smoothed away as cameras do)
 
 
 class GroundTruthFile(TypedDict):
@@ -232,7 +233,9 @@ def _encode(
     codec = _encoder_name()
     options = {"g": str(gop), "bf": "0"}
     if codec == "libx264":
-        options.update({"preset": "ultrafast", "crf": "23", "sc_threshold": "0", "keyint_min": str(gop)})
+        options.update(
+            {"preset": "ultrafast", "crf": str(spec.crf), "sc_threshold": "0", "keyint_min": str(gop)}
+        )
     h, w = spec.height, spec.width
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=spec.fps, options=options)

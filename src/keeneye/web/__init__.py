@@ -14,6 +14,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 STATIC_URL = "/static"
 SWAGGER_UI = "vendor/swagger-ui-dist-5.35.0"
 REDOC = "vendor/redoc-2.5.4"
+VIS_TIMELINE = "vendor/vis-timeline-8.5.4"
+FFLATE = "vendor/fflate-0.8.3"
 UPLOT = "vendor/uplot-1.6.32"
 
 VENDOR: dict[str, str] = {
@@ -22,6 +24,9 @@ VENDOR: dict[str, str] = {
     "redoc_js": f"{STATIC_URL}/{REDOC}/redoc.standalone.js",
     "uplot_js": f"{STATIC_URL}/{UPLOT}/uPlot.iife.min.js",
     "uplot_css": f"{STATIC_URL}/{UPLOT}/uPlot.min.css",
+    "vis_timeline_js": f"{STATIC_URL}/{VIS_TIMELINE}/vis-timeline-graph2d.min.js",
+    "vis_timeline_css": f"{STATIC_URL}/{VIS_TIMELINE}/vis-timeline-graph2d.min.css",
+    "fflate_js": f"{STATIC_URL}/{FFLATE}/fflate.umd.js",
 }
 FAVICON = f"{STATIC_URL}/favicon.svg"
 
@@ -52,6 +57,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("runs", "Runs", "/runs", ("/runs",)),
     NavItem("alerts", "Alerts", "/alerts", ("/alerts",)),
     NavItem("observations", "Observations", "/observations", ("/observations",)),
+    NavItem("smartcut", "Smartcut", "/smartcut", ("/smartcut",)),
     NavItem("system", "System", "/system", ("/system",)),
     NavItem("docs", "API docs", "/docs", ("/docs", "/redoc")),
 )

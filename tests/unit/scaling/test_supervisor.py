@@ -346,7 +346,7 @@ def test_keeneye_up_serves_scales_and_stops_gracefully(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "keeneye", "up", "--pipelines", "species-id", "--port", str(port),
-         "--min-replicas", "1", "--max-replicas", "2"],
+         "--min-replicas", "1", "--max-replicas", "2", "--plugins", "none"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -58,4 +58,4 @@ def test_unknown_plugin_exits_2_and_names_the_installed_ones(tmp_path: Path) -> 
         timeout=120,
     )
     assert done.returncode == 2
-    assert "no smartcut plugin named 'nope'" in done.stderr and "motion, scene" in done.stderr
+    assert "no smartcut plugin named 'nope'" in done.stderr and "motion, objects, scene" in done.stderr

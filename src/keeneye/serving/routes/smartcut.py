@@ -21,12 +21,28 @@ from starlette.datastructures import UploadFile
 
 from keeneye.domain import InvalidInput
 from keeneye.serving.routes.deps import OPERATOR, VIEWER, DbDep, StateDep
+from keeneye.serving.routes.smartcut_studio import (
+    end_chunks,
+    read_chunk_frames,
+    remember_source,
+    score_chunk,
+)
 from keeneye.serving.state import AppState
 from keeneye.store.smartcut import SmartcutRequestRecord
 from keeneye.stream.bus import open_bus
 from keeneye.video.backend import BackendLimits, SmartcutBackend, SmartcutBusy
 from keeneye.video.chunks import CHUNK_FRAMES, MAX_FRAME_BYTES
-from keeneye.video.errors import BAD_CHUNK, VIDEO_NOT_FOUND, VIDEO_TOO_LARGE, VideoLimits, VideoRejected
+from keeneye.video.errors import (
+    BAD_CHUNK,
+    BAD_OPTIONS,
+    VIDEO_NOT_FOUND,
+    VIDEO_TOO_LARGE,
+    VideoLimits,
+    VideoRejected,
+)
+from keeneye.video.messages import RequestOptions
+from keeneye.video.protocol import MalformedMessage, class_names
+from keeneye.video.remote import RemoteVideo, open_s3_video
 
 router = APIRouter(tags=["smartcut"])
 _OPEN_LOCK = threading.Lock()
@@ -89,6 +105,7 @@ def request_json(r: SmartcutRequestRecord) -> dict[str, Any]:
         },
         "timestamps": None if r.segments is None else r.segments.get("timestamps"),
         "edits": None if r.edits is None else r.edits.get("timestamps"),
+        "options": r.options or {},
         "created_at": r.created_at.isoformat(),
         "updated_at": r.updated_at.isoformat(),
     }
@@ -107,6 +124,18 @@ def _text(form: Any, name: str, default: str | None = None) -> str:
     if value is None or not isinstance(value, str):
         raise InvalidInput("bad_request", f"form field {name!r} is required (text)", status=422)
     return value.strip()
+
+
+def _options(form: Any) -> RequestOptions | None:
+    """``classes`` (repeated fields or one comma-separated field) → the request's options."""
+    names = [c.strip() for v in form.getlist("classes") if isinstance(v, str) for c in v.split(",")]
+    names = [c for c in names if c]
+    if not names:
+        return None
+    try:
+        return {"classes": class_names(names, "classes")}
+    except MalformedMessage as exc:
+        raise InvalidInput(BAD_OPTIONS, exc.message, status=422, fix="e.g. classes=person,car") from None
 
 
 def _copy(upload: UploadFile, dest: Path, limit: int, what: str = "video") -> None:
@@ -147,8 +176,11 @@ def _allowed_path(raw: str, roots: list[Path]) -> Path:
     },
 )
 async def post_request(request: Request, state: StateDep) -> Any:
-    """Multipart form: ``video`` (a file) or ``path`` (a file under an allowed root), ``plugin``,
+    """Multipart form: ``video`` (a file) or ``path`` (a file under an allowed root, or an
+    ``s3://bucket/key`` URL under ``KEENEYE_SMARTCUT__ALLOWED_S3``), ``plugin``,
     ``sensitivity`` (seconds between sampled frames) and ``user_id`` → ``{"request_uid"}`` (202).
+    ``classes`` (comma-separated, optional): what a plugin that announces classes (``objects``)
+    looks for; 422 ``unknown_class`` names the ones it offers.
     Poll ``GET /v1/smartcut/requests/{request_uid}`` for progress and the segments."""
     s = state.settings.smartcut
     length = request.headers.get("content-length")
@@ -157,7 +189,7 @@ async def post_request(request: Request, state: StateDep) -> Any:
             VIDEO_TOO_LARGE, f"the body is {length} bytes, over {s.max_video_bytes}", status=413
         )
     backend = await asyncio.to_thread(smartcut_backend, request, state)
-    async with request.form(max_files=1, max_fields=10) as form:
+    async with request.form(max_files=1, max_fields=40) as form:  # `classes` may repeat
         plugin = _text(form, "plugin")
         user_id = _text(form, "user_id")
         try:
@@ -166,11 +198,13 @@ async def post_request(request: Request, state: StateDep) -> Any:
             raise InvalidInput(
                 "bad_sensitivity", "sensitivity must be a number of seconds", status=422
             ) from None
+        options = _options(form)
         try:
-            await asyncio.to_thread(backend.admit, user_id, plugin, sensitivity)
+            await asyncio.to_thread(backend.admit, user_id, plugin, sensitivity, options)
         except SmartcutBusy as exc:
             return busy_response(exc)
         video = form.get("video")
+        source: Path | RemoteVideo
         if isinstance(video, UploadFile):
             assert s.root is not None
             uploads = s.root / ".uploads"
@@ -183,9 +217,26 @@ async def post_request(request: Request, state: StateDep) -> Any:
                 dest.unlink(missing_ok=True)
                 raise
             source, delete = dest, True
+        elif isinstance(form.get("path"), str) and str(form.get("path")).startswith("s3://"):
+            remote = await asyncio.to_thread(
+                open_s3_video,
+                str(form.get("path")),
+                allowed=list(s.allowed_s3),
+                s3=state.settings.s3,
+                max_bytes=s.max_video_bytes,
+            )  # one HEAD: 403 / 404 / 413 now; copied beside the chunks by the sampling thread
+            source, name, delete = remote, remote.name, False
         elif isinstance(form.get("path"), str) and form.get("path"):
             source = _allowed_path(str(form.get("path")), list(s.allowed_roots))
             name, delete = source.name, False
+            size = source.stat().st_size
+            if size > s.max_video_bytes:  # refused now, like an upload, not after a 202
+                raise VideoRejected(
+                    VIDEO_TOO_LARGE,
+                    f"{name} is {size} bytes, over the limit of {s.max_video_bytes} bytes",
+                    status=413,
+                    fix="split the video, or raise KEENEYE_SMARTCUT__MAX_VIDEO_BYTES",
+                )
         elif isinstance(form.get("video_name"), str) and form.get("video_name"):
             uid = await asyncio.to_thread(
                 backend.create_upload,
@@ -193,6 +244,7 @@ async def post_request(request: Request, state: StateDep) -> Any:
                 plugin=plugin,
                 sensitivity=sensitivity,
                 video_name=Path(str(form.get("video_name"))).name[:255],
+                options=options,
             )
             return JSONResponse(status_code=201, content={"request_uid": uid})
         else:
@@ -210,15 +262,18 @@ async def post_request(request: Request, state: StateDep) -> Any:
             sensitivity=sensitivity,
             video_name=name,
             delete_video=delete,
+            options=options,
         )
     except SmartcutBusy as exc:
-        if delete:
+        if delete and isinstance(source, Path):
             source.unlink(missing_ok=True)
         return busy_response(exc)
     except BaseException:
-        if delete:
+        if delete and isinstance(source, Path):
             source.unlink(missing_ok=True)
         raise
+    if not delete and isinstance(source, Path):  # a server-held video: the studio can cut and play it
+        remember_source(state, uid, source, plugin, sensitivity)
     return JSONResponse(status_code=202, content={"request_uid": uid})
 
 
@@ -245,7 +300,9 @@ async def post_chunk(uid: str, request: Request, state: StateDep) -> dict[str, A
                     "bad_request", "multipart field `chunk` (a zip file) is required", status=422
                 )
             await asyncio.to_thread(_copy, chunk, dest, CHUNK_FRAMES * MAX_FRAME_BYTES, "chunk")
+        studio_frames = await asyncio.to_thread(read_chunk_frames, dest)  # the studio's curve
         frames = await asyncio.to_thread(backend.add_chunk, uid, dest)
+        await asyncio.to_thread(score_chunk, request, state, uid, studio_frames)
     finally:
         dest.unlink(missing_ok=True)
     return {"request_uid": uid, "frames": frames}
@@ -261,6 +318,7 @@ async def post_complete(uid: str, request: Request, state: StateDep) -> dict[str
     """The last chunk was sent: the plugin is told (``uploaded``) and the request is ``processing``."""
     backend = await asyncio.to_thread(smartcut_backend, request, state)
     await asyncio.to_thread(backend.complete_upload, uid)
+    await asyncio.to_thread(end_chunks, request, state, uid)
     return {"request_uid": uid, "status": "processing"}
 
 
