@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo doctor test lint unit services browser promtool clean
+.PHONY: help install demo doctor test lint unit services browser promtool checkov clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ promtool:  ## Debian prometheus + alertmanager for promtool and amtool (the expo
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; \
 	  else echo "promtool/amtool missing: run 'sudo apt-get install prometheus prometheus-alertmanager'"; fi; }
 
+checkov:  ## checkov (Kubernetes static analysis, tests/unit/deploy) in its own venv: its pins clash with keeneye's
+	@test -x $(VENV)/tools/checkov/bin/checkov || { $(PYTHON) -m venv $(VENV)/tools/checkov && $(VENV)/tools/checkov/bin/pip install -q "checkov>=3.2"; }
+
 services:  ## start (or install) PostgreSQL and Redis for the integration tests
 	@bash scripts/services.sh
 
@@ -50,7 +53,7 @@ lint: install  ## ruff + mypy --strict on src/ + import-linter (the layers of do
 unit: install  ## fast tests only (no services)
 	$(VENV)/bin/pytest -m "not integration and not slow and not e2e" $(PYTEST_ARGS)
 
-test: install services browser promtool lint  ## lint + every test against real services (what CI runs)
+test: install services browser promtool checkov lint  ## lint + every test against real services (what CI runs)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:  ## remove caches and the local data directory

@@ -72,6 +72,7 @@ def _register() -> None:
     """Attach every command module. Each module owns its commands; this is the only list of them."""
     from keeneye.cli import alerts as alerts_cli
     from keeneye.cli import demo as demo_cli
+    from keeneye.cli import deploy as deploy_cli
     from keeneye.cli import drift as drift_cli
     from keeneye.cli import fields as fields_cli
     from keeneye.cli import inspect as inspect_cli
@@ -108,6 +109,7 @@ def _register() -> None:
     smartcut_cli.register(app)
     retention_cli.register(app)
     fields_cli.register(app)
+    deploy_cli.register(app)
 
 
 _register()

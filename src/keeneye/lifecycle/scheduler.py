@@ -17,6 +17,8 @@ broken rule, a quality query that times out never stop the others). It lives in 
 highest floor it drives (monitoring sits below), so every job is a plain import. The loop is a
 :class:`~keeneye.workers.WorkerBase`: SIGTERM or Ctrl-C finishes the round in hand and exits,
 and a status file ``<home>/run/scheduler.json`` (rewritten every few seconds) is its heartbeat.
+Replicas share a leader lock (:mod:`keeneye.store.leader`): only its holder runs rounds, the others
+stand by and take over when it goes (docs/deploy.md).
 """
 
 from __future__ import annotations
