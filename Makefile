@@ -53,8 +53,8 @@ lint: install  ## ruff + mypy --strict on src/ + import-linter (the layers of do
 unit: install  ## fast tests only (no services)
 	$(VENV)/bin/pytest -m "not integration and not slow and not e2e" $(PYTEST_ARGS)
 
-test: install services browser promtool checkov lint  ## lint + every test against real services (what CI runs)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: install services browser promtool checkov lint  ## lint + every test against real services (what CI runs; soaks: pytest -m soak)
+	$(VENV)/bin/pytest -m "not soak" $(PYTEST_ARGS)
 
 clean:  ## remove caches and the local data directory
 	rm -rf .keeneye .pytest_cache .mypy_cache .ruff_cache

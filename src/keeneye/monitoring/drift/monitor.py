@@ -653,6 +653,16 @@ class DriftMonitors:
         out = [self._safely(getattr(m, method), p) for p, m in monitors]
         return [r for r in out if r is not None]
 
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds) until the publishes and closes queued on the process's
+        drift thread so far have run: a reader then sees the windows its own predictions closed."""
+        if not self.background:
+            return
+        try:
+            _publisher().submit(lambda: None).result(timeout)
+        except TimeoutError:
+            log.info("drift thread still busy after %.1f s; reading what is stored", timeout or 0.0)
+
     def tick(self) -> list[DriftReportRecord]:
         """Close every window whose time is up (call periodically; idle pipelines get their report)."""
         return self._each("tick")

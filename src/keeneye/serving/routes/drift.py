@@ -14,6 +14,9 @@ from keeneye.serving.routes.deps import VIEWER, DbDep, StateDep
 router = APIRouter(tags=["monitoring"], dependencies=[VIEWER])
 
 
+DRAIN_SECONDS = 5.0  # longest a GET waits for this process's queued drift work
+
+
 @router.get("/v1/pipelines/{name}/drift", summary="Latest drift windows of a pipeline, newest first")
 async def get_drift(
     name: str,
@@ -27,6 +30,9 @@ async def get_drift(
     An empty ``reports`` list comes with ``note``: why there is nothing yet and when a window closes.
     """
     state.catalog.get(name)  # NotFound → 404 with the known names
+    # Read this process's own writes: a window completed by a prediction already answered closes on
+    # the drift thread a moment later; wait (bounded) for what that thread has queued.
+    await asyncio.to_thread(state.service.drift.drain, DRAIN_SECONDS)
     reports = await asyncio.to_thread(latest_reports, db, name, limit=limit, model_version=model_version)
     window = state.settings.monitoring
     body: JsonObject = {
