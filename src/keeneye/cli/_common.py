@@ -7,10 +7,13 @@ passes ``rich_help_panel=`` one of these names when it registers its commands.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from keeneye.settings import Settings, get_settings
 
@@ -46,3 +49,20 @@ def settings() -> Settings:
 def print_json(data: Any) -> None:
     """Machine-readable output for ``--json``: plain JSON on stdout, nothing else."""
     console.print_json(json.dumps(data, default=str))
+
+
+@contextmanager
+def progress_bar(what: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (stdout stays clean for --json), off with ``--quiet``; yields
+    ``update(done, total)``, safe to call from a worker thread."""
+    with Progress(
+        TextColumn(f"[bold]{what}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=quiet or state.quiet,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -10,7 +10,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import PANEL_OPS, PANEL_SERVE, console, err_console, print_json, settings
+from keeneye.cli._common import (
+    PANEL_OPS,
+    PANEL_SERVE,
+    console,
+    err_console,
+    print_json,
+    progress_bar,
+    settings,
+)
 from keeneye.domain import InvalidInput, KeeneyeError, Role
 from keeneye.settings import Settings
 
@@ -98,7 +106,12 @@ def _serve_processes(s: Settings, workers: int) -> None:
 
 
 def predict(
-    files: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, TIFF/GeoTIFF).", exists=False),
+    files: list[Path] = typer.Argument(
+        ...,
+        help="Image files (JPEG, PNG, TIFF/GeoTIFF). crop-health also takes a capture folder or zip "
+        "(one TIFF per band) and orthomosaics of any size (streamed from the file).",
+        exists=False,
+    ),
     pipeline: str = typer.Option(None, "--pipeline", "-p", help="Pipeline to use (default: species-id)."),
     metadata: str = typer.Option(None, help="JSON object stored with each observation."),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON results."),
@@ -121,13 +134,27 @@ def predict(
         help="crop-health: write the vigour and disease zones of the (one) file to this GeoJSON file.",
         dir_okay=False,
     ),
+    index_dir: Path = typer.Option(
+        None,
+        "--index-dir",
+        help="crop-health mosaics: also write each index (NDVI, …) at full resolution as a tiled "
+        "GeoTIFF in this folder.",
+        file_okay=False,
+    ),
 ) -> None:
     """Predict on local files through the same code path as the API (results are stored too).
+
+    crop-health: a [bold]folder[/] or [bold]zip[/] of one TIFF per band (a DJI P4M / MicaSense
+    capture, IMG_0001_1.tif … _5.tif) is stacked in band order; a raster over the synchronous limit
+    (an orthomosaic, 10k–40k px) is streamed block by block with a progress bar and answered, not
+    stored (docs/crop-health.md, "Mosaics").
 
     Crop-health answers carry a [bold]geo[/] part: NDVI/NDRE/GNDVI statistics and vigour and disease
     zones with their areas; [bold]--geojson FILE[/] writes the zones, e.g.
     [dim]keeneye predict -p crop-health field.tif --band-map micasense-rededge-mx --geojson zones.geojson[/]
     """
+    from keeneye.geo.capture import capture_files
+    from keeneye.imaging.archive import pack_files
     from keeneye.serving.routes.predict import parse_metadata
     from keeneye.serving.state import close_state, open_state
 
@@ -149,12 +176,22 @@ def predict(
         state = await open_state(s, poll_aliases=False)
         results: list[dict[str, Any]] = []
         try:
-            state.catalog.get(name)
+            spec = state.catalog.get(name)
             for path in files:
                 try:
-                    data = path.read_bytes()
+                    if spec.input.geo and path.is_dir():
+                        data = pack_files([(n, p.read_bytes()) for n, p in capture_files(path)])
+                    elif spec.input.geo and _is_mosaic(path, spec.input.max_pixels or s.imaging.max_pixels):
+                        results.append(await _predict_mosaic(state, spec, path, meta, index_dir))
+                        continue
+                    else:
+                        data = path.read_bytes()
                 except OSError as exc:
                     results.append({"file": str(path), "error": f"cannot read: {exc.strerror}"})
+                    continue
+                except KeeneyeError as exc:
+                    reason = exc.reason if isinstance(exc, InvalidInput) else "not_ready"
+                    results.append({"file": str(path), "error": exc.one_line(), "reason": reason})
                     continue
                 try:
                     out = await state.service.predict(name, data, meta, source="cli")
@@ -185,6 +222,12 @@ def predict(
             answer = r.get("predicted_label") or (
                 f"{r.get('count', 0)} instance(s)" + (f" · {r['decision']}" if r.get("decision") else "")
             )
+            if "mosaic" in r:
+                m = r["mosaic"]
+                zones = len(r["geo"]["zones"]["features"])
+                answer = (
+                    f"mosaic {m['width']}×{m['height']}: {zones} zone(s), {m['megapixels_per_second']} Mpx/s"
+                )
             conf = r.get("confidence")
             table.add_row(
                 r["file"],
@@ -197,6 +240,64 @@ def predict(
         console.print(table)
     if any("error" in r for r in results):
         raise typer.Exit(1)
+
+
+def _is_mosaic(path: Path, max_pixels: int) -> bool:
+    """A raster file over the synchronous pixel limit (header only); anything else is not."""
+    from keeneye.imaging.archive import is_zip
+    from keeneye.pipelines.mosaic import is_mosaic
+
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        if is_zip(f.read(4)):
+            return False
+    try:
+        return is_mosaic(path, max_pixels)
+    except InvalidInput:
+        return False  # not a raster GDAL reads: the normal path says why
+
+
+async def _predict_mosaic(
+    state: Any, spec: Any, path: Path, meta: dict[str, Any], index_dir: Path | None
+) -> dict[str, Any]:
+    """One orthomosaic, streamed (keeneye.pipelines.mosaic) on the pipeline's serving model."""
+    from keeneye.pipelines.crophealth import geo_request
+    from keeneye.pipelines.mosaic import analyse_mosaic
+
+    loaded = state.runtime.get(spec.name)  # ModelNotReady: reported like any other file's error
+    request = geo_request(spec, meta)
+    with progress_bar(f"{path.name}: blocks") as update:
+        answer = await asyncio.to_thread(
+            analyse_mosaic,
+            path,
+            spec,
+            loaded.bundle.manifest,
+            loaded.model.run,
+            request,
+            index_dir=index_dir,
+            progress=update,
+        )
+    return {
+        "file": str(path),
+        "task": "segment",
+        "geo": answer.geo.to_json(),
+        "mosaic": {
+            "width": answer.width,
+            "height": answer.height,
+            "blocks": answer.blocks,
+            "zone_factor": answer.zone_factor,
+            "megapixels_per_second": round(answer.megapixels_per_second, 2),
+            "index_maps": {k: str(v) for k, v in answer.index_maps.items()},
+        },
+        "count": 0,
+        "confidence": None,
+        "pipeline": spec.name,
+        "model_name": loaded.ref.name,
+        "model_version": loaded.ref.version,
+        "cached": False,
+        "processing_time_ms": round(answer.seconds * 1000, 2),
+    }
 
 
 keys_app = typer.Typer(

@@ -13,7 +13,9 @@ A pipeline whose spec sets ``input.geo: true`` (the built-in ``crop-health``) re
   disease zones are cut — a 2048² raster is never shrunk to the model's 128 px;
 * a model that needs a band the raster lacks is not run: the answer says which band is missing and
   still carries the index statistics and vigour zones (``geo.model``);
-* the size limit is checked on the header before any pixel is read (413 ``image_too_large``).
+* the size limit is checked on the header before any pixel is read (413 ``image_too_large``);
+* a zip of one TIFF per band (a DJI / MicaSense capture, or several files of one request packed by
+  the API) is checked and stacked in band order first (:mod:`keeneye.geo.capture`).
 
 ``metadata.crs`` (``wgs84``, the default, or ``native``; the API's ``?crs=native`` and the CLI's
 ``--crs native`` set it) chooses the zones' coordinates. docs/crop-health.md describes all of it.
@@ -48,9 +50,11 @@ from keeneye.geo import (
     resolve_band_map,
     tile_windows,
 )
+from keeneye.geo.capture import stack_zip
 from keeneye.geo.raster import data_band_indexes
 from keeneye.geo.zones import OutputCrs
 from keeneye.imaging import SPECTRAL_INDICES, Image, canonical_band_name, prepare_input
+from keeneye.imaging.archive import is_zip
 from keeneye.models import MicroBatcher, RunFn, run_batch
 from keeneye.models.manifest import ModelManifest
 from keeneye.models.postprocess import seg_logits_to_instances
@@ -168,7 +172,12 @@ def read_geo_input(
     max_pixels: int,
 ) -> GeoInput:
     """Read ``data`` with ``request``'s band map (size and band count checked on the header first)
-    and cut the model's tiles; raises InvalidInput with a precise reason."""
+    and cut the model's tiles; raises InvalidInput with a precise reason.
+
+    ``data`` may be a zipped multi-file capture (one TIFF per band, :mod:`keeneye.geo.capture`):
+    it is checked, stacked in band order and read like a stacked GeoTIFF."""
+    if is_zip(data):
+        data = stack_zip(data, request.band_map, max_pixels=max_pixels)
     with open_raster(data) as ds:
         if ds.driver == "GTiff" and ds.count == 1 and len(ds.subdatasets) > 1:
             return read_geo_input(
@@ -186,7 +195,8 @@ def read_geo_input(
                 "image_too_large",
                 f"{ds.width}×{ds.height} px is over the {max_pixels:,} pixels one request may hold",
                 status=413,
-                fix="split the mosaic into tiles, or raise the pipeline's input.max_pixels",
+                fix="stream a mosaic from its file: keeneye predict -p crop-health PATH (any size), "
+                "or raise the pipeline's input.max_pixels",
             )
         count = len(data_band_indexes(ds))
         names = request.band_map.bands
@@ -210,7 +220,8 @@ def _stack_pages(ds: DatasetReader, max_pixels: int) -> bytes:
             "image_too_large",
             f"{ds.width}×{ds.height} px is over the {max_pixels:,} pixels one request may hold",
             status=413,
-            fix="split the mosaic into tiles, or raise the pipeline's input.max_pixels",
+            fix="stream a mosaic from its file: keeneye predict -p crop-health PATH (any size), "
+            "or raise the pipeline's input.max_pixels",
         )
     pages = []
     for name in ds.subdatasets:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
 from keeneye.domain import InvalidInput, JsonObject
+from keeneye.imaging.archive import pack_files
 from keeneye.serving.routes.deps import OPERATOR, AdmitDep, StateDep
 from keeneye.serving.schemas import ErrorResponse, PredictResponse
 from keeneye.serving.service import PredictionJson
@@ -103,16 +104,36 @@ def parse_metadata(raw: str | bytes | None) -> JsonObject:
     return value
 
 
-async def extract_image(request: Request, limit: int) -> tuple[bytes, JsonObject]:
-    """Image bytes and metadata from a multipart form (field ``file``) or a raw image body."""
+MAX_CAPTURE_FILES = 16  # multi-file captures: one TIFF per band, a dozen bands at most
+
+
+async def extract_image(request: Request, limit: int, *, many: bool = False) -> tuple[bytes, JsonObject]:
+    """Image bytes and metadata from a multipart form (field ``file``) or a raw image body.
+
+    ``many`` (crop-health): several ``file`` fields are one multi-file capture, one TIFF per band;
+    they are packed into one zip (stored as sent; the pipeline checks and stacks it)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         body = await read_limited_body(request, limit)
         request._body = body  # let Starlette's form parser read the bytes we already bounded
         try:
-            form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
+            form = await request.form(
+                max_files=MAX_CAPTURE_FILES if many else 1, max_fields=16, max_part_size=limit
+            )
         except Exception as exc:  # the multipart parser raises several types for malformed bodies
-            raise InvalidInput("bad_request", f"malformed multipart body: {exc}", status=400) from exc
+            raise InvalidInput(
+                "bad_request",
+                f"malformed multipart body: {exc}",
+                status=400,
+                fix=f"send one 'file' field ({MAX_CAPTURE_FILES} for a crop-health capture)"
+                if "files" in str(exc)
+                else None,
+            ) from exc
+        uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
+        if len(uploads) > 1:
+            files = [(u.filename or f"band_{i + 1}.tif", await u.read()) for i, u in enumerate(uploads)]
+            meta_field = form.get("metadata")
+            return pack_files(files), parse_metadata(meta_field if isinstance(meta_field, str) else None)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidInput(
@@ -141,7 +162,7 @@ async def _predict(name: str, request: Request, state: StateDep, crs: str | None
     spec = state.catalog.get(name)  # 404 before reading a byte
     limit = spec.input.max_upload_bytes or state.settings.serving.max_upload_bytes
     try:
-        data, metadata = await extract_image(request, limit)
+        data, metadata = await extract_image(request, limit, many=spec.input.geo)
         if crs is not None:  # crop-health: the zones' CRS, read by the pipeline like metadata.crs
             metadata = {**metadata, "crs": crs}
         result = await state.service.predict(name, data, metadata, source="http")
@@ -175,7 +196,8 @@ async def predict(
 
     Every accepted image is stored with its prediction; the same bytes for the same model version are
     answered from the cache (``cached: true``). Crop-health reads ``metadata.band_map`` /
-    ``metadata.camera`` and ``?crs=native`` (docs/crop-health.md).
+    ``metadata.camera`` and ``?crs=native``, and takes a multi-file capture as several ``file``
+    fields (one TIFF per band) or one zip (docs/crop-health.md).
     """
     return await _predict(name, request, state, crs)
 
