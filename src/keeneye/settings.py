@@ -105,6 +105,11 @@ class ServingSettings(_Section):
         description="serving processes sharing the port (set by `keeneye serve --workers`); the rate "
         "and in-flight limits are divided among them so the configured limits hold for the whole server",
     )
+    basemap_url: str = Field(
+        "",
+        description="tile URL template of the fields page's basemap ({z}/{x}/{y}, e.g. an internal "
+        "tile server); empty: no basemap, the page works offline",
+    )
 
 
 class PipelineSettings(_Section):
@@ -332,6 +337,24 @@ class SkuThresholds(_Section):
     defect_min_area: int | None = Field(None, ge=0, description="ignore smaller defect instances (px)")
 
 
+_EDGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class EdgeCamera(_Section):
+    """One camera ``keeneye up`` runs an edge runner for (a supervised ``keeneye inspect`` child)."""
+
+    line: str = Field(pattern=_EDGE_NAME, description="line id, e.g. L1")
+    camera: str = Field(pattern=_EDGE_NAME, description="camera id on that line, e.g. cam-1")
+    source: str = Field(min_length=1, description="a folder (watched for new frames), a video file, rtsp://…")
+    plc: str = Field(min_length=1, description="modbus://… | opcua://… | mqtt://…/TOPIC")
+    sku: str = ""
+    batch: str = ""
+    pipeline: str = "line-inspection"
+    fps: float | None = Field(None, gt=0, description="play a folder or video file at this rate")
+    model: Path | None = Field(None, description="a bundle folder instead of the registered champion")
+    replay: bool | None = Field(None, description="override plc.replay for this camera")
+
+
 class EdgeSettings(_Section):
     """The line-inspection edge runner (``keeneye inspect``), see docs/line-inspection.md."""
 
@@ -354,6 +377,17 @@ class EdgeSettings(_Section):
     sku_thresholds: dict[str, SkuThresholds] = Field(
         default_factory=dict, description="per-SKU overrides of thresholds.defect_score / defect_min_area"
     )
+    cameras: list[EdgeCamera] = Field(
+        default_factory=list, description="the cameras `keeneye up` runs `keeneye inspect` for, one each"
+    )
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> EdgeSettings:
+        seen = [(c.line, c.camera) for c in self.cameras]
+        twice = sorted({f"{line}/{camera}" for line, camera in seen if seen.count((line, camera)) > 1})
+        if twice:
+            raise ValueError(f"edge.cameras lists {', '.join(twice)} more than once: one runner per camera")
+        return self
 
 
 class SmartcutSettings(_Section):

@@ -144,6 +144,14 @@ def test_a_versions_report_draws_gates_classes_curve_and_matrix(site: Site, tmp_
             assert defect[0] == "defect" and defect[-1] == "128"  # pixels of eight 4×4 squares
             assert "IoU" in report.locator(".classes-table thead").inner_text()
             assert _inked_pixels(page, "#report-line-inspection .pr-chart canvas") > 200
+            # The seed's quality targets are reported beside the gates, met or missed, never "fail".
+            targets = report.locator(".gates-table tr[data-kind='target']")
+            rows = {r.split("\t")[0]: r.split("\t")[1:] for r in targets.all_inner_texts()}
+            assert rows["recall"][0] == "target (reported, not blocking)" and rows["recall"][2:] == [
+                "0.965",
+                "missed",
+            ]
+            assert rows["precision"][2:] == ["0.982", "met"]  # 6 of 6 frames called DEFECT were
             page.screenshot(path=str(shots / "models-report-desktop.png"), full_page=True)
             report.locator("button.report-close").click()
             assert report.is_hidden()

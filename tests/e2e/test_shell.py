@@ -34,11 +34,12 @@ PAGES = [
     ("/predict", "predict", "#drop"),
     ("/pipelines/species-id/review", "review", "#review"),
     ("/pipelines/species-id/monitoring", "monitoring", "#monitoring[data-loaded]"),
+    ("/lines", "lines", "#lines[data-loaded]"),
+    ("/fields", "fields", "#fields"),
     ("/models", "models", "section[data-pipeline='species-id'] tr[data-version='1']"),
     ("/runs", "runs", "section[data-pipeline='species-id']"),
     ("/alerts", "alerts", "#alerts[data-loaded]"),
     ("/observations", "observations", "#lookup"),
-    ("/smartcut", "smartcut", "#start"),
     ("/system", "system", "#system-state"),
     ("/no-such-page", None, "#not-found"),
 ]

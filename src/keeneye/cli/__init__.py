@@ -106,8 +106,8 @@ def _register() -> None:
     scheduler_cli.register(app)
     labels_cli.register(app)
     retrain_cli.register(app)
-    smartcut_cli.register(app)
     retention_cli.register(app)
+    smartcut_cli.register(app)
     fields_cli.register(app)
     deploy_cli.register(app)
 

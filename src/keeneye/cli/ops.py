@@ -143,10 +143,14 @@ def up(
     Ctrl-C (or SIGTERM) stops the API, the scheduler and the plugins first (each plugin says
     stopped-plugins), lets the workers finish their batch, then exits. The API's /metrics shows the
     metrics of every process.
+
+    Line inspection: each camera under edge.cameras in keeneye.yaml (line, camera, source, plc, sku)
+    gets its own `keeneye inspect` process, restarted with backoff when it crashes.
     """
     from keeneye.metrics import Metrics, enable_multiprocess
     from keeneye.pipelines import PipelineCatalog
     from keeneye.scaling import ScalingPolicy, Supervisor, replica_bounds
+    from keeneye.scaling.cameras import camera_children
     from keeneye.scaling.supervisor import multiprocess_metrics_dir
     from keeneye.stream import DEFAULT_GROUP, input_topic, open_bus
 
@@ -194,6 +198,8 @@ def up(
         python, host=host, port=port, api_url=api_url, scheduler=scheduler, plugins=plugin_names
     )
 
+    inspectors, inspect_notes = camera_children(s, python)  # edge.cameras: one `keeneye inspect` each
+    fixed, notes = [*fixed, *inspectors], [*notes, *inspect_notes]
     _prepare_stores(s)
     # One metrics directory for this supervisor and all its children, before any metric value exists
     # here; the supervisor empties it of an earlier run's files when it starts.

@@ -23,6 +23,7 @@ _DRIFT_HELP = "Drift to simulate: lighting, sensor or new-class (default: none).
 # split of the grouped split holds defective frames, few enough to train on a laptop CPU in minutes.
 LINE_DEFAULT_N = 300
 LINE_DEFAULT_DEFECT_RATE = 0.5
+LINE_DEFAULT_SIZE = "1024x768"  # what a line camera sends (docs/line-inspection.md, *Frames*)
 
 
 def _run(name: str, n: int, out: Path, json_out: bool, **params: Any) -> None:
@@ -78,7 +79,12 @@ def line_inspection(
     ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
     drift: str | None = typer.Option(None, "--drift", help=_DRIFT_HELP),
-    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    size: str = typer.Option(
+        LINE_DEFAULT_SIZE,
+        "--size",
+        help="WIDTHxHEIGHT: a line camera's JPEG frame (default 1024x768, ≈150 KB, defects of a few to "
+        "tens of pixels); one number N: a small N×N PNG tile (quick tests).",
+    ),
     defect_rate: float = typer.Option(
         LINE_DEFAULT_DEFECT_RATE,
         "--defect-rate",
@@ -95,7 +101,15 @@ def line_inspection(
     ),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print a JSON summary."),
 ) -> None:
-    """Product-surface frames with defect instance masks (PNG + COCO) and line metadata."""
+    """Product-surface frames with defect instance masks (JPEG or PNG + COCO) and line metadata."""
+    from keeneye.domain import InvalidInput
+    from keeneye.training.synth.line import parse_frame_size
+
+    try:
+        parsed = parse_frame_size(size)
+    except InvalidInput as exc:
+        raise typer.BadParameter(f"{exc} — {exc.fix}", param_hint="--size") from exc
+    frame = {"frame_size": parsed} if isinstance(parsed, tuple) else {"size": parsed}
     _run(
         "line-inspection",
         n,
@@ -103,7 +117,7 @@ def line_inspection(
         json_out,
         seed=seed,
         drift=drift,
-        size=size,
+        **frame,
         defect_rate=defect_rate,
         batch_size=batch_size or line_batch_size(n),
         overwrite=overwrite,

@@ -56,7 +56,11 @@ def train(
     register_model: bool = typer.Option(
         True, "--register/--no-register", help="Register the model (challenger alias when the gates pass)."
     ),
-    backbone: str | None = typer.Option(None, "--backbone", help="timm model / smp encoder name."),
+    backbone: str | None = typer.Option(
+        None,
+        "--backbone",
+        help="timm model / smp encoder name, or liteN (keeneye's small U-Net, e.g. lite8).",
+    ),
     image_size: int | None = typer.Option(None, "--image-size", min=8, help="Model input side in pixels."),
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=2, help="Images per training step (default: the spec's, e.g. 16)."
@@ -145,6 +149,13 @@ def _print_result(result: TrainResult, run_id: int | None) -> None:
         console.print("[red]gates failed:[/]")
         for reason in result.gates.reasons:
             console.print(f"  - {reason}", highlight=False)
+    targets = [c for c in result.gates.checks if c.kind == "target"]
+    if targets:  # the design's quality targets: reported, not gated
+        met = "met" if result.gates.targets_met else "not all met"
+        console.print(
+            f"targets ({met}): " + "; ".join(c.message.removeprefix("target ") for c in targets),
+            highlight=False,
+        )
     if result.version is not None:
         alias = f" with alias {result.alias}" if result.alias else " without an alias"
         console.print(f"registered {result.model_name} v{result.version}{alias}", highlight=False)

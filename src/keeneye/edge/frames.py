@@ -109,10 +109,18 @@ class FolderSource:
 
     With ``watch`` the source does not end: files that appear later are played too, in name order
     (cameras that drop images over FTP / SMB into a folder), checked every ``poll_seconds``.
+    ``start_after``: skip the files named up to and including it (a restarted runner resumes after
+    the last part it journaled).
     """
 
     def __init__(
-        self, folder: Path, *, fps: float | None = None, watch: bool = False, poll_seconds: float = 0.2
+        self,
+        folder: Path,
+        *,
+        fps: float | None = None,
+        watch: bool = False,
+        poll_seconds: float = 0.2,
+        start_after: str | None = None,
     ) -> None:
         if not folder.is_dir():
             raise ConfigError("--source", f"{folder} is not a folder", fix="give a folder of image files")
@@ -121,6 +129,7 @@ class FolderSource:
         self.poll_seconds = poll_seconds
         self._pacer = Pacer(fps)
         self._closed = False
+        self.start_after = start_after
 
     def _listing(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -131,6 +140,8 @@ class FolderSource:
 
     def frames(self) -> Iterator[SourceFrame | None]:
         seen: set[str] = set()
+        if self.start_after is not None:
+            seen.update(p.name for p in self._listing() if p.name <= self.start_after)
         while not self._closed:
             new = [p for p in self._listing() if p.name not in seen]
             for path in new:
@@ -206,14 +217,16 @@ class VideoSource:
             self._container.close()
 
 
-def open_source(source: str, *, fps: float | None = None, watch: bool = False) -> FrameSource:
-    """The source ``--source`` names: a folder (``watch``: and the files added later), a video file,
-    or an ``rtsp://`` / ``http(s)://`` URL."""
+def open_source(
+    source: str, *, fps: float | None = None, watch: bool = False, start_after: str | None = None
+) -> FrameSource:
+    """The source ``--source`` names: a folder (``watch``: and the files added later; ``start_after``:
+    from the file after that name), a video file, or an ``rtsp://`` / ``http(s)://`` URL."""
     if source.startswith(STREAM_SCHEMES):
         return VideoSource(source, fps=fps)
     path = Path(source)
     if path.is_dir():
-        return FolderSource(path, fps=fps, watch=watch)
+        return FolderSource(path, fps=fps, watch=watch, start_after=start_after)
     if path.is_file():
         return VideoSource(str(path), fps=fps)
     raise ConfigError(

@@ -178,13 +178,18 @@ class Journal:
         except (OSError, ValueError):
             return 0
 
-    def set_cursor(self, offset: int, last_sequence: int | None = None) -> None:
+    def set_cursor(
+        self, offset: int, last_sequence: int | None = None, last_frame: str | None = None
+    ) -> None:
         """Everything before ``offset`` is stored; a fully stored, large journal starts again (its
-        ``last_sequence`` kept aside first, so the count goes on)."""
+        ``last_sequence`` and ``last_frame`` kept aside first, so the count goes on and a watched
+        folder resumes after that frame)."""
         with self._lock:
             size = os.fstat(self._fd).st_size
             if offset == size and size > COMPACT_BYTES and last_sequence is not None:
                 _write_atomically(self.folder / "last_sequence", str(last_sequence))
+                if last_frame is not None:
+                    _write_atomically(self.folder / "last_frame", last_frame)
                 os.ftruncate(self._fd, 0)
                 offset = 0
             _write_atomically(self._cursor_path, str(offset))
@@ -229,6 +234,16 @@ class Journal:
             with contextlib.suppress(OSError, ValueError):
                 last = int((self.folder / "last_sequence").read_text())
         return last
+
+    def last_frame(self) -> str | None:
+        """The source name of the last journaled part (None for a new journal): a restarted runner
+        watching a folder resumes after it instead of deciding the folder again."""
+        events = [e for _, e in self.read(0).events]
+        if events:
+            return max(events, key=lambda e: e.sequence).frame
+        with contextlib.suppress(OSError):
+            return (self.folder / "last_frame").read_text() or None
+        return None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -111,7 +111,12 @@ def build_runner(
     try:
         if model is None:
             model, ref = load_model(settings, spec, options.model)
-        source = source or open_source(options.source, fps=options.fps, watch=options.watch)
+        # A watched folder (a camera dropping files; a runner under `keeneye up`) resumes after the last
+        # part journaled, so a restart never sends the PLC results for parts that have long passed.
+        resume = journal.last_frame() if options.watch else None
+        source = source or open_source(
+            options.source, fps=options.fps, watch=options.watch, start_after=resume
+        )
         recorder = EventRecorder(
             journal,
             open_results_db(settings),
@@ -120,6 +125,7 @@ def build_runner(
             settings.edge,
             metrics,
             on_stored=on_stored,
+            link=sink.state,
         )
     except BaseException:
         sink.close(timeout=1.0)

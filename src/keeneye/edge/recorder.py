@@ -7,7 +7,9 @@ decision, or at shutdown / restart: then ``sink`` is ``unknown``). Each event be
 * the frame's bytes at its content-addressed ``observation_key`` (when ``edge.keep_images``);
 * an ``observations`` row with the event id as its id — ``done`` when the model decided, ``rejected``
   with the fail-safe reason (``deadline_missed``, ``unreadable_frame``, ``model_error``) otherwise — and
-  the line, camera, SKU, batch, sequence, PLC result and sink outcome in its metadata;
+  the line, camera, SKU, batch, sequence, PLC result and sink outcome (and its time) in its metadata,
+  plus the PLC link as the sink saw it when the part was stored (``plc``: connected, last ack, last
+  error), which the line dashboard shows;
 * a ``predictions`` row (champion) for a model decision, with the latency and timings.
 
 Both writes are idempotent (an existing observation id is left alone, predictions are unique per
@@ -30,6 +32,7 @@ from keeneye.edge.journal import DecidedEvent, Journal, OutcomeNote
 from keeneye.metrics import Metrics
 from keeneye.pipelines import content_type_of, observation_key
 from keeneye.settings import EdgeSettings
+from keeneye.sinks import SinkState
 from keeneye.store import NewPrediction, ObjectStore, ResultsDB
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,10 @@ class EventRecorder:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         on_stored: StoredHook | None = None,
+        link: Callable[[], SinkState] | None = None,
     ) -> None:
         self.on_stored = on_stored
+        self.link = link  # the sink's state, snapshotted into each stored group (the PLC link)
         self.journal = journal
         self.db = db
         self.objects = objects
@@ -87,6 +92,7 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
         self.stored = 0
         self._last_sync = 0.0
+        self._stopping = False  # close(): the sink is already closed, so its link reads "stopped"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="keeneye-edge-recorder", daemon=True)
@@ -104,6 +110,7 @@ class EventRecorder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._stopping = True
         try:
             self.flush(final=True)
         except Exception:
@@ -137,7 +144,8 @@ class EventRecorder:
             for seq in done:
                 self._outcomes.pop(seq, None)
             cursor = self._pending[0][0] if self._pending else self._offset
-            self.journal.set_cursor(cursor, max(done) if done else None)
+            newest = max(ready, key=lambda e: e.sequence) if ready else None
+            self.journal.set_cursor(cursor, max(done) if done else None, newest.frame if newest else None)
             if self._pending == [] and cursor != self._offset:
                 self._offset = cursor  # the journal was compacted: read on from its new start
             self.stored += len(ready)
@@ -152,6 +160,7 @@ class EventRecorder:
         for event in events:
             keys[event.event_id] = self._store_image(event)
         predictions: list[tuple[str, NewPrediction]] = []
+        link = None if self.link is None else link_snapshot(self.link(), stopped=self._stopping)
         for event in events:
             outcome = self._outcomes.get(event.sequence)
             self.db.create_observation(
@@ -160,7 +169,7 @@ class EventRecorder:
                 keys[event.event_id],
                 content_type_of(event.image_format),
                 event.size_bytes,
-                event_metadata(event, outcome),
+                event_metadata(event, outcome, link),
                 SOURCE,
                 status=ObservationStatus.rejected if event.failsafe else ObservationStatus.done,
                 id=event.event_id,
@@ -195,9 +204,26 @@ class EventRecorder:
         return key
 
 
-def event_metadata(event: DecidedEvent, outcome: OutcomeNote | None) -> JsonObject:
-    """What the observation row says about the part: where, which, what the PLC got, and its ack."""
+def link_snapshot(state: SinkState, *, stopped: bool = False) -> JsonObject:
+    """The PLC link as stored with a part: connected or not, when the PLC last acknowledged a write
+    (Unix seconds), failures since, and the last error (cut to 200 characters). ``stopped``: stored
+    while the runner shuts down, after it closed the sink itself (not a PLC outage)."""
     return {
+        "sink": state.sink,
+        "stopped": stopped,
+        "connected": state.connected,
+        "last_ack_at": state.last_ack_at,
+        "consecutive_failures": state.consecutive_failures,
+        "last_error": state.last_error[:200],
+    }
+
+
+def event_metadata(
+    event: DecidedEvent, outcome: OutcomeNote | None, link: JsonObject | None = None
+) -> JsonObject:
+    """What the observation row says about the part: where, which, what the PLC got, its ack (and
+    when), and with ``link`` the PLC link when it was stored (:func:`link_snapshot`)."""
+    doc: JsonObject = {
         "line": event.line,
         "camera": event.camera,
         "sku": event.sku,
@@ -207,12 +233,18 @@ def event_metadata(event: DecidedEvent, outcome: OutcomeNote | None) -> JsonObje
         "triggered_at": event.triggered_at,
         "result_code": event.result,
         "decision": event.decision,
+        "class_name": event.class_name,
+        "confidence": event.confidence,
         "latency_ms": event.latency_ms,
         "reason": event.reason,
         "detail": event.detail,
         "sink": "unknown" if outcome is None else outcome["status"],
         "sink_reason": None if outcome is None else outcome["reason"],
+        "sink_at": None if outcome is None else outcome["at"],
     }
+    if link is not None:
+        doc["plc"] = link
+    return doc
 
 
 def prediction_of(event: DecidedEvent, outcome: OutcomeNote | None) -> NewPrediction:

@@ -161,6 +161,26 @@ def _resize_chw(array: FloatArray, size: tuple[int, int]) -> FloatArray:
     return np.concatenate([p.reshape(h, w, -1) for p in planes], axis=2).transpose(2, 0, 1)
 
 
+def nothing_confident(
+    arr: FloatArray, thresholds: Thresholds, background_class: int | None, class_ids: Sequence[int] | None
+) -> bool:
+    """The cheap OK screen of :func:`seg_logits_to_instances` (most line frames stop here): True when
+    no pixel can make an instance, decided on logit margins without a softmax or a resize.
+
+    A class's softmax probability is at most ``sigmoid(its logit − the background logit)``, and a
+    bilinear resize never raises a pixel's margin above the largest one; so when every foreground
+    margin is below ``logit(thresholds.mask)``, no pixel reaches the mask threshold and the answer is
+    exactly "no instances". Only for a multi-class output with a background channel."""
+    if arr.shape[0] < 2 or background_class is None or not 0.0 < thresholds.mask < 1.0:
+        return False
+    ids = list(class_ids) if class_ids is not None else list(range(arr.shape[0]))
+    if background_class not in ids or len(ids) != arr.shape[0]:
+        return False
+    bg = ids.index(background_class)
+    margin = float((np.delete(arr, bg, axis=0) - arr[bg]).max())
+    return margin < _logit(thresholds.mask)
+
+
 def seg_logits_to_instances(
     logits: AnyArray,
     *,
@@ -181,6 +201,9 @@ def seg_logits_to_instances(
       (models that predict at 1/4 resolution); boxes are pixel-edge, ``x2 = last column + 1``.
     """
     arr = np.asarray(_drop_batch_axis(logits, 3, "seg-logits output"), dtype=np.float32)
+    if nothing_confident(arr, thresholds, background_class, class_ids):
+        height, width = image_size if image_size is not None else arr.shape[1:]
+        return Instances.empty((int(height), int(width)))
     if image_size is not None and arr.shape[1:] != tuple(image_size):
         arr = _resize_chw(arr, image_size)
     height, width = arr.shape[1:]

@@ -236,6 +236,11 @@ class GatesSection(_Strict):
     subgroup_floor: float | None = Field(
         None, ge=0, le=1, description="every subgroup must reach this value on each gated metric"
     )
+    targets: dict[str, float] = Field(
+        default_factory=dict,
+        description="quality targets reported with the gates (met or not, with the gap) but not blocking, "
+        "e.g. the design's mask_map50: 0.62",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GatesSection:

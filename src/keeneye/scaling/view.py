@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-Role = Literal["api", "worker", "scheduler", "plugin"]
+Role = Literal["api", "worker", "scheduler", "plugin", "inspect"]
 ProcessState = Literal["running", "backoff", "stopping", "stopped"]
 
 

@@ -22,7 +22,10 @@ from keeneye.serving.routes import (
     drift,
     feedback,
     fields,
+    fields_page,
     images,
+    index_maps,
+    lines,
     login,
     model_aliases,
     model_evaluation,
@@ -136,9 +139,13 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(drift.router)
     app.include_router(feedback.router)
     app.include_router(alerts.router)
+    app.include_router(fields.router)
+    app.include_router(fields_page.router)
     app.include_router(monitoring.router)
+    app.include_router(lines.router)
     app.include_router(review.router)
     app.include_router(images.router)
+    app.include_router(index_maps.router)
     app.include_router(runs.router)
     app.include_router(rollout.router)
     app.include_router(model_aliases.router)
@@ -146,7 +153,6 @@ def create_app(settings: Settings, *, poll_aliases: bool = True) -> FastAPI:
     app.include_router(observation_list.router)
     app.include_router(smartcut.router)
     app.include_router(smartcut_studio.router)
-    app.include_router(fields.router)
     app.mount("/static", StaticFiles(packages=[("keeneye.web", "static")]), name="static")
     return app
 

@@ -21,6 +21,7 @@ from keeneye.store.drift_reports import DriftReportRepository
 from keeneye.store.feedback import FeedbackRepository
 from keeneye.store.fields import FieldRepository
 from keeneye.store.keys import ApiKeyRepository
+from keeneye.store.lines import LineRepository
 from keeneye.store.model_events import ModelEventRepository
 from keeneye.store.observations import ObservationRepository
 from keeneye.store.predictions import PredictionRepository
@@ -44,6 +45,7 @@ class ResultsDB(
     ApiKeyRepository,
     SmartcutRepository,
     FieldRepository,
+    LineRepository,
 ):
     """The results database on SQLite or PostgreSQL; thread-safe, one per process is enough."""
 

@@ -9,6 +9,10 @@ Three kinds of check, all from the pipeline spec's ``gates`` section:
   gated metric; groups where a metric is undefined (e.g. no defects in that SKU) are skipped and said so.
 
 A metric that was not measured fails its absolute check: an unmeasurable model does not serve.
+
+``targets`` (e.g. the design's recall ≥ 0.965, mask mAP@0.5 ≥ 0.62 for line-inspection) are reported
+as checks of kind ``target`` — value, target, met or not, the gap in the message — and never block:
+``passed`` and ``reasons`` are the gates' alone; :attr:`GateResult.targets_met` says whether all were met.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal, TypedDict
 
 from keeneye.pipelines import GatesSection
 
-CheckKind = Literal["absolute", "regression", "subgroup"]
+CheckKind = Literal["absolute", "regression", "subgroup", "target"]
 
 
 class GateCheckJson(TypedDict):
@@ -77,8 +81,14 @@ class GateResult:
 
     @property
     def reasons(self) -> list[str]:
-        """One line per failed check, naming metric, value and threshold."""
-        return [c.message for c in self.checks if not c.passed]
+        """One line per failed gate check, naming metric, value and threshold (targets are no gates)."""
+        return [c.message for c in self.checks if not c.passed and c.kind != "target"]
+
+    @property
+    def targets_met(self) -> bool | None:
+        """Whether every reported target was met; None when the spec sets none."""
+        targets = [c for c in self.checks if c.kind == "target"]
+        return all(c.passed for c in targets) if targets else None
 
     def to_dict(self) -> GateResultJson:
         return {
@@ -172,6 +182,19 @@ def check_gates(
                             group=group,
                         )
                     )
-    return GateResult(
-        passed=all(c.passed for c in checks), checks=checks, notes=notes, champion_version=champion_version
-    )
+    gated = all(c.passed for c in checks)
+    for metric, target in gates.targets.items():
+        value = metrics.get(metric)
+        met = value is not None and value >= target
+        gap = "" if met or value is None else f" (short by {target - value:.4f})"
+        checks.append(
+            GateCheck(
+                "target",
+                metric,
+                value,
+                target,
+                met,
+                f"target {metric} = {_fmt(value)} {'≥' if met else 'is below'} {target:.4f}{gap}",
+            )
+        )
+    return GateResult(passed=gated, checks=checks, notes=notes, champion_version=champion_version)

@@ -14,9 +14,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 STATIC_URL = "/static"
 SWAGGER_UI = "vendor/swagger-ui-dist-5.35.0"
 REDOC = "vendor/redoc-2.5.4"
+UPLOT = "vendor/uplot-1.6.32"
 VIS_TIMELINE = "vendor/vis-timeline-8.5.4"
 FFLATE = "vendor/fflate-0.8.3"
-UPLOT = "vendor/uplot-1.6.32"
+LEAFLET = "vendor/leaflet-1.9.4"
 
 VENDOR: dict[str, str] = {
     "swagger_js": f"{STATIC_URL}/{SWAGGER_UI}/swagger-ui-bundle.js",
@@ -27,6 +28,8 @@ VENDOR: dict[str, str] = {
     "vis_timeline_js": f"{STATIC_URL}/{VIS_TIMELINE}/vis-timeline-graph2d.min.js",
     "vis_timeline_css": f"{STATIC_URL}/{VIS_TIMELINE}/vis-timeline-graph2d.min.css",
     "fflate_js": f"{STATIC_URL}/{FFLATE}/fflate.umd.js",
+    "leaflet_js": f"{STATIC_URL}/{LEAFLET}/leaflet.js",
+    "leaflet_css": f"{STATIC_URL}/{LEAFLET}/leaflet.css",
 }
 FAVICON = f"{STATIC_URL}/favicon.svg"
 
@@ -53,6 +56,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("predict", "Predict", "/predict", ("/predict",)),
     NavItem("review", "Review", "/review", ("/review",)),
     NavItem("monitoring", "Monitoring", "/monitoring", ("/monitoring",)),
+    NavItem("lines", "Lines", "/lines", ("/lines",)),
+    NavItem("fields", "Fields", "/fields", ("/fields",)),
     NavItem("models", "Models", "/models", ("/models",)),
     NavItem("runs", "Runs", "/runs", ("/runs",)),
     NavItem("alerts", "Alerts", "/alerts", ("/alerts",)),

@@ -136,6 +136,7 @@ def test_every_route_declares_its_access() -> None:
         ("GET", "/v1/pipelines", Role.viewer),
         ("GET", "/v1/pipelines/species-id/rollout", Role.viewer),
         ("GET", "/v1/system", Role.viewer),
+        ("GET", "/v1/lines", Role.viewer),
         ("GET", "/v1/fields", Role.viewer),
         ("POST", "/v1/fields", Role.operator),
         ("POST", "/v1/alerts/{alert}/ack", Role.operator),

@@ -211,6 +211,7 @@ _CHECK_KINDS: dict[str, CheckKind] = {
     "absolute": "absolute",
     "regression": "regression",
     "subgroup": "subgroup",
+    "target": "target",
 }
 
 

@@ -125,6 +125,7 @@ class SynthInfo(TypedDict):
     novel_classes: list[str]
     defect_rate: NotRequired[float]  # line-inspection
     batch_size: NotRequired[int]  # line-inspection
+    frame_size: NotRequired[list[int]]  # line-inspection camera frames: [width, height]
     bands: NotRequired[list[str]]  # crop-health
     epsg: NotRequired[int]  # crop-health
     gsd_m: NotRequired[float]  # crop-health

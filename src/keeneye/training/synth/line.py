@@ -10,6 +10,13 @@ them, rounded up or down at random (so the share is right on average and, once `
 batches of ``batch_size`` that share line, camera, SKU and lighting, with increasing ``captured_at`` —
 so grouped and time splits have something to group by.
 Lossless PNG, BGR→RGB, ``size``×``size``.
+
+``frame_size=(width, height)`` (the CLI's ``--size 1024x768``, its default) renders what a line
+camera sends instead: a JPEG (quality 90, ≈ 150 KB at 1024×768) of a part surface filling the frame —
+fine-grained texture at camera scale, a lamp's gradient and vignetting, sensor noise — with defects
+of **absolute** pixel sizes, not scaled with the frame: scratches 2–5 px wide and 40–300 px long,
+cracks 2–3 px wide, dents of 8–30 px radius, contamination spots of 5–25 px. Same metadata, same
+COCO masks (at the frame's full size).
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ from keeneye.training.synth.common import (
     Drift,
     LineFrameMeta,
     Progress,
+    SynthInfo,
     SynthResult,
     SynthWriter,
     blob_mask,
     check_params,
     child_rngs,
+    encode_jpeg,
     encode_png,
     epoch_plus,
     parse_drift,
@@ -74,6 +83,10 @@ LIGHTING: dict[str, tuple[float, float, float]] = {  # BGR channel gains of the 
     "halogen-3200k": (0.88, 0.98, 1.1),
 }
 LINES: tuple[str, ...] = ("L1", "L2", "L3", "L4")
+# A line camera's frames (``frame_size``): JPEG quality, the smallest side that renders as one.
+FRAME_JPEG_QUALITY = 94
+MIN_FRAME_SIDE = 128
+MAX_FRAME_SIDE = 4096
 
 
 def categories(include_novel: bool = False) -> list[CocoCategory]:
@@ -246,6 +259,201 @@ def render_line_image(
     return to_u8(img), [(k, m) for k, m in instances if m.any()]
 
 
+# --------------------------------------------------------------------------------------------------
+# Line-camera frames (``frame_size``): camera-scale texture, lamp gradient, defects of absolute size
+# --------------------------------------------------------------------------------------------------
+
+
+def render_frame_surface(rng: np.random.Generator, sku: Sku, width: int, height: int) -> F32:
+    """A defect-free part surface filling a ``width``×``height`` frame, float32 BGR 0..255: the same
+    three surfaces as :func:`render_surface` at a camera's scale (texture a few pixels fine)."""
+    shape = (height, width)
+    base = np.asarray(sku.colour, np.float32) * rng.uniform(0.93, 1.07)
+    if sku.surface == "brushed_metal":
+        noise = rng.standard_normal(shape).astype(np.float32)
+        streaks: npt.NDArray[Any] = cv2.blur(noise, (int(rng.integers(40, 120)), 1))
+        streaks = streaks / max(float(streaks.std()), 1e-6)
+        lum = 7.0 * streaks + 2.5 * smooth_noise(rng, shape, 0.8) + 4.0 * smooth_noise(rng, shape, 60.0)
+    elif sku.surface == "fabric":
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        f = 2 * np.pi / rng.uniform(7.0, 11.0)
+        weave = np.sin(f * xx) * np.sign(np.sin(f * yy / 2)) + np.sin(f * yy) * np.sign(np.cos(f * xx / 2))
+        lum = 6.0 * weave + 3.0 * smooth_noise(rng, shape, 12.0)
+    else:  # painted plastic: orange peel
+        lum = 3.0 * smooth_noise(rng, shape, 2.5) + 4.0 * smooth_noise(rng, shape, 80.0)
+    out: F32 = (base[None, None, :] + lum[..., None]).astype(np.float32)
+    return out
+
+
+def _lamp(rng: np.random.Generator, width: int, height: int) -> F32:
+    """Multiplicative illumination: a linear gradient across the part and a vignette (0.7 … 1.1)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    u, v = (xx / width - 0.5) * 2, (yy / height - 0.5) * 2
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = 1.0 + rng.uniform(0.05, 0.15) * (u * np.cos(angle) + v * np.sin(angle))
+    vignette = 1.0 - rng.uniform(0.08, 0.18) * (u * u + v * v) / 2
+    out: F32 = (gradient * vignette).astype(np.float32)
+    return out
+
+
+def _spot(rng: np.random.Generator, width: int, height: int, margin: int = 40) -> tuple[float, float]:
+    return float(rng.uniform(margin, width - margin)), float(rng.uniform(margin, height - margin))
+
+
+def _frame_scratch(rng: np.random.Generator, img: F32) -> Mask:
+    height, width = img.shape[:2]
+    m = np.zeros((height, width), np.uint8)
+    x, y = _spot(rng, width, height)
+    angle = rng.uniform(0, 2 * np.pi)
+    pts = [(x, y)]
+    for _ in range(int(rng.integers(1, 4))):
+        angle += rng.normal(0, 0.2)
+        step = rng.uniform(40, 110)
+        x = float(np.clip(x + step * np.cos(angle), 4, width - 5))
+        y = float(np.clip(y + step * np.sin(angle), 4, height - 5))
+        pts.append((x, y))
+    cv2.polylines(m, [np.round(np.asarray(pts)).astype(np.int32)], False, 1, int(rng.integers(2, 6)))
+    mask = m.astype(bool)
+    mean = float(img[mask].mean())
+    bright = rng.random() < 0.5 if 70.0 < mean < 150.0 else mean <= 70.0
+    img[mask] = img[mask] * 0.45 + (130.0 if bright else 0.0)
+    return mask
+
+
+def _frame_dent(rng: np.random.Generator, img: F32) -> Mask:
+    height, width = img.shape[:2]
+    cx, cy = _spot(rng, width, height)
+    r = rng.uniform(8, 30)
+    m = np.zeros((height, width), np.uint8)
+    axes = (round(r), max(4, round(r * rng.uniform(0.6, 1.0))))
+    cv2.ellipse(m, (round(cx), round(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    mask = m.astype(bool)
+    ys, xs = np.nonzero(mask)
+    light = rng.uniform(0, 2 * np.pi)
+    ramp = ((xs - cx) * np.cos(light) + (ys - cy) * np.sin(light)) / r
+    img[ys, xs] += (60.0 * ramp - 30.0)[:, None].astype(np.float32)
+    return mask
+
+
+def _frame_crack(rng: np.random.Generator, img: F32) -> Mask:
+    height, width = img.shape[:2]
+    m = np.zeros((height, width), np.uint8)
+    x, y = _spot(rng, width, height)
+    angle = float(rng.uniform(0, 2 * np.pi))
+    pts = [(x, y)]
+    for _ in range(int(rng.integers(25, 60))):
+        angle += rng.normal(0, 0.35)
+        x = float(np.clip(x + 3.0 * np.cos(angle), 2, width - 3))
+        y = float(np.clip(y + 3.0 * np.sin(angle), 2, height - 3))
+        pts.append((x, y))
+    cv2.polylines(m, [np.round(np.asarray(pts)).astype(np.int32)], False, 1, int(rng.integers(2, 4)))
+    mask = m.astype(bool)
+    img[mask] *= 0.3
+    return mask
+
+
+def _frame_contamination(rng: np.random.Generator, img: F32) -> Mask:
+    height, width = img.shape[:2]
+    cx, cy = _spot(rng, width, height)
+    r = float(rng.uniform(5, 25))
+    # The blob is drawn in a window around it: a full-frame noise field per spot would cost ~20 ms.
+    half = int(np.ceil(2 * r)) + 4
+    x0, y0 = max(0, int(cx) - half), max(0, int(cy) - half)
+    x1, y1 = min(width, int(cx) + half), min(height, int(cy) + half)
+    local = blob_mask(rng, (y1 - y0, x1 - x0), (cx - x0, cy - y0), r)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = local
+    colour = np.asarray(
+        [(20, 35, 55), (215, 215, 210), (30, 75, 150)][int(rng.integers(0, 3))], np.float32
+    )  # oil, dust, rust
+    img[mask] = img[mask] * 0.15 + 0.85 * colour
+    return mask
+
+
+def _frame_burn(rng: np.random.Generator, img: F32) -> Mask:
+    height, width = img.shape[:2]
+    cx, cy = _spot(rng, width, height)
+    r = float(rng.uniform(10, 30))
+    half = int(np.ceil(2 * r)) + 4
+    x0, y0 = max(0, int(cx) - half), max(0, int(cy) - half)
+    x1, y1 = min(width, int(cx) + half), min(height, int(cy) + half)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = blob_mask(rng, (y1 - y0, x1 - x0), (cx - x0, cy - y0), r, roughness=0.2)
+    ys, xs = np.nonzero(mask)
+    k = (1.0 - 0.6 * np.clip(np.hypot(xs - cx, ys - cy) / r, 0, 1))[:, None].astype(np.float32)
+    img[ys, xs] = img[ys, xs] * (1 - k) + np.asarray((15, 40, 70), np.float32) * k
+    return mask
+
+
+_DRAW_FRAME = {
+    "scratch": _frame_scratch,
+    "dent": _frame_dent,
+    "crack": _frame_crack,
+    "contamination": _frame_contamination,
+    "burn": _frame_burn,
+}
+
+
+def render_line_frame(
+    rng: np.random.Generator,
+    sku: Sku,
+    lighting: str,
+    defects: list[str],
+    width: int,
+    height: int,
+    drift: Drift | None = None,
+) -> tuple[U8, list[tuple[str, Mask]]]:
+    """One line-camera frame (BGR uint8, ``height``×``width``) and its ``[(defect kind, visible mask)]``."""
+    img = render_frame_surface(rng, sku, width, height)
+    instances: list[tuple[str, Mask]] = []
+    for kind in defects:
+        mask = _DRAW_FRAME[kind](rng, img)
+        instances = [(k, m & ~mask) for k, m in instances]
+        instances.append((kind, mask))
+    img *= _lamp(rng, width, height)[..., None]
+    gain, gamma = float(rng.uniform(0.92, 1.08)), 1.0
+    cast = np.asarray(LIGHTING[lighting])
+    noise, blur, resample = float(rng.uniform(2.0, 3.5)), 0.4, 1.0
+    if drift is Drift.lighting:
+        gain *= 0.65
+        gamma = 1.25
+        cast = cast * np.array([0.85, 0.97, 1.12])
+        img = img * np.linspace(0.7, 1.15, width, dtype=np.float32)[None, :, None]
+    elif drift is Drift.sensor:
+        noise += 9.0
+        blur = 1.4
+        resample = 0.5
+        cast = cast * np.array([1.12, 1.0, 0.9])
+    img = photometric(img, gain=gain, gamma=gamma, channel_gains=cast.tolist())
+    img = sensor_effects(img, rng, blur_sigma=blur, noise_sigma=noise, resample=resample)
+    return to_u8(img), [(k, m) for k, m in instances if m.any()]
+
+
+def parse_frame_size(text: str) -> int | tuple[int, int]:
+    """``"1024x768"`` → (1024, 768), a line camera's frame; ``"128"`` → 128, a small square PNG tile.
+
+    Raises :class:`InvalidInput` naming the expected form."""
+    raw = text.strip().lower().replace("×", "x")
+    parts = raw.split("x")
+    if not all(p.isdigit() for p in parts) or len(parts) not in (1, 2):
+        raise InvalidInput(
+            "bad_synth",
+            f"--size {text!r} is neither WIDTHxHEIGHT nor one number",
+            fix="e.g. --size 1024x768 (a camera frame, JPEG) or --size 128 (a small square PNG)",
+        )
+    if len(parts) == 1:
+        return int(parts[0])
+    width, height = int(parts[0]), int(parts[1])
+    for side, name in ((width, "width"), (height, "height")):
+        if not MIN_FRAME_SIDE <= side <= MAX_FRAME_SIDE:
+            raise InvalidInput(
+                "bad_synth",
+                f"--size {text}: {name} {side} is not in {MIN_FRAME_SIDE}…{MAX_FRAME_SIDE}",
+                fix="e.g. --size 1024x768",
+            )
+    return width, height
+
+
 @dataclass(frozen=True)
 class _Batch:
     """What the frames of one production batch share."""
@@ -279,11 +487,17 @@ def generate_line(
     batch_size: int = 50,
     overwrite: bool = False,
     progress: Progress | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> SynthResult:
-    """Write ``n`` frames + COCO instance masks + per-frame line metadata to ``out_dir``."""
+    """Write ``n`` frames + COCO instance masks + per-frame line metadata to ``out_dir``.
+
+    ``frame_size=(width, height)``: line-camera JPEG frames (module docstring) instead of ``size``²
+    PNG tiles."""
 
     kind = parse_drift(drift)
     check_params(n, size)
+    if frame_size is not None:
+        parse_frame_size(f"{frame_size[0]}x{frame_size[1]}")  # the same bounds as the CLI's
     if not 0.0 <= defect_rate <= 1.0:
         raise InvalidInput("bad_synth", f"--defect-rate must be in 0…1, got {defect_rate}", fix="e.g. 0.5")
     if batch_size < 1:
@@ -319,7 +533,10 @@ def generate_line(
             count = 1 + int(rng.random() < 0.3) + int(rng.random() < 0.1)
             kinds = [str(rng.choice(pool)) for _ in range(count)]
         sku = batch.sku
-        img, instances = render_line_image(rng, sku, batch.lighting, kinds, size, kind)
+        if frame_size is None:
+            img, instances = render_line_image(rng, sku, batch.lighting, kinds, size, kind)
+        else:
+            img, instances = render_line_frame(rng, sku, batch.lighting, kinds, *frame_size, kind)
         meta: LineFrameMeta = {
             "line_id": batch.line_id,
             "camera_id": batch.camera_id,
@@ -334,22 +551,31 @@ def generate_line(
             "drift": kind.value if kind else None,
             "novel": any(k == NOVEL_DEFECT for k, _ in instances),
         }
-        image_id = writer.add_image(f"images/frame_{i:05d}.png", encode_png(img), size, size, meta)
+        if frame_size is None:
+            image_id = writer.add_image(f"images/frame_{i:05d}.png", encode_png(img), size, size, meta)
+        else:
+            data = encode_jpeg(img, FRAME_JPEG_QUALITY)
+            image_id = writer.add_image(f"images/frame_{i:05d}.jpg", data, *frame_size, meta)
         for k, m in instances:
             writer.add_instance(image_id, k, m)
         if progress is not None:
             progress(i + 1)
-    return writer.finish(
-        {
-            "generator": GENERATOR,
-            "task": "segment",
-            "seed": seed,
-            "drift": kind.value if kind else None,
-            "size": size,
-            "defect_rate": defect_rate,
-            "batch_size": batch_size,
-            "classes": list(DEFECTS),
-            "novel_classes": [NOVEL_DEFECT] if novel else [],
-            "format": "COCO instance masks; images/*.png (lossless RGB); frames without annotations are OK",
-        }
-    )
+    info: SynthInfo = {
+        "generator": GENERATOR,
+        "task": "segment",
+        "seed": seed,
+        "drift": kind.value if kind else None,
+        "size": size if frame_size is None else max(frame_size),
+        "defect_rate": defect_rate,
+        "batch_size": batch_size,
+        "classes": list(DEFECTS),
+        "novel_classes": [NOVEL_DEFECT] if novel else [],
+        "format": "COCO instance masks; images/*.png (lossless RGB); frames without annotations are OK",
+    }
+    if frame_size is not None:
+        info["format"] = (
+            f"COCO instance masks; images/*.jpg (JPEG quality {FRAME_JPEG_QUALITY}, "
+            f"{frame_size[0]}x{frame_size[1]}); frames without annotations are OK"
+        )
+        info["frame_size"] = [frame_size[0], frame_size[1]]
+    return writer.finish(info)

@@ -33,14 +33,16 @@
   }
 
   function gates(g) {
-    const where = (c) => (c.kind === "absolute" ? "floor" : c.kind === "regression" ? `vs champion${g.champion_version ? ` v${g.champion_version}` : ""}` : `${c.group}`);
+    const where = (c) => (c.kind === "absolute" ? "floor" : c.kind === "regression" ? `vs champion${g.champion_version ? ` v${g.champion_version}` : ""}` : c.kind === "target" ? "target (reported, not blocking)" : `${c.group}`);
+    // A design target is reported with its gap but never refuses a model: "met" / "missed", not pass / fail.
+    const verdict = (c) => (c.kind === "target" ? (c.passed ? "met" : "missed") : c.passed ? "pass" : "fail");
     const rows = g.checks.map((c) => {
-      const tr = el("tr", { className: `gate ${c.passed ? "pass" : "fail"}` },
+      const tr = el("tr", { className: `gate ${c.passed ? "pass" : c.kind === "target" ? "missed" : "fail"}` },
         el("th", { scope: "row", textContent: c.metric }),
         el("td", { className: "small", textContent: where(c) }),
         el("td", { className: "num value", textContent: num(c.value) }),
         el("td", { className: "num", textContent: num(c.threshold) }),
-        el("td", {}, el("span", { className: `badge ${c.passed ? "passed" : "failed"}`, textContent: c.passed ? "pass" : "fail" })));
+        el("td", {}, el("span", { className: `badge ${c.passed ? "passed" : c.kind === "target" ? "missed" : "failed"}`, textContent: verdict(c) })));
       tr.dataset.metric = c.metric;
       tr.dataset.kind = c.kind;
       return tr;
