@@ -55,7 +55,7 @@ def run_line_demo(
     console: Console,
     *,
     frames: int = 300,
-    epochs: int = 8,
+    epochs: int = 12,
     parts: int = 150,
     fps: float | None = 30.0,
     port: int = 8000,
