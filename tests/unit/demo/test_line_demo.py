@@ -64,7 +64,7 @@ def test_an_unknown_demo_is_refused_with_the_known_ones() -> None:
     out = CliRunner().invoke(app, ["demo", "fruit"], env={"COLUMNS": "200"})
     assert isinstance(out.exception, ConfigError)  # `keeneye` prints it as one line and exits 2
     assert out.exception.one_line() == (
-        "APPLICATION: no demo 'fruit' — use one of: species-id, line-inspection"
+        "APPLICATION: no demo 'fruit' — use one of: species-id, line-inspection, crop-health"
     )
     assert "line-inspection" in CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"}).output
 
