@@ -52,16 +52,19 @@ def print_json(data: Any) -> None:
 
 
 @contextmanager
-def progress_bar(what: str, *, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(
+    what: str, *, quiet: bool = False, transient: bool = True
+) -> Iterator[Callable[[int, int], None]]:
     """A progress bar on stderr (stdout stays clean for --json), off with ``--quiet``; yields
-    ``update(done, total)``, safe to call from a worker thread."""
+    ``update(done, total)``, safe to call from a worker thread. ``transient=False`` leaves the
+    finished bar on screen."""
     with Progress(
         TextColumn(f"[bold]{what}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err_console,
-        transient=True,
+        transient=transient,
         disable=quiet or state.quiet,
     ) as bar:
         task = bar.add_task(what, total=None)

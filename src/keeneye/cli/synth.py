@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, state
+from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, progress_bar, state
 
 synth_app = typer.Typer(
     help="Generate synthetic datasets (COCO folders, reproducible from --seed) for each application.",
@@ -29,18 +29,9 @@ LINE_DEFAULT_SIZE = "1024x768"  # what a line camera sends (docs/line-inspection
 def _run(name: str, n: int, out: Path, json_out: bool, **params: Any) -> None:
     from keeneye.training.synth import generate
 
-    # Progress goes to stderr so --json output on stdout stays clean.
-    with Progress(
-        TextColumn(f"[bold]{name}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=json_out,
-        disable=json_out or state.quiet,
-    ) as bar:
-        task = bar.add_task(name, total=n)
-        result = generate(name, out, n, progress=lambda done: bar.update(task, completed=done), **params)
+    with progress_bar(name, quiet=json_out, transient=json_out) as update:
+        update(0, n)
+        result = generate(name, out, n, progress=lambda done: update(done, n), **params)
     if json_out:
         print_json(result.to_dict())
         return
