@@ -35,13 +35,14 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,11 @@ def tagged(photo: bytes, n: int) -> bytes:
     """``photo`` with a JPEG comment segment holding ``n``: distinct bytes, the same pixels and cost."""
     tag = f"keeneye-bench {n}".encode()
     return photo[:2] + b"\xff\xfe" + (len(tag) + 2).to_bytes(2, "big") + tag + photo[2:]
+
+
+def _non_ok(statuses: dict[Any, int]) -> str:
+    """The statuses other than 200, e.g. ``(503 ×12)``: what kind of error a server answered."""
+    return "(" + ", ".join(f"{code} ×{n}" for code, n in sorted(statuses.items()) if int(code) != 200) + ")"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -200,17 +206,38 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 @contextmanager
 def server(cmd: list[str], env: dict[str, str], ready_url: str, cwd: Path, log: Path) -> Iterator[None]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        # Its own process group: servers spawn workers (uvicorn, LitServe, BentoML), and a worker left
+        # running would take CPU from the next server measured.
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_ready(ready_url, proc, log)
             yield
         finally:
-            proc.terminate()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after 20 s."""
+    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
             try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
                 proc.wait()
+                return
+            proc.poll()
+            time.sleep(0.1)
+    proc.wait()
 
 
 def servers(args: argparse.Namespace, home: Path, model: Path, work: Path) -> dict[str, Any]:
@@ -420,7 +447,7 @@ def main() -> None:
                     print(
                         f"round {r + 1}  {name:<9} {clients:>2} clients: {res['rps']:6.1f} req/s  "
                         f"p50 {res['p50']:5.0f}  p95 {res['p95']:5.0f}  p99 {res['p99']:5.0f} ms  "
-                        f"errors {res['errors']}",
+                        f"errors {res['errors']}" + (f" {_non_ok(res['statuses'])}" if res["errors"] else ""),
                         flush=True,
                     )
         rounds.append(results)
