@@ -4,7 +4,9 @@
 has waited ``max_wait_ms``, stacks them, runs the model in its **one** worker thread (ONNX Runtime
 releases the GIL, and the event loop never blocks), and hands every caller its own slice of the
 outputs. While a batch runs, new requests queue up and form the next batch — under load batches
-grow by themselves, idle requests wait at most ``max_wait_ms``.
+grow by themselves. The wait is adaptive: the first item of a batch waits for company only while
+requests arrive closer together than ``max_wait_ms`` (a moving average of the gaps between
+submits); a lone client's requests run at once instead of each paying the whole wait.
 
 :func:`run_batch` is the synchronous counterpart for CLI commands and workers that already hold a
 list of inputs.
@@ -97,11 +99,17 @@ def run_batch(run: RunFn, tensors: Sequence[AnyArray], *, max_batch: int = 16) -
     return [r for r in results if r is not None]
 
 
+ARRIVAL_GAP_WEIGHT = 0.2  # of the newest gap in the moving average
+ARRIVAL_GAP_CAP_S = 1.0
+
+
 class MicroBatcher:
     """Shares one model between concurrent ``await submit(tensor)`` calls.
 
     * ``max_batch``: most items per model call; ``max_wait_ms``: how long the first item of a batch
-      waits for company; ``max_queue``: items allowed to wait before :class:`QueueFull`.
+      may wait for company — only when the recent gap between arrivals (:attr:`arrival_gap_ms`) is
+      shorter than that, so company is likely; ``max_queue``: items allowed to wait before
+      :class:`QueueFull`.
     * Items of different shapes or dtypes are never stacked together; they run as separate batches.
     * An exception from the model reaches every caller of that batch.
     * ``on_batch(size, queue_ms, infer_ms)`` reports every batch (metrics attach here); ``queue_ms``
@@ -133,6 +141,8 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._last_arrival: float | None = None
+        self._gap = float("inf")  # moving average of the seconds between submits
         # One thread: a session runs one batch at a time, which is what makes batching pay.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"keeneye-infer-{name}")
 
@@ -143,6 +153,19 @@ class MicroBatcher:
         return cls(
             run, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=max_queue, **kwargs
         )
+
+    @property
+    def arrival_gap_ms(self) -> float:
+        """Moving average of the gap between submits (inf before the second one)."""
+        return self._gap * 1000.0
+
+    def _arrived(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, ARRIVAL_GAP_CAP_S)  # one idle spell is not forever
+            self._gap = (
+                gap if self._gap == float("inf") else self._gap + ARRIVAL_GAP_WEIGHT * (gap - self._gap)
+            )
+        self._last_arrival = now
 
     @property
     def pending(self) -> int:
@@ -166,6 +189,7 @@ class MicroBatcher:
             raise RuntimeError(f"MicroBatcher {self.name!r} is bound to another event loop")
         assert self._wakeup is not None
         item = _Item(tensor, loop.create_future())
+        self._arrived(item.enqueued)
         self._items.append(item)
         self._wakeup.set()
         return await item.future
@@ -194,7 +218,9 @@ class MicroBatcher:
                         return
                     wakeup.clear()
                     await wakeup.wait()
-                deadline = self._items[0].enqueued + self.max_wait
+                # Wait for company only when it is likely to come within the wait.
+                wait = self.max_wait if self._gap < self.max_wait else 0.0
+                deadline = self._items[0].enqueued + wait
                 while len(self._items) < self.max_batch and not self._closing:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:

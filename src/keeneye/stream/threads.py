@@ -7,17 +7,10 @@ may use (:func:`usable_cores`: its affinity mask, so a container's cpuset or ``t
 
 from __future__ import annotations
 
-import os
-
+from keeneye.models.session import usable_cores
 from keeneye.settings import InferenceSettings
 
 MODEL_RUNS = 2  # batches at the model at once
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask: a container's cpuset or taskset)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def model_threads(settings: InferenceSettings, runs: int) -> InferenceSettings:

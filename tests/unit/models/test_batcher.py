@@ -63,21 +63,43 @@ def test_concurrent_submits_are_batched_and_results_stay_with_their_caller(tmp_p
     assert all(q >= 0 and i >= 0 for _, q, i in hook.batches)
 
 
-def test_a_lone_item_waits_at_most_about_max_wait() -> None:
+def test_a_lone_client_is_not_kept_waiting_for_company() -> None:
+    """Requests further apart than max_wait: nobody is coming, so each runs at once."""
     hook = Recorder()
 
     async def main() -> float:
-        batcher = MicroBatcher(_sum_model, max_batch=8, max_wait_ms=50, on_batch=hook)
+        batcher = MicroBatcher(_sum_model, max_batch=8, max_wait_ms=1_000, on_batch=hook)
+        assert batcher.arrival_gap_ms == float("inf")
+        for _ in range(3):
+            await batcher.submit(np.ones((2, 2), dtype=np.float32))
+            await asyncio.sleep(1.2)  # longer than max_wait between requests
+        gap = batcher.arrival_gap_ms
+        await batcher.close()
+        return gap
+
+    gap = asyncio.run(main())
+    assert gap >= 1_000
+    assert hook.sizes == [1, 1, 1]
+    assert all(queue_ms < 500 for _, queue_ms, _ in hook.batches)  # none sat out the 1 s wait
+
+
+def test_a_lone_item_waits_for_company_when_requests_arrive_close_together() -> None:
+    hook = Recorder()
+
+    async def main() -> float:
+        batcher = MicroBatcher(_sum_model, max_batch=4, max_wait_ms=300, on_batch=hook)
+        # A burst: arrivals microseconds apart (a full batch goes at once) …
+        await asyncio.gather(*(batcher.submit(np.ones((2, 2), np.float32)) for _ in range(4)))
         start = time.perf_counter()
-        await batcher.submit(np.ones((2, 2), dtype=np.float32))
+        await batcher.submit(np.ones((2, 2), dtype=np.float32))  # … so this one waits for company
         elapsed = time.perf_counter() - start
         await batcher.close()
         return elapsed
 
     elapsed = asyncio.run(main())
-    assert hook.sizes == [1]
-    assert hook.batches[0][1] >= 40  # it did wait for company …
-    assert elapsed < 2.0  # … but not for long (generous bound, CI machines stall)
+    assert hook.sizes == [4, 1]
+    assert hook.batches[1][1] >= 250  # it did wait for company …
+    assert elapsed < 5.0  # … but not for long (generous bound, CI machines stall)
 
 
 def test_a_full_batch_goes_without_waiting() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from keeneye.domain import InvalidInput
 from keeneye.models import ModelBundle, OnnxModel, postprocess, session_options
+from keeneye.models.session import usable_cores
 from keeneye.models.testing import (
     tiny_classifier,
     tiny_classifier_reference,
@@ -100,7 +101,9 @@ def test_session_options_from_settings() -> None:
     opts = session_options(InferenceSettings(intra_op_threads=3, inter_op_threads=2))
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 2)
     defaults = session_options(InferenceSettings())
-    assert defaults.intra_op_num_threads == 0  # ORT picks
+    assert (
+        defaults.intra_op_num_threads == usable_cores()
+    )  # every CPU this process may use, not ORT's physical-core count
     # Pool threads sleep between runs unless asked to spin (spinning takes the decode threads' cores).
     assert defaults.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     spinning = session_options(InferenceSettings(allow_spinning=True))
