@@ -30,6 +30,12 @@ smartcut_app = typer.Typer(
 )
 
 _VIDEO_ARG = typer.Argument(..., help="Video file (MP4, MKV, MOV, AVI, TS …; up to 24 h / 25 GB by default).")
+_RUN_VIDEO_ARG = typer.Argument(
+    ...,
+    help="Video file (MP4, MKV, MOV, AVI, TS …; up to 24 h / 25 GB by default), or an s3://bucket/key URL "
+    "read with the KEENEYE_S3__* settings (copied to a temporary file first: decoding seeks).",
+    metavar="VIDEO",
+)
 _PLUGIN_HELP = (
     "Recommender: motion (fixed cameras: something moves), scene (content changes) or objects "
     "(people, or the --classes of a detector); see `smartcut plugins`."
@@ -94,9 +100,32 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[float], None]]:
         yield lambda done: bar.update(task, completed=done)
 
 
+@contextmanager
+def _local_video(video: str) -> Iterator[Path]:
+    """``video`` as a local file: the path itself, or an ``s3://`` object copied under the smartcut
+    root for the run and deleted after (a missing object, one over the size limit or an unreachable
+    S3 is refused with its reason, as the API refuses it)."""
+    if not video.startswith("s3://"):
+        yield Path(video)
+        return
+    from keeneye.video.remote import open_s3_video, split_s3_url
+
+    s = settings()
+    assert s.smartcut.root is not None
+    bucket, _ = split_s3_url(video)
+    # The allow-list guards the server's credentials from API callers; here they are the user's own.
+    remote = open_s3_video(video, allowed=[f"s3://{bucket}"], s3=s.s3, max_bytes=s.smartcut.max_video_bytes)
+    with err_console.status(f"copying {video} ({remote.size / 1e6:.1f} MB) …", spinner="dots"):
+        local = remote.fetch(s.smartcut.root / ".uploads", s.smartcut.max_video_bytes)
+    try:
+        yield local
+    finally:
+        local.unlink(missing_ok=True)
+
+
 @smartcut_app.command("run")
 def run(
-    video: Path = _VIDEO_ARG,
+    video: str = _RUN_VIDEO_ARG,
     plugin: str = typer.Option("motion", "--plugin", "-p", help=_PLUGIN_HELP),
     sensitivity: float | None = typer.Option(
         None,
@@ -119,6 +148,9 @@ def run(
 
     Example: [bold]keeneye smartcut run cam1.mp4 --plugin motion --sensitivity 1 --json > cam1.json[/]
 
+    On S3: [bold]keeneye smartcut run s3://cameras/site-a/cam1.mp4[/] (KEENEYE_S3__ENDPOINT_URL and keys
+    for MinIO and other S3-protocol stores).
+
     People or objects: [bold]keeneye smartcut run cam1.mp4 -p objects --classes person,car --detector
     my-detector[/] (a detection pipeline or bundle folder; without --detector, OpenCV's HOG finds people).
 
@@ -129,30 +161,32 @@ def run(
 
     s = settings().smartcut
     assert s.root is not None  # derived from KEENEYE_HOME
-    request = SmartcutRequest(
-        video=video,
-        plugin=plugin,
-        sensitivity=sensitivity if sensitivity is not None else s.default_sensitivity,
-        user_id=user_id,
-        request_uid=request_uid or str(uuid.uuid4()),
-        options=_options(classes),
-    )
     recommender = _recommender(plugin, detector)
-    with _progress(f"{video.name} · {plugin}", json_out) as progress:
-        result = run_local(
-            request,
-            s.root,
-            _limits(),
-            keep_chunks=keep_chunks,
-            progress=progress,
-            recommender=recommender,
+    with _local_video(video) as local:
+        request = SmartcutRequest(
+            video=local,
+            plugin=plugin,
+            sensitivity=sensitivity if sensitivity is not None else s.default_sensitivity,
+            user_id=user_id,
+            request_uid=request_uid or str(uuid.uuid4()),
+            options=_options(classes),
         )
+        name = video.rsplit("/", 1)[-1] if video.startswith("s3://") else local.name
+        with _progress(f"{name} · {plugin}", json_out) as progress:
+            result = run_local(
+                request,
+                s.root,
+                _limits(),
+                keep_chunks=keep_chunks,
+                progress=progress,
+                recommender=recommender,
+            )
     if json_out:
         print_json(result.message)
         return
     info = result.info
     table = Table(
-        title=f"{info.path.name} · {result.message['plugin_name']} · every {request.sensitivity:g} s",
+        title=f"{name} · {result.message['plugin_name']} · every {request.sensitivity:g} s",
         title_justify="left",
     )
     for col in ("#", "start", "stop", "length"):

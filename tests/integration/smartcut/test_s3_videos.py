@@ -5,6 +5,10 @@ sampled like an upload, then deleted (docs/smartcut.md → "Videos on S3")."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,3 +115,38 @@ def test_s3_urls_are_refused_at_request_time(s3_server: services.S3Server, tmp_p
             answer = client.post(URL, data=form)
             assert (answer.status_code, answer.json()["reason"]) == (status, reason), (url, answer.text)
         assert client.get(URL, params={"user_id": "alice"}).json()["requests"] == []  # nothing recorded
+
+
+def _cli(endpoint: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KEENEYE_HOME": str(home),
+        "KEENEYE_CONFIG": os.devnull,
+        "KEENEYE_S3__ENDPOINT_URL": endpoint,
+        "KEENEYE_S3__ACCESS_KEY_ID": "t",
+        "KEENEYE_S3__SECRET_ACCESS_KEY": "t",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "keeneye", "smartcut", "run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_the_cli_runs_an_s3_video_like_a_local_file(
+    s3_server: services.S3Server, tmp_path: Path, tiny_video: tuple[Path, GroundTruth]
+) -> None:
+    video = tiny_video[0]
+    _upload(s3_server.endpoint_url, "site-c/gate.mp4", video.read_bytes())
+    local = run_local(SmartcutRequest(video, "motion", 1.0), tmp_path / "local")
+    home = tmp_path / "home"
+    out = _cli(s3_server.endpoint_url, home, f"s3://{BUCKET}/site-c/gate.mp4", "-s", "1", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    message = json.loads(out.stdout)
+    assert message["timestamps"] == local.message["timestamps"] and message["timestamps"]
+    assert not any((home / "smartcut" / ".uploads").glob("*"))  # the copy is deleted after the run
+    # A missing object is refused with its reason and exit 2, as the API refuses it with 404.
+    missing = _cli(s3_server.endpoint_url, home, f"s3://{BUCKET}/site-c/nope.mp4")
+    assert missing.returncode == 2 and "no object at s3://cameras/site-c/nope.mp4" in missing.stderr
