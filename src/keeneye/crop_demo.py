@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from keeneye.demo import _shown_path, _start_server, keeneye_command
+from keeneye.demo import demo_server, keeneye_command, keep_serving, shown_path, train_and_promote
 from keeneye.domain import KeeneyeError
 from keeneye.settings import Settings
 
@@ -85,11 +85,13 @@ def run_crop_demo(
         generate(PIPELINE, train_dir, tiles, seed=0, size=TILE, tiles_per_field=8, overwrite=True)
         console.print(
             f"{tiles} GeoTIFF tiles (nir, red edge, red, green) with rust, blight and water-stress "
-            f"zones in {_shown_path(train_dir)}"
+            f"zones in {shown_path(train_dir)}"
         )
-        version = _train_and_promote(
-            settings, console, train_dir, epochs=epochs, quiet=quiet, recipe=recipe or DEMO_RECIPE
-        )
+        version = train_and_promote(
+            settings, console, PIPELINE, train_dir, epochs=epochs, quiet=quiet,
+            overrides=recipe or DEMO_RECIPE, steps=("2/6", "3/6"), shown=("mean_iou", "recall", "precision"),
+            fix=f"train longer: `{keeneye_command()} demo crop-health --epochs {max(epochs * 2, 20)}`",
+        ).version  # fmt: skip
     else:
         console.rule("[bold]1/6  2/6  3/6  model")
         console.print(f"no training: the flights are answered by models:/{PIPELINE}@champion")
@@ -98,11 +100,10 @@ def run_crop_demo(
     flights = write_flights(flight_dir)
     console.print(
         f"{len(flights)} GeoTIFFs ({len(FLIGHTS)} flights × {len(FIELDS)} fields, {SIDE}² px at "
-        f"{FLIGHT_GSD_M} m) in {_shown_path(flight_dir)}: a {DISEASE} patch spreading east"
+        f"{FLIGHT_GSD_M} m) in {shown_path(flight_dir)}: a {DISEASE} patch spreading east"
     )
-    server, url = _start_server(settings, port)
-    result = CropDemoResult(version=version, url=url, fields=[f[0] for f in FIELDS])
-    try:
+    with demo_server(settings, port) as url:
+        result = CropDemoResult(version=version, url=url, fields=[f[0] for f in FIELDS])
         with httpx.Client(base_url=url, timeout=120) as client:
             register_fields(client, console)
             for path, meta in flights:
@@ -112,53 +113,12 @@ def run_crop_demo(
             console.print(history_table(result.history))
             result.prescriptions = _write_prescriptions(client, demo_dir)
             for p in result.prescriptions:
-                console.print(f"prescription → {_shown_path(p)}")
+                console.print(f"prescription → {shown_path(p)}")
         console.rule("[bold]6/6  the fields page")
         result.seconds = time.perf_counter() - started
         console.print(next_steps(result, home=settings.home, serving=serve_forever))
-        while serve_forever:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.should_exit = True
+        keep_serving(serve_forever)
     return result
-
-
-def _train_and_promote(
-    settings: Settings, console: Console, train_dir: Path, *, epochs: int, quiet: bool, recipe: dict[str, Any]
-) -> str:
-    from keeneye.lifecycle.recorded import recorded_training
-    from keeneye.registry import ModelRegistry
-    from keeneye.store import open_results_db
-    from keeneye.training.progress import console_progress
-    from keeneye.training.run import train_pipeline
-
-    console.rule("[bold]2/6  train, evaluate, gate, register")
-    db = open_results_db(settings)
-    inputs = {"requested_by": "keeneye demo crop-health", "data_dir": str(train_dir), "epochs": epochs}
-    with (
-        recorded_training(db, PIPELINE, reason="keeneye demo crop-health", inputs=inputs) as run,
-        console_progress(console, quiet=quiet) as progress,
-    ):
-        result = train_pipeline(
-            settings, PIPELINE, train_dir, epochs=epochs, progress=progress, overrides=recipe,
-            actor="keeneye demo", reason="keeneye demo crop-health",
-        )  # fmt: skip
-        run.finish(result)
-    shown = {k: v for k, v in result.metrics.items() if k in ("mean_iou", "recall", "precision")}
-    console.print("test split: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
-    if result.version is None or not result.gates.passed:
-        reasons = "; ".join(result.gates.reasons) or "not registered"
-        raise KeeneyeError(
-            f"the gates refused the demo's crop-health model, so it is not promoted: {reasons}",
-            fix=f"train longer: `{keeneye_command()} demo crop-health --epochs {max(epochs * 2, 20)}`",
-        )
-    console.rule("[bold]3/6  promote to champion")
-    registry = ModelRegistry(settings, events=db)
-    registry.promote(PIPELINE, result.version, actor="keeneye demo", reason="passed its gates in the demo")
-    console.print(f"models:/{PIPELINE}@champion → version {result.version}")
-    return result.version
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,7 +279,7 @@ def next_steps(result: CropDemoResult, *, home: Path, serving: bool, command: st
         + f"  {kee} fields prescription {result.fields[0]} --flight {flight} --format shapefile \\\n"
         + "      --out rx.zip             the treatment map for a farm terminal\n"
         + "\n"
-        + f"data and models in {_shown_path(home)} · finished in {result.seconds:.0f} s",
+        + f"data and models in {shown_path(home)} · finished in {result.seconds:.0f} s",
         title="what to try next",
     )
 

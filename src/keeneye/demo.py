@@ -17,9 +17,11 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from rich.console import Console
@@ -28,6 +30,9 @@ from rich.table import Table
 
 from keeneye.domain import JsonObject, KeeneyeError
 from keeneye.settings import Settings
+
+if TYPE_CHECKING:  # torch behind it: the CLI starts without it
+    from keeneye.training.run import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +63,7 @@ def run_demo(
     serve_forever: bool = False,
     quiet: bool = False,
 ) -> DemoResult:
-    from keeneye.lifecycle.recorded import recorded_training
-    from keeneye.registry import ModelRegistry
-    from keeneye.store import open_results_db
     from keeneye.training import generate
-    from keeneye.training.progress import console_progress
-    from keeneye.training.run import train_pipeline
 
     started = time.perf_counter()
     demo_dir = settings.home / "demo"
@@ -78,49 +78,92 @@ def run_demo(
         f"{images} training photos of 5 fish species in {train_dir}; {requests} unseen ones for later"
     )
 
-    console.rule("[bold]2/5  train, evaluate, gate, register")
+    result = train_and_promote(
+        settings, console, PIPELINE, train_dir, epochs=epochs, quiet=quiet, overrides=DEMO_RECIPE,
+        steps=("2/5", "3/5"), shown=("accuracy", "macro_f1", "latency_p50_ms"),
+        fix=f"run `{keeneye_command()} demo --epochs 30` to train longer",
+    )  # fmt: skip
+    assert result.version is not None  # train_and_promote raises when nothing was registered
+
+    console.rule("[bold]4/5  serve")
+    with demo_server(settings, port) as url:
+        console.print(f"API and web page on {url}")
+        console.rule("[bold]5/5  send unseen photos")
+        demo = DemoResult(version=result.version, metrics=dict(result.metrics), url=url)
+        _send_requests(console, url, fresh_dir, requests, demo)
+        demo.seconds = time.perf_counter() - started
+        console.print(next_steps(demo, home=settings.home, serving=serve_forever))
+        keep_serving(serve_forever)
+    return demo
+
+
+def train_and_promote(
+    settings: Settings,
+    console: Console,
+    pipeline: str,
+    train_dir: Path,
+    *,
+    epochs: int,
+    quiet: bool,
+    overrides: dict[str, Any] | None,
+    steps: tuple[str, str],
+    shown: tuple[str, ...],
+    fix: str,
+) -> TrainResult:
+    """Every demo's middle: train ``pipeline`` on ``train_dir`` (a recorded ``manual`` run), show the
+    test split's ``shown`` metrics, refuse with ``fix`` when the gates refuse, else promote the new
+    version to champion. ``steps`` numbers the two console rules (train, promote)."""
+    from keeneye.lifecycle.recorded import recorded_training
+    from keeneye.registry import ModelRegistry
+    from keeneye.store import open_results_db
+    from keeneye.training.progress import console_progress
+    from keeneye.training.run import train_pipeline
+
+    name = "keeneye demo" + ("" if pipeline == PIPELINE else f" {pipeline}")
+    console.rule(f"[bold]{steps[0]}  train, evaluate, gate, register")
     db = open_results_db(settings)
-    inputs = {"requested_by": "keeneye demo", "data_dir": str(train_dir), "epochs": epochs}
+    inputs = {"requested_by": name, "data_dir": str(train_dir), "epochs": epochs}
     with (
-        recorded_training(db, PIPELINE, reason="keeneye demo", inputs=inputs) as run,
+        recorded_training(db, pipeline, reason=name, inputs=inputs) as run,
         console_progress(console, quiet=quiet) as progress,
     ):
         result = train_pipeline(
-            settings, PIPELINE, train_dir, epochs=epochs, progress=progress, overrides=DEMO_RECIPE,
-            actor="keeneye demo", reason="keeneye demo",
+            settings, pipeline, train_dir, epochs=epochs, progress=progress, overrides=overrides,
+            actor="keeneye demo", reason=name,
         )  # fmt: skip
         run.finish(result)
+    metrics = {k: v for k, v in result.metrics.items() if k in shown}
+    console.print("test split: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     if result.version is None or not result.gates.passed:
         reasons = "; ".join(result.gates.reasons) or "not registered"
         raise KeeneyeError(
-            f"the demo model did not pass its gates: {reasons}",
-            fix=f"run `{keeneye_command()} demo --epochs 30` to train longer",
+            f"the gates refused the demo's {pipeline} model, so it is not promoted: {reasons}", fix=fix
         )
-    shown = {k: v for k, v in result.metrics.items() if k in ("accuracy", "macro_f1", "latency_p50_ms")}
-    console.print("test split: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    console.rule(f"[bold]{steps[1]}  promote to champion")
+    ModelRegistry(settings, events=db).promote(
+        pipeline, result.version, actor="keeneye demo", reason="passed its gates in the demo"
+    )
+    console.print(f"models:/{pipeline}@champion → version {result.version} (audit log: model_events)")
+    return result
 
-    console.rule("[bold]3/5  promote to champion")
-    registry = ModelRegistry(settings, events=db)
-    registry.promote(PIPELINE, result.version, actor="keeneye demo", reason="passed its gates in the demo")
-    console.print(f"models:/{PIPELINE}@champion → version {result.version} (audit log: model_events)")
 
-    console.rule("[bold]4/5  serve")
+@contextmanager
+def demo_server(settings: Settings, port: int) -> Iterator[str]:
+    """The API and web page on ``port`` (any free port when it is taken) in a thread, for the block;
+    yields its URL. Ctrl-C inside the block ends it quietly."""
     server, url = _start_server(settings, port)
-    console.print(f"API and web page on {url}")
-
-    console.rule("[bold]5/5  send unseen photos")
-    demo = DemoResult(version=result.version, metrics=dict(result.metrics), url=url)
-    _send_requests(console, url, fresh_dir, requests, demo)
-    demo.seconds = time.perf_counter() - started
-    console.print(next_steps(demo, home=settings.home, serving=serve_forever))
     try:
-        while serve_forever:
-            time.sleep(1)
+        yield url
     except KeyboardInterrupt:
         pass
     finally:
         server.should_exit = True
-    return demo
+
+
+def keep_serving(serve_forever: bool) -> None:
+    """Under ``serve_forever``, wait (inside :func:`demo_server`'s block) until Ctrl-C."""
+    while serve_forever:
+        time.sleep(1)
 
 
 def _start_server(settings: Settings, port: int) -> tuple[Any, str]:
@@ -190,11 +233,11 @@ def keeneye_command() -> str:
         return "keeneye"
     script = Path(sys.executable).with_name("keeneye")
     if script.is_file():
-        return _shown_path(script)
+        return shown_path(script)
     return f"{shlex.quote(sys.executable)} -m keeneye"
 
 
-def _shown_path(path: Path) -> str:
+def shown_path(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it, else absolute; shell-quoted."""
     absolute = path.absolute()
     try:
@@ -207,7 +250,7 @@ def _shown_path(path: Path) -> str:
 def next_steps(demo: DemoResult, *, home: Path, serving: bool, command: str | None = None) -> Panel:
     """The closing panel: what runs now, and commands to try that work from this shell."""
     kee = command or keeneye_command()
-    photos = f"{_shown_path(home / 'demo' / 'species-fresh' / 'images')}/*.jpg"
+    photos = f"{shown_path(home / 'demo' / 'species-fresh' / 'images')}/*.jpg"
     if serving:
         head = (
             f"[bold]keeneye is serving {PIPELINE} version {demo.version}[/] at {demo.url}"
@@ -228,6 +271,6 @@ def next_steps(demo: DemoResult, *, home: Path, serving: bool, command: str | No
         + f"  {kee} models list         versions, aliases, metrics, gates\n"
         + f"  {kee} runs {PIPELINE}     the training runs, this one included\n"
         + f"  {kee} synth line-inspection --out data/line   another application (docs/training.md)\n\n"
-        + f"data and models in {_shown_path(home)} · finished in {demo.seconds:.0f} s",
+        + f"data and models in {shown_path(home)} · finished in {demo.seconds:.0f} s",
         title="what to try next",
     )

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from keeneye.demo import _shown_path, _start_server, keeneye_command
+from keeneye.demo import demo_server, keeneye_command, keep_serving, shown_path, train_and_promote
 from keeneye.domain import KeeneyeError
 from keeneye.edge import SummaryJson
 from keeneye.settings import Settings
@@ -78,16 +78,21 @@ def run_line_demo(
     generate(PIPELINE, video_dir, parts, seed=VIDEO_SEED, defect_rate=VIDEO_DEFECT_RATE, overwrite=True)
     truth = _truth(video_dir)
     console.print(
-        ("" if model_dir is not None else f"{frames} training frames in {_shown_path(train_dir)}; ")
-        + f"{parts} unseen parts for the line video ({sum(truth)} defective) in {_shown_path(video_dir)}"
+        ("" if model_dir is not None else f"{frames} training frames in {shown_path(train_dir)}; ")
+        + f"{parts} unseen parts for the line video ({sum(truth)} defective) in {shown_path(video_dir)}"
     )
 
     version: str | None = None
     if model_dir is None:
-        version = _train_and_promote(settings, console, train_dir, frames=frames, epochs=epochs, quiet=quiet)
+        version = train_and_promote(
+            settings, console, PIPELINE, train_dir, epochs=epochs, quiet=quiet, overrides=None,
+            steps=("2/6", "3/6"), shown=("precision", "recall", "mask_map50"),
+            fix=f"train longer: `{keeneye_command()} demo line-inspection --epochs {max(epochs * 2, 16)}`"
+            " (or --images 600 --epochs 45, the benchmark's recipe)",
+        ).version  # fmt: skip
     else:
         console.rule("[bold]2/6  3/6  model")
-        console.print(f"no training: the runner inspects with the bundle in {_shown_path(model_dir)}")
+        console.print(f"no training: the runner inspects with the bundle in {shown_path(model_dir)}")
 
     console.rule("[bold]4/6  a stand-in PLC")
     with StandInPlc() as plc:
@@ -97,7 +102,7 @@ def run_line_demo(
 
         console.rule("[bold]5/6  record a line video and inspect it")
         video = record_video(video_dir, demo_dir / "line.mp4", fps=fps or 30.0)
-        console.print(f"{parts} frames → {_shown_path(video)} ({video.stat().st_size // 1024} KiB)")
+        console.print(f"{parts} frames → {shown_path(video)} ({video.stat().st_size // 1024} KiB)")
         sku = _first_sku(video_dir)
         options = InspectOptions(
             pipeline=PIPELINE, source=str(video), line=LINE, camera=CAMERA, plc=plc.url, sku=sku,
@@ -113,11 +118,10 @@ def run_line_demo(
     console.print(_summary_table(summary, registers, runner.deadline_ms, agreement))
 
     console.rule("[bold]6/6  the line dashboard")
-    server, url = _start_server(settings, port)
-    result = LineDemoResult(
-        version=version, summary=summary, registers=registers, url=url, video=video, agreement=agreement
-    )
-    try:
+    with demo_server(settings, port) as url:
+        result = LineDemoResult(
+            version=version, summary=summary, registers=registers, url=url, video=video, agreement=agreement
+        )
         with httpx.Client(timeout=30) as client:
             result.dashboard = client.get(f"{url}/v1/lines", params={"pipeline": PIPELINE}).json()
         shown = next(
@@ -136,51 +140,8 @@ def run_line_demo(
             )
         result.seconds = time.perf_counter() - started
         console.print(next_steps(result, home=settings.home, serving=serve_forever))
-        while serve_forever:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.should_exit = True
+        keep_serving(serve_forever)
     return result
-
-
-def _train_and_promote(
-    settings: Settings, console: Console, train_dir: Path, *, frames: int, epochs: int, quiet: bool
-) -> str:
-    from keeneye.lifecycle.recorded import recorded_training
-    from keeneye.registry import ModelRegistry
-    from keeneye.store import open_results_db
-    from keeneye.training.progress import console_progress
-    from keeneye.training.run import train_pipeline
-
-    console.rule("[bold]2/6  train, evaluate, gate, register")
-    db = open_results_db(settings)
-    inputs = {"requested_by": "keeneye demo line-inspection", "data_dir": str(train_dir), "epochs": epochs}
-    with (
-        recorded_training(db, PIPELINE, reason="keeneye demo line-inspection", inputs=inputs) as run,
-        console_progress(console, quiet=quiet) as progress,
-    ):
-        result = train_pipeline(
-            settings, PIPELINE, train_dir, epochs=epochs, progress=progress,
-            actor="keeneye demo", reason="keeneye demo line-inspection",
-        )  # fmt: skip
-        run.finish(result)
-    shown = {k: v for k, v in result.metrics.items() if k in ("precision", "recall", "mask_map50")}
-    console.print("test split: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
-    if result.version is None or not result.gates.passed:
-        reasons = "; ".join(result.gates.reasons) or "not registered"
-        raise KeeneyeError(
-            f"the gates refused the demo's line model, so it is not promoted and no line runs it: {reasons}",
-            fix=f"train longer: `{keeneye_command()} demo line-inspection --epochs {max(epochs * 2, 16)}`"
-            f" (or --images 600 --epochs 45, the benchmark's recipe)",
-        )
-
-    console.rule("[bold]3/6  promote to champion")
-    registry = ModelRegistry(settings, events=db)
-    registry.promote(PIPELINE, result.version, actor="keeneye demo", reason="passed its gates in the demo")
-    console.print(f"models:/{PIPELINE}@champion → version {result.version} (the runner loads it from here)")
-    return result.version
 
 
 def record_video(frames_dir: Path, out: Path, *, fps: float) -> Path:
@@ -286,7 +247,7 @@ def _summary_table(
 
 def next_steps(result: LineDemoResult, *, home: Path, serving: bool, command: str | None = None) -> Panel:
     kee = command or keeneye_command()
-    video = _shown_path(result.video)
+    video = shown_path(result.video)
     if serving:
         head = (
             f"[bold]the line dashboard is at {result.url}/lines[/] (Ctrl-C to stop)\n\n"
@@ -309,7 +270,7 @@ def next_steps(result: LineDemoResult, *, home: Path, serving: bool, command: st
         + "      --plc modbus://127.0.0.1:5020 --fps 30 --once     inspect again (with a PLC on :5020)\n"
         + runs
         + "\n"
-        + f"data and models in {_shown_path(home)} · finished in {result.seconds:.0f} s",
+        + f"data and models in {shown_path(home)} · finished in {result.seconds:.0f} s",
         title="what to try next",
     )
 
