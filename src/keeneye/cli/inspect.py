@@ -52,6 +52,13 @@ def inspect(
         "--replay/--no-replay",
         help="Send decisions made while the PLC was down once it is back (default: plc.replay).",
     ),
+    line_stop: str = typer.Option(
+        "",
+        "--line-stop",
+        help="Stop the line while the PLC is unreachable for plc.line_stop_after_seconds (10 s): "
+        "modbus://HOST[:PORT][?unit=N] (holding register plc.line_stop_register = 1 stop, 0 run) or "
+        'mqtt://HOST[:PORT]/TOPIC (a retained {"stop": true|false} message).',
+    ),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print the summary as JSON."),
 ) -> None:
     """Decide OK / DEFECT for every frame of one camera and write it to the line's PLC.
@@ -75,6 +82,7 @@ def inspect(
         model=model,
         replay=replay,
         watch=not once,
+        line_stop=line_stop,
     )
     publisher = _BusPublisher(s, pipeline)
     runner = build_runner(s, options, on_stored=publisher)

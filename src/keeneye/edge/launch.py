@@ -20,7 +20,7 @@ from keeneye.models import ModelBundle, OnnxModel
 from keeneye.pipelines import PipelineCatalog, PipelineSpec
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
-from keeneye.sinks import open_sink, parse_sink_url
+from keeneye.sinks import LINE_STOP_SETTING, LineStopGuard, open_line_stop, open_sink, parse_sink_url
 from keeneye.store import open_object_store, open_results_db
 
 
@@ -39,6 +39,7 @@ class InspectOptions:
     model: Path | None = None
     replay: bool | None = None
     watch: bool = False
+    line_stop: str = ""  # --line-stop: told to stop the line while the PLC is unreachable
 
 
 def edge_root(settings: Settings) -> Path:
@@ -96,6 +97,8 @@ def build_runner(
             "--pipeline", f"{spec.name} makes no OK/DEFECT decision", fix="use --pipeline line-inspection"
         )
     parse_sink_url(options.plc, setting="--plc")  # refuse a bad URL before anything is created
+    if options.line_stop:
+        parse_sink_url(options.line_stop, setting=LINE_STOP_SETTING)
     metrics = metrics or Metrics()
     journal = Journal(edge_root(settings), options.line, options.camera)
     sink = open_sink(
@@ -127,6 +130,18 @@ def build_runner(
             on_stored=on_stored,
             link=sink.state,
         )
+        line_stop = (
+            LineStopGuard(
+                sink.state,
+                open_line_stop(options.line_stop, settings.plc, line=options.line, camera=options.camera),
+                after_seconds=settings.plc.line_stop_after_seconds,
+                on_change=lambda stopped: metrics.edge_line_stop.labels(
+                    spec.name, options.line, options.camera
+                ).set(1 if stopped else 0),
+            )
+            if options.line_stop
+            else None
+        )
     except BaseException:
         sink.close(timeout=1.0)
         journal.close()
@@ -142,4 +157,5 @@ def build_runner(
         settings=settings,
         context=LineContext(options.line, options.camera, options.sku, options.batch),
         metrics=metrics,
+        line_stop=line_stop,
     )

@@ -43,7 +43,7 @@ from keeneye.metrics import Metrics
 from keeneye.models import ModelManifest
 from keeneye.pipelines import PipelineSpec, finish, prepare
 from keeneye.settings import Settings
-from keeneye.sinks import PlcDecision, ResultCode, Sink
+from keeneye.sinks import LineStopGuard, PlcDecision, ResultCode, Sink
 from keeneye.workers import WorkerBase
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,10 @@ class EdgeRunner(WorkerBase):
         settings: Settings,
         context: LineContext,
         metrics: Metrics | None = None,
+        line_stop: LineStopGuard | None = None,
     ) -> None:
         super().__init__(f"edge-{context.line}-{context.camera}")
+        self.line_stop = line_stop
         self.spec = spec
         self.model = model
         self.ref = ref
@@ -194,6 +196,8 @@ class EdgeRunner(WorkerBase):
     def setup(self) -> None:
         if self.recorder is not None:
             self.recorder.start()
+        if self.line_stop is not None:
+            self.line_stop.start()
         self._frames = iter(self.source.frames())
 
     def step(self) -> None:
@@ -213,6 +217,8 @@ class EdgeRunner(WorkerBase):
     def teardown(self) -> None:
         self.source.close()
         self._executor.close()
+        if self.line_stop is not None:
+            self.line_stop.close()
         self.sink.close()
         if self.recorder is not None:
             self.recorder.close()

@@ -28,6 +28,8 @@ def inspect_command(python: str, camera: EdgeCamera) -> tuple[str, ...]:
         cmd += ["--model", str(camera.model)]
     if camera.replay is not None:
         cmd.append("--replay" if camera.replay else "--no-replay")
+    if camera.line_stop:
+        cmd += ["--line-stop", camera.line_stop]
     return tuple(cmd)
 
 

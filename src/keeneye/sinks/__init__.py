@@ -8,6 +8,7 @@ are not replayed unless ``replay`` is on. See docs/line-inspection.md for the wi
 
 from keeneye.sinks.dispatcher import ThreadedSink, Transport, backoff_delay
 from keeneye.sinks.factory import open_sink
+from keeneye.sinks.line_stop import LINE_STOP_SETTING, LineStopGuard, LineStopOutput, open_line_stop
 from keeneye.sinks.target import PLC_SETTING, SinkTarget, parse_sink_url
 from keeneye.sinks.types import (
     FailReason,
@@ -23,8 +24,11 @@ from keeneye.sinks.types import (
 )
 
 __all__ = [
+    "LINE_STOP_SETTING",
     "PLC_SETTING",
     "FailReason",
+    "LineStopGuard",
+    "LineStopOutput",
     "OutcomeCallback",
     "PlcDecision",
     "PlcNotAcknowledged",
@@ -38,6 +42,7 @@ __all__ = [
     "ThreadedSink",
     "Transport",
     "backoff_delay",
+    "open_line_stop",
     "open_sink",
     "parse_sink_url",
 ]

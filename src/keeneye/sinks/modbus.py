@@ -65,7 +65,7 @@ class ModbusTransport:
 
     def write(self, decision: PlcDecision) -> None:
         registers = result_registers(decision, confidence_scale=self._map.confidence_scale)
-        self._write(self._map.result_address, registers)
+        self.write_registers(self._map.result_address, registers)
         if self._map.handshake:
             self._handshake(registers[0])
 
@@ -74,7 +74,7 @@ class ModbusTransport:
         flag. Without the echo in time the flag goes down anyway: a late PLC must not take a result
         meant for a part that has passed."""
         ready, ack = self._map.ready_address, self._map.ack_address
-        self._write(ready, [1])
+        self.write_registers(ready, [1])
         deadline = time.monotonic() + self._map.ack_timeout_seconds
         try:
             while self._read(ack) != sequence:
@@ -84,7 +84,7 @@ class ModbusTransport:
                     )
                 time.sleep(ACK_POLL_SECONDS)
         finally:
-            self._write(ready, [0])
+            self.write_registers(ready, [0])
 
     def _read(self, address: int) -> int:
         client = self._client
@@ -99,14 +99,14 @@ class ModbusTransport:
 
     def heartbeat(self, counter: int) -> None:
         if self._map.heartbeat_address is not None:
-            self._write(self._map.heartbeat_address, [counter & UINT16_MAX])
+            self.write_registers(self._map.heartbeat_address, [counter & UINT16_MAX])
 
     def disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             client.close()  # type: ignore[no-untyped-call]
 
-    def _write(self, address: int, values: list[int]) -> None:
+    def write_registers(self, address: int, values: list[int]) -> None:
         client = self._client
         if client is None:
             raise ConnectionError("not connected")

@@ -91,16 +91,14 @@ class MqttTransport:
             raise TimeoutError(f"no CONNACK from {self._target.host}:{self._target.port}")
         if refused:
             raise ConnectionError(f"the broker refused the connection: {refused[0]}")
-        self._publish(self.status_topic, "online", qos=1, retain=True)
+        self.publish(self.status_topic, "online", qos=1, retain=True)
 
     def write(self, decision: PlcDecision) -> None:
-        self._publish(
-            self.topic, json.dumps(decision_message(decision)), qos=self._settings.qos, retain=False
-        )
+        self.publish(self.topic, json.dumps(decision_message(decision)), qos=self._settings.qos, retain=False)
 
     def heartbeat(self, counter: int) -> None:
         payload = json.dumps({"heartbeat": counter, "at": datetime.now(UTC).isoformat()})
-        self._publish(self.heartbeat_topic, payload, qos=1, retain=True)
+        self.publish(self.heartbeat_topic, payload, qos=1, retain=True)
 
     def disconnect(self) -> None:
         client, self._client = self._client, None
@@ -115,7 +113,7 @@ class MqttTransport:
         client.disconnect()
         client.loop_stop()
 
-    def _publish(self, topic: str, payload: str, *, qos: int, retain: bool) -> None:
+    def publish(self, topic: str, payload: str, *, qos: int, retain: bool) -> None:
         client = self._client
         if client is None or not client.is_connected():
             raise ConnectionError("not connected to the broker")

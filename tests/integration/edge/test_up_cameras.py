@@ -36,7 +36,8 @@ def test_cameras_come_from_keeneye_yaml_and_become_inspect_commands(
     config.write_text(
         "edge:\n  cameras:\n"
         "    - {line: L1, camera: cam-1, source: /data/l1, plc: 'modbus://10.0.0.5', sku: A-100, fps: 30}\n"
-        "    - {line: L1, camera: cam-2, source: 'rtsp://cam2/s', plc: 'opcua://10.0.0.5', replay: false}\n"
+        "    - {line: L1, camera: cam-2, source: 'rtsp://cam2/s', plc: 'opcua://10.0.0.5', replay: false,"
+        " line_stop: 'mqtt://broker/plant/L1/stop'}\n"
     )
     monkeypatch.setenv("KEENEYE_CONFIG", str(config))
     s = load_settings(home=tmp_path / "home")
@@ -50,7 +51,7 @@ def test_cameras_come_from_keeneye_yaml_and_become_inspect_commands(
         "py", "-m", "keeneye", "inspect", "--pipeline", "line-inspection", "--source", "/data/l1",
         "--line", "L1", "--camera", "cam-1", "--plc", "modbus://10.0.0.5", "--sku", "A-100", "--fps", "30",
     )  # fmt: skip
-    assert children[1].command[-1] == "--no-replay"
+    assert children[1].command[-3:] == ("--no-replay", "--line-stop", "mqtt://broker/plant/L1/stop")
     monkeypatch.setenv("KEENEYE_CONFIG", os.devnull)
     assert camera_children(Settings(home=tmp_path), "py") == (
         [],
