@@ -1,15 +1,20 @@
-"""System commands: ``doctor`` and ``db upgrade``."""
+"""System commands: ``doctor`` (``--deep`` reads back every stored object, docs/backup.md) and
+``db upgrade``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from keeneye.cli._common import PANEL_OPS, console, print_json, settings
+from keeneye.cli._common import PANEL_OPS, console, print_json, progress_bar, settings
 from keeneye.domain import BackendHealth, KeeneyeError
 from keeneye.settings import Settings, mask_url
+
+if TYPE_CHECKING:
+    from keeneye.store import IntegrityReport
 
 
 def _health_checks(s: Settings) -> list[tuple[str, Callable[[], BackendHealth]]]:
@@ -67,13 +72,68 @@ def run_doctor(s: Settings) -> list[BackendHealth]:
     return results
 
 
+def _deep_check(s: Settings, max_problems: int, *, transient: bool) -> IntegrityReport:
+    from keeneye.store import check_integrity, open_object_store, open_results_db
+
+    with progress_bar("reading back every object", transient=transient) as update:
+        return check_integrity(
+            open_results_db(s, migrate=False),
+            open_object_store(s),
+            max_problems=max_problems,
+            progress=update,
+        )
+
+
+def _print_deep(report: IntegrityReport | None) -> None:
+    if report is None:
+        console.print("[red]✗ deep check not run[/]: the results database or the object store is unreachable")
+        return
+    console.print(
+        f"deep check: {report.observations:,} observations' objects ({report.with_predictions:,} with a "
+        f"prediction, {report.keys_checked:,} distinct objects) against their recorded sha256 and size; "
+        f"{report.other_objects:,} other objects against their recorded MD5; "
+        f"{report.unverifiable:,} objects with no recorded hash",
+        highlight=False,
+    )
+    for p in report.problems:
+        where = f" (observation {p.observation_id})" if p.observation_id else ""
+        console.print(f"[red]✗ {p.kind}[/] {p.key}{where}: {p.detail}", highlight=False, soft_wrap=True)
+    if report.problem_count > len(report.problems):
+        console.print(
+            f"… {report.problem_count - len(report.problems)} more (raise --max-problems to list them)"
+        )
+    if report.ok:
+        console.print("[green]✓ every object holds what was recorded[/]")
+    else:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(report.problems_by_kind.items()))
+        console.print(f"[red]{report.problem_count} problems[/]: {kinds}", highlight=False)
+
+
 def doctor(
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of a table."),
+    deep: bool = typer.Option(
+        False,
+        "--deep/--no-deep",
+        help="Also read back every stored object: each observation's object exists with its recorded "
+        "sha256 and size, every other object matches its recorded MD5 (reads all objects).",
+    ),
+    max_problems: int = typer.Option(
+        20, "--max-problems", min=1, help="With --deep: how many problems to list (all are counted)."
+    ),
 ) -> None:
-    """Check every configured backend (database, bus, objects, cache, registry); exit 1 if one fails."""
-    results = run_doctor(settings())
+    """Check every configured backend (database, bus, objects, cache, registry); exit 1 if one fails.
+
+    With --deep, also check that every stored object holds what was recorded; exit 1 on any problem.
+    """
+    s = settings()
+    results = run_doctor(s)
+    report = None
+    reachable = {r.setting: r.reachable for r in results}
+    if deep and reachable.get("KEENEYE_DATABASE_URL") and reachable.get("KEENEYE_OBJECTS_URL"):
+        report = _deep_check(s, max_problems, transient=json_out)
     if json_out:
-        print_json([r.__dict__ for r in results])
+        backends = [r.__dict__ for r in results]
+        print_json({"backends": backends, "deep": report.to_dict() if report else None} if deep else backends)
     else:
         table = Table(title="keeneye doctor")
         for col in ("backend", "URL", "reachable", "version", "fix / detail"):
@@ -92,7 +152,9 @@ def doctor(
                 console.print(
                     f"[red]✗ {r.setting}[/]: {r.detail}" + (f" — {r.fix}" if r.fix else ""), highlight=False
                 )
-    if not all(r.reachable for r in results):
+        if deep:
+            _print_deep(report)
+    if not all(reachable.values()) or (deep and (report is None or not report.ok)):
         raise typer.Exit(1)
 
 
