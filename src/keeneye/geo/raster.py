@@ -22,8 +22,9 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 from rasterio.windows import Window
 
@@ -60,6 +61,10 @@ class Reflectance:
 @contextmanager
 def open_raster(source: RasterSource) -> Iterator[DatasetReader]:
     """Open a path or bytes with rasterio; unreadable input is ``InvalidInput("corrupt_raster")``."""
+    if isinstance(source, bytes) and not source:  # rasterio would take empty bytes as a file to write
+        raise InvalidInput(
+            "corrupt_raster", "the raster is empty (0 bytes)", fix="send a GeoTIFF with its bands"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -69,7 +74,7 @@ def open_raster(source: RasterSource) -> Iterator[DatasetReader]:
             else:
                 with rasterio.open(source) as ds:
                     yield ds
-    except RasterioIOError as exc:
+    except (RasterioError, CPLE_BaseError) as exc:  # rasterio's failures, and GDAL's raised as errors
         raise InvalidInput(
             "corrupt_raster",
             f"the raster cannot be read: {exc}",

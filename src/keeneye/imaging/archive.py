@@ -3,7 +3,8 @@
 One helper for every zip keeneye accepts (smartcut's frame chunks, crop-health's multi-file
 captures). :func:`open_safe_zip` refuses, with a precise :class:`~keeneye.domain.InvalidInput`,
 
-* ``corrupt_zip`` (422): not a readable zip, or an encrypted member;
+* ``corrupt_zip`` (422): not a readable zip, an encrypted member, a member compressed with a method
+  other than stored / deflate / bzip2 / LZMA, or one whose bytes do not inflate;
 * ``zip_too_many_members`` (422): more members than :attr:`ZipLimits.max_members`;
 * ``zip_unsafe_path`` (422): an absolute name, a ``..`` part, a drive letter or a backslash (zip-slip);
 * ``zip_symlink`` (422): a member stored as a symbolic link;
@@ -18,8 +19,10 @@ soon as it passes the size its header declared. Directory entries are skipped.
 from __future__ import annotations
 
 import io
+import lzma
 import stat
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,10 @@ MiB: Final = 1024 * 1024
 # A member this small cannot be a bomb whatever its ratio (a few zeros compress 1000:1).
 RATIO_FLOOR_BYTES: Final = 1 * MiB
 _READ_CHUNK: Final = 1 * MiB
+# What zipfile can inflate; anything else (AES, PPMd, a flipped method field) is refused up front.
+_METHODS: Final = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
+# What inflating damaged bytes raises: zipfile's own errors, and the codecs' (bzip2 raises OSError).
+_READ_ERRORS: Final = (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class SafeZip:
                             status=413,
                             fix="send a zip written by an ordinary tool",
                         )
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise InvalidInput(
                 "corrupt_zip", f"{self.name}: {member.filename} cannot be read ({exc})",
                 fix="zip the files again",
@@ -121,6 +128,13 @@ def check_members(
         if info.flag_bits & 0x1:
             raise InvalidInput(
                 "corrupt_zip", f"{name}: entry {info.filename!r} is encrypted", fix="zip without a password"
+            )
+        if info.compress_type not in _METHODS:
+            raise InvalidInput(
+                "corrupt_zip",
+                f"{name}: entry {info.filename!r} uses compression method {info.compress_type}, "
+                "which cannot be read here",
+                fix="zip with the usual deflate compression (or none)",
             )
         if info.file_size > limits.max_member_bytes:
             raise InvalidInput(

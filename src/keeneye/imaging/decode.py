@@ -31,6 +31,7 @@ ImageFormat = Literal["jpeg", "png", "tiff", "array"]  # "array": wrapped in mem
 PixelArray = npt.NDArray[Any]  # uint8 | uint16 | float32, shape (H, W, C)
 
 SUPPORTED_DTYPES: Final = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+_PALETTE_INDEX_DTYPES: Final = (np.dtype(np.uint8), np.dtype(np.uint16))
 RGB: Final = ("red", "green", "blue")
 GRAY: Final = ("gray",)
 # More bands than this is not a camera we serve (multispectral rigs have <= 10); refusing early keeps a
@@ -348,6 +349,21 @@ def _png_header(data: bytes) -> _PngHeader:
     return _PngHeader(width, height, bit_depth, color_type)
 
 
+def _check_png_chunks(data: bytes) -> None:
+    """Every chunk up to IEND must lie inside the bytes. OpenCV's PNG reader allocates a chunk's declared
+    length before it reads it: a 100-byte file declaring a 4 GB chunk would cost 4 GB and seconds."""
+    n = len(data)
+    i = 8  # after the signature
+    while i + 12 <= n:  # length, type, CRC
+        length = int.from_bytes(data[i : i + 4], "big")
+        if length > 0x7FFFFFFF or i + 12 + length > n:  # the spec's limit is 2^31 - 1
+            raise _corrupt("PNG", f"a chunk at byte {i} declares {length} bytes, past the end of the file")
+        if data[i + 4 : i + 8] == b"IEND":
+            return
+        i += 12 + length
+    raise _corrupt("PNG", "no IEND chunk")
+
+
 def _check_pixels(fmt: str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidInput(
@@ -485,8 +501,7 @@ def _decode_raster(
     else:
         ph = _png_header(data)
         _check_pixels(label, ph.width, ph.height, max_pixels)
-        if data.rfind(b"IEND", 33) == -1:
-            raise _corrupt(label, "no IEND chunk")
+        _check_png_chunks(data)
         gray = ph.color_type in (0, 4)  # gray, gray + alpha
         factor = 1
 
@@ -528,6 +543,7 @@ class _TiffLayout:
     bands: int
     bands_first: bool  # (C, H, W) in the file: planar samples or one page per band
     dtype: np.dtype[Any]
+    colormap: PixelArray | None = None  # (3, 2**bits) uint16: a palette image, decoded through it
 
 
 def _open_tiff(data: bytes) -> tifffile.TiffFile:
@@ -546,10 +562,14 @@ def _tiff_layout(tif: tifffile.TiffFile) -> _TiffLayout:
         s = series[0]
         shape, axes = tuple(int(d) for d in s.shape), str(s.axes)
         dtype = np.dtype(s.dtype).newbyteorder("=")
+        colormap = s.keyframe.colormap if s.keyframe.photometric == tifffile.PHOTOMETRIC.PALETTE else None
     except InvalidInput:
         raise
     except Exception as exc:
         raise _corrupt("TIFF", f"{type(exc).__name__}: {exc}") from exc
+    if len(shape) == 2 and axes == "YX" and colormap is not None and dtype in _PALETTE_INDEX_DTYPES:
+        # Colour-mapped: the samples are palette indices, the colours are RGB in the 16-bit map.
+        return _TiffLayout(s, shape[1], shape[0], 3, False, np.dtype(np.uint16), np.asarray(colormap))
     if len(shape) == 2 and axes == "YX":
         return _TiffLayout(s, shape[1], shape[0], 1, False, dtype)
     if len(shape) == 3 and axes[1:] == "YX":  # planar (SYX) or a page per band (QYX, IYX, CYX)
@@ -590,12 +610,21 @@ def _decode_tiff(
             arr = layout.series.asarray()
         except Exception as exc:
             raise _corrupt("TIFF", f"{type(exc).__name__}: {exc}") from exc
+        if layout.colormap is not None:
+            arr = _apply_palette(arr, layout.colormap)
         geo = _read_geo(pages[0])
     if layout.bands_first:
         arr = np.moveaxis(arr.reshape(layout.bands, layout.height, layout.width), 0, -1)  # view, no copy
     else:
         arr = arr.reshape(layout.height, layout.width, layout.bands)  # view, no copy
     return Image(pixels=arr, bands=bands, format="tiff", content_hash=content_hash(data), geo=geo)
+
+
+def _apply_palette(indices: PixelArray, colormap: PixelArray) -> PixelArray:
+    """(H, W) palette indices → (H, W, 3) uint16 RGB; an index past the map's end is corrupt."""
+    if colormap.ndim != 2 or colormap.shape[0] != 3 or int(indices.max(initial=0)) >= colormap.shape[1]:
+        raise _corrupt("TIFF", f"palette indices reach past its {colormap.shape[-1]}-entry colour map")
+    return np.ascontiguousarray(colormap.astype(np.uint16, copy=False).T[indices])
 
 
 def _check_tiff_codecs(page: Any) -> None:

@@ -180,6 +180,7 @@ def read_geo_input(
         data = stack_zip(data, request.band_map, max_pixels=max_pixels)
     with open_raster(data) as ds:
         if ds.driver == "GTiff" and ds.count == 1 and len(ds.subdatasets) > 1:
+            _check_count(len(ds.subdatasets), request, "page")
             return read_geo_input(
                 spec, manifest, _stack_pages(ds, max_pixels), request, max_pixels=max_pixels
             )
@@ -198,18 +199,22 @@ def read_geo_input(
                 fix="stream a mosaic from its file: keeneye predict -p crop-health PATH (any size), "
                 "or raise the pipeline's input.max_pixels",
             )
-        count = len(data_band_indexes(ds))
-        names = request.band_map.bands
-        if count != len(names):
-            raise InvalidInput(
-                "wrong_band_count",
-                f"the image has {count} data band{'s' if count != 1 else ''}; {request.source} "
-                f"names {len(names)}",
-                fix="pick the preset of the camera that took it (metadata.band_map or --band-map), "
-                "or list its bands in file order",
-            )
+        _check_count(len(data_band_indexes(ds)), request, "data band")
         raster = read_dataset(ds, request.band_map)
     return tile_input(raster, manifest, request)
+
+
+def _check_count(count: int, request: GeoRequest, what: str) -> None:
+    """``wrong_band_count`` unless the band map names ``count`` bands; checked before any pixel is
+    read, so a TIFF of thousands of one-band pages is refused without reading them."""
+    names = request.band_map.bands
+    if count != len(names):
+        raise InvalidInput(
+            "wrong_band_count",
+            f"the image has {count} {what}{'s' if count != 1 else ''}; {request.source} names {len(names)}",
+            fix="pick the preset of the camera that took it (metadata.band_map or --band-map), "
+            "or list its bands in file order",
+        )
 
 
 def _stack_pages(ds: DatasetReader, max_pixels: int) -> bytes:

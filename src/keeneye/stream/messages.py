@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from keeneye.domain import JsonObject, KeeneyeError
+from keeneye.domain import InvalidInput, JsonObject, KeeneyeError
+from keeneye.store.objects import validate_key
 from keeneye.stream.bus import Bus, Message, encode_headers
 
 REQUIRED_HEADERS = ("observation_id", "pipeline", "content_hash", "content_type")
@@ -31,6 +32,9 @@ REQUIRED_HEADERS = ("observation_id", "pipeline", "content_hash", "content_type"
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _PIPELINE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
 _MAX_REASON = 1000
+# The longest value each header may carry: the width of the observations column it is stored in
+# (store/schema.py), so a message is refused here rather than failing its insert on every delivery.
+_MAX_CHARS = {"content_hash": 64, "content_type": 128, "source": 32, "object_key": 1024}
 
 
 def input_topic(pipeline: str) -> str:
@@ -121,11 +125,18 @@ def parse_observation(message: Message) -> ObservationMessage:
     if raw_meta:
         try:
             metadata = json.loads(raw_meta)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # nesting past the stack
             raise MalformedMessage("bad_metadata", f"metadata header is not valid JSON: {exc}") from exc
         if not isinstance(metadata, dict):
             raise MalformedMessage("bad_metadata", "metadata header must be a JSON object")
     object_key = message.header("object_key") or None
+    source = message.header("source") or "bus"
+    _check_lengths({**values, "source": source, "object_key": object_key or ""})
+    if object_key is not None:
+        try:
+            validate_key(object_key)
+        except InvalidInput as exc:
+            raise MalformedMessage("bad_header", exc.message) from exc
     if not message.value and object_key is None:
         raise MalformedMessage("no_image", "message carries neither image bytes nor an object_key header")
     return ObservationMessage(
@@ -136,8 +147,14 @@ def parse_observation(message: Message) -> ObservationMessage:
         metadata=metadata,
         data=message.value if message.value else None,
         object_key=object_key,
-        source=message.header("source") or "bus",
+        source=source,
     )
+
+
+def _check_lengths(values: Mapping[str, str]) -> None:
+    for name, limit in _MAX_CHARS.items():
+        if len(values[name]) > limit:
+            raise MalformedMessage("bad_header", f"{name} is {len(values[name])} characters, at most {limit}")
 
 
 def result_payload(

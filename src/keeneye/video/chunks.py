@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from keeneye.domain import InvalidInput
+from keeneye.imaging import probe_image
 from keeneye.imaging.archive import SafeZip, ZipLimits, open_safe_zip
 from keeneye.video.errors import BAD_CHUNK, VideoRejected
 from keeneye.video.sampling import SampledFrame
@@ -109,7 +110,10 @@ def _write_zip(root: Path, relative: Path, frames: list[SampledFrame]) -> Path:
 def resolve(root: Path, relative: str | Path) -> Path:
     """``root / relative`` when it stays inside ``root`` (message paths come from the bus)."""
     base = root.resolve()
-    path = (base / relative).resolve()
+    try:
+        path = (base / relative).resolve()
+    except (OSError, ValueError):  # a NUL byte, a loop of links
+        path = base
     if not path.is_relative_to(base) or path == base:
         raise VideoRejected(
             BAD_CHUNK,
@@ -162,15 +166,26 @@ def read_chunk(path: Path, max_bytes: int = CHUNK_FRAMES * MAX_FRAME_BYTES) -> l
 
 def _decode(zf: SafeZip, entry: zipfile.ZipInfo, name: str) -> np.ndarray:
     data = zf.read(entry)  # refuses (zip_bomb, corrupt_zip) a member that lies about its size
-    head = np.frombuffer(data[:64], np.uint8)
-    if len(head) < 4 or head[0] != 0xFF or head[1] != 0xD8:
+    if not data.startswith(b"\xff\xd8"):
         raise VideoRejected(BAD_CHUNK, f"{name}: {entry.filename} is not a JPEG")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape[0] * bgr.shape[1] > MAX_FRAME_PIXELS:
+    try:
+        header = probe_image(data)  # the size from the JPEG header, before any pixel is decoded
+    except InvalidInput as exc:
+        raise VideoRejected(
+            BAD_CHUNK, f"{name}: {entry.filename} does not decode as a JPEG ({exc.message})"
+        ) from exc
+    if header.pixels > MAX_FRAME_PIXELS:
         raise VideoRejected(
             BAD_CHUNK,
-            f"{name}: {entry.filename} does not decode as an image of at most {MAX_FRAME_PIXELS} pixels",
+            f"{name}: {entry.filename} is {header.width}×{header.height}, over {MAX_FRAME_PIXELS} pixels",
+            status=413,
         )
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV raises for some malformed streams instead of returning None
+        bgr = None
+    if bgr is None:
+        raise VideoRejected(BAD_CHUNK, f"{name}: {entry.filename} does not decode as a JPEG")
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 

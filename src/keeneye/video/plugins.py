@@ -27,11 +27,12 @@ import logging
 import shutil
 import statistics
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from keeneye.video.chunks import read_chunk, resolve
-from keeneye.video.errors import VideoRejected
+from keeneye.video.errors import BAD_CHUNK, VideoRejected
 from keeneye.video.messages import (
     PROCESSED_FILES,
     STARTED_PLUGINS,
@@ -190,6 +191,15 @@ class PluginProcess:
         for zip_path in sorted(path.glob("*.zip")) if path.is_dir() else []:
             self._score_chunk(folder, str(PurePosixPath(folder) / zip_path.name), options)
         del self._open[folder]
+        if not state.times:
+            # Every request has at least one frame: an answer without any would say "nothing
+            # relevant" about a video this process never saw (a wrong folder, or its chunks lost).
+            raise VideoRejected(
+                BAD_CHUNK,
+                f"no frame of {folder!r} reached this plugin: the folder holds no chunk and none was "
+                "announced before",
+                fix="send the chunks before the uploaded message, or send the video again",
+            )
         request_uid, video_name = PurePosixPath(folder).parts[:2]
         gaps = [b - a for a, b in zip(state.times, state.times[1:], strict=False)]
         step = statistics.median(gaps) if gaps else 1.0  # the sensitivity the frames were sampled at
@@ -213,5 +223,15 @@ class PluginProcess:
         self._remove(request_uid)
 
     def _remove(self, request_uid: str) -> None:
+        if not _is_request_uid(request_uid):
+            return  # not a request's folder (a mutated path could name any folder under the root)
         with contextlib.suppress(VideoRejected):  # a uid that would leave the root: nothing to delete
             shutil.rmtree(resolve(self.root, request_uid), ignore_errors=True)
+
+
+def _is_request_uid(value: str) -> bool:
+    """Whether ``value`` is a request uid as the backend makes them (``str(uuid4())``)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False

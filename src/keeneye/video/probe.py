@@ -5,8 +5,9 @@ costs one read of the container, not one decode. Sampling uses it to choose betw
 decoding and seek + decode (:mod:`keeneye.video.sampling`).
 
 Every refusal is a :class:`~keeneye.video.errors.VideoRejected` with a stable reason: the file is
-missing, over the size limit, not a video, a damaged container, without a video stream, empty or
-longer than the duration limit.
+missing, over the size limit, not a video, a damaged container (or a video codec no decoder here
+knows), without a video stream, empty or longer than the duration limit. Metadata that is not UTF-8
+is read with replacement characters (:func:`open_video`), never a reason to fail.
 """
 
 from __future__ import annotations
@@ -80,9 +81,15 @@ def _looks_like_container(head: bytes) -> bool:
     )
 
 
+def open_video(path: Path) -> av.container.InputContainer:
+    """Open a container for reading; metadata that is not UTF-8 (a damaged file's) is read with
+    replacement characters instead of failing the open."""
+    return av.open(str(path), mode="r", metadata_errors="replace")
+
+
 def _open(path: Path) -> av.container.InputContainer:
     try:
-        return av.open(str(path), mode="r")
+        return open_video(path)
     except av.error.FFmpegError as exc:
         with path.open("rb") as fh:
             head = fh.read(512)
@@ -139,6 +146,12 @@ def probe(path: Path | str, limits: VideoLimits | None = None) -> VideoInfo:
                 fix="pass a file with a video track",
             )
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a codec id no decoder here knows (a damaged header)
+            raise VideoRejected(
+                CORRUPT_VIDEO,
+                f"{path.name}: the video stream's codec cannot be decoded here",
+                fix="re-export the video as H.264, H.265, VP9 or AV1",
+            )
         info = _scan_packets(path, size, container, stream)
     if info.n_packets == 0 or info.duration <= 0:
         raise VideoRejected(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-from keeneye.domain import InvalidInput
+from keeneye.domain import InvalidInput, MessageTooLarge
 from keeneye.video.messages import (
     ChunkInProgress,
     ProcessedFiles,
@@ -92,11 +92,17 @@ def publish_json(bus: RawBus, topic: str, message: Mapping[str, object]) -> None
 
 
 def to_dlq(bus: RawBus, message: BusMessage, reason: str, request_uid: str | None = None) -> None:
-    """Park a value that cannot be processed, unchanged, with why in its headers."""
-    headers: dict[str, str | bytes] = {"reason": reason[:500], "topic": message.topic}
+    """Park a value that cannot be processed, unchanged, with why in its headers.
+
+    A value near the bus's size limit no longer fits once the headers are added: it is parked
+    without its bytes (header ``value_dropped``), so the refusal itself can never fail."""
+    headers: dict[str, str | bytes] = {"reason": reason[:500], "topic": message.topic[:255]}
     if request_uid:
-        headers["request_uid"] = request_uid
-    bus.publish(DLQ_TOPIC, bytes(message.value[:MAX_VALUE_BYTES]), headers=headers)
+        headers["request_uid"] = request_uid[:255]
+    try:
+        bus.publish(DLQ_TOPIC, bytes(message.value[:MAX_VALUE_BYTES]), headers=headers)
+    except MessageTooLarge:
+        bus.publish(DLQ_TOPIC, b"", headers={**headers, "value_dropped": "true"})
 
 
 def _object(value: bytes) -> dict[str, object]:
@@ -104,7 +110,7 @@ def _object(value: bytes) -> dict[str, object]:
         raise MalformedMessage(f"value of {len(value)} bytes, over {MAX_VALUE_BYTES}")
     try:
         data = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise MalformedMessage(f"not UTF-8 JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise MalformedMessage(f"a JSON object is expected, got {type(data).__name__}")
@@ -113,8 +119,12 @@ def _object(value: bytes) -> dict[str, object]:
 
 def _text(data: Mapping[str, object], key: str, max_len: int = 512) -> str:
     value = data.get(key)
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise MalformedMessage(f"{key!r} must be a non-empty string of at most {max_len} characters")
+    # isprintable: no control character, and no lone surrogate ("\ud800" in JSON), which no UTF-8
+    # encoder accepts — the answer that repeats this value could not be sent.
+    if not isinstance(value, str) or not value or len(value) > max_len or not value.isprintable():
+        raise MalformedMessage(
+            f"{key!r} must be a non-empty string of at most {max_len} printable characters"
+        )
     return value
 
 
@@ -127,7 +137,13 @@ def plugin_name(value: str) -> str:
 def relative_path(value: str, min_parts: int) -> str:
     """A chunk or folder path as sent: relative, no ``..``, ``{request_uid}/{video_basename}[/…zip]``."""
     path = PurePosixPath(value)
-    if path.is_absolute() or ".." in path.parts or "\\" in value or len(path.parts) < min_parts:
+    if (
+        path.is_absolute()
+        or ".." in path.parts
+        or "\\" in value
+        or len(path.parts) < min_parts
+        or not value.isprintable()  # a NUL or control character is no file name
+    ):
         raise MalformedMessage(
             f"path {value!r} must be relative to the smartcut root, {{request_uid}}/{{video_basename}}…"
         )

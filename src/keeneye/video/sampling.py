@@ -12,7 +12,8 @@ it. Two ways to get there, chosen from the probe's keyframe index:
 
 Each kept frame is converted to RGB and scaled (area interpolation, never up) so that its longest
 side is the recommender's ``img_size``, in one libswscale call. A damaged packet is skipped and
-counted; more than :data:`MAX_BAD_PACKETS` of them refuse the video as ``corrupt_video``.
+counted; more than :data:`MAX_BAD_PACKETS` of them refuse the video as ``corrupt_video``, and so does
+a demuxer, seek or conversion error (a damaged file), naming the frames sampled before it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 
 from keeneye.video.errors import BAD_SENSITIVITY, CORRUPT_VIDEO, VideoRejected
-from keeneye.video.probe import VideoInfo
+from keeneye.video.probe import VideoInfo, open_video
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +136,28 @@ def sample_frames(info: VideoInfo, sensitivity: float, img_size: int) -> Iterato
         },
     )
     try:
-        container = av.open(str(info.path), mode="r")
+        container = open_video(info.path)
     except av.error.FFmpegError as exc:
         raise VideoRejected(CORRUPT_VIDEO, f"{info.path.name}: cannot be reopened ({exc})") from exc
     with container:
         stream = container.streams.video[0]
         decoder = _Decoder(info, container, stream)
         selected = _keyframe_walk(decoder, step) if keyframes_only else _seek_walk(decoder, step)
-        for index, (t, frame) in enumerate(selected):
-            image = frame.reformat(
-                width=width, height=height, format="rgb24", interpolation="AREA"
-            ).to_ndarray()
-            yield SampledFrame(index=index, timestamp=round(t, 6), image=image)
+        sampled = 0
+        try:
+            for index, (t, frame) in enumerate(selected):
+                image = frame.reformat(
+                    width=width, height=height, format="rgb24", interpolation="AREA"
+                ).to_ndarray()
+                yield SampledFrame(index=index, timestamp=round(t, 6), image=image)
+                sampled += 1
+        except av.error.FFmpegError as exc:  # demuxing, seeking or converting a damaged file
+            raise VideoRejected(
+                CORRUPT_VIDEO,
+                f"{info.path.name}: the video is damaged after {sampled} sampled frames "
+                f"({exc.strerror or exc})",
+                fix="re-export or re-download the file",
+            ) from exc
 
 
 def _slack(info: VideoInfo) -> float:
