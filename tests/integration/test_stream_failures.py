@@ -250,7 +250,7 @@ def test_sqlite_db_locked_answers_503_quickly_then_completes(tmp_path: Path, wor
                 took = time.monotonic() - started
                 assert r.status_code == 503, r.text
                 assert int(r.headers["retry-after"]) > 0
-                assert r.json()["reason"] == "unavailable" and "locked" in r.json()["detail"]
+                assert r.json()["reason"] == "database_unavailable" and "locked" in r.json()["detail"]
                 assert 0.9 <= took < 5, took  # waited the ingest lock timeout (1 s), not the 30 s default
         finally:
             lock.execute("ROLLBACK")

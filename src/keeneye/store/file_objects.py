@@ -33,6 +33,7 @@ from keeneye.store.objects import (
     validate_key,
     validate_prefix,
 )
+from keeneye.store.outages import FULL_ERRNOS, storage_full
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,23 @@ class FileObjectStore:
         target = self._path(key)
         if isinstance(data, bytes | bytearray | memoryview) and len(data) > self.max_object_bytes:
             raise too_large(key, len(data), self.max_object_bytes)
-        size, etag = self._atomic_write(target, key, data)
-        meta = json.dumps({"content_type": content_type, "etag": etag}).encode()
-        # The sidecar follows the data: after a crash between the two, info() may show the old type.
-        self._atomic_write(self._meta_path(key), key, meta)
+        with self._full_disk_is_an_outage():
+            size, etag = self._atomic_write(target, key, data)
+            meta = json.dumps({"content_type": content_type, "etag": etag}).encode()
+            # The sidecar follows the data: after a crash between the two, info() may show the old type.
+            self._atomic_write(self._meta_path(key), key, meta)
         return ObjectInfo(key=key, size=size, content_type=content_type, etag=etag)
+
+    @contextlib.contextmanager
+    def _full_disk_is_an_outage(self) -> Iterator[None]:
+        """A write that finds the disk full raises :class:`StorageFull` (the API answers 503
+        ``storage_full``); the temporary file is gone already, so nothing partial is left."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise storage_full(OBJECTS_SETTING, self.url, str(self.root), exc) from exc
+            raise
 
     def put_many(self, objects: Sequence[NewObject]) -> list[ObjectInfo]:
         """Every object written to a temporary file, then all synced, renamed into place, and each
@@ -142,6 +155,10 @@ class FileObjectStore:
         :meth:`put` syncs the data, its directory, the sidecar and its directory). The sidecars are
         renamed into place without a sync of their own — they only matter once the data is there,
         and a sidecar lost in a crash reads as "no sidecar" (octet-stream, etag recomputed never)."""
+        with self._full_disk_is_an_outage():
+            return self._put_group(objects)
+
+    def _put_group(self, objects: Sequence[NewObject]) -> list[ObjectInfo]:
         staged: list[tuple[Path, Path, NewObject, str]] = []
         try:
             for obj in objects:

@@ -9,7 +9,9 @@ server commits each job at once, a busy one commits while the next group gathers
 grows with the load by itself (as the model's micro-batcher does).
 
 Each caller gets its own result or its own exception: when a group's commit raises, its jobs are
-committed again one by one, so one bad job fails alone and the others are stored.
+committed again one by one, so one bad job fails alone and the others are stored — unless the
+failure is a dependency being down (:func:`keeneye.store.outage_of`), which fails the whole group at
+once instead of once per job.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from concurrent.futures import Future
 from typing import Final, Generic, TypeVar
 
 from keeneye.domain import KeeneyeError
+from keeneye.store.outages import outage_of
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +116,11 @@ class GroupCommit(Generic[J, R]):
             if len(results) != len(jobs):
                 raise RuntimeError(f"commit returned {len(results)} results for {len(jobs)} jobs")
         except BaseException as exc:
-            if len(group) == 1:
-                _fail(group[0][1], exc)
+            if len(group) == 1 or outage_of(exc) is not None:
+                # A dependency down fails every job alike: retrying them one by one would hold the
+                # writer (and every caller queued behind it) for a timeout per job.
+                for _, future in group:
+                    _fail(future, exc)
                 return
             log.warning("group commit of %d jobs failed (%s); committing them one by one", len(group), exc)
             for item in group:

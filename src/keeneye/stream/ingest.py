@@ -26,7 +26,16 @@ from keeneye.domain import InvalidInput, JsonObject, KeeneyeError, MessageTooLar
 from keeneye.imaging import content_hash, sniff_format
 from keeneye.pipelines import PipelineCatalog, content_type_of, observation_key
 from keeneye.settings import Settings
-from keeneye.store import ObjectStore, ResultsDB, open_object_store, open_results_db
+from keeneye.store import (
+    RETRY_AFTER_SECONDS,
+    ObjectStore,
+    ResultsDB,
+    open_object_store,
+    open_results_db,
+    outage_of,
+    outage_reason,
+    retry_after_seconds,
+)
 from keeneye.stream.bus import Bus, open_bus
 from keeneye.stream.messages import ObservationMessage, fits_inline, publish_observation
 
@@ -40,11 +49,27 @@ _FLUSH_TIMEOUT_SECONDS = 5.0
 
 
 class IngestUnavailable(KeeneyeError):
-    """The input could not be made durable (object store or database down/locked); retry later."""
+    """The input could not be made durable (object store or database down/locked); retry later.
 
-    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+    ``reason`` is the outage's stable code (``database_unavailable``, ``object_store_unavailable``,
+    ``storage_full``: :func:`keeneye.store.outage_reason`), which the API answers with its 503.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 5, reason: str = "backend_unavailable") -> None:
         super().__init__(message, fix=f"retry after {retry_after} s; if it persists, run `keeneye doctor`")
         self.retry_after = retry_after
+        self.reason = reason
+
+    @classmethod
+    def caused_by(cls, exc: BaseException, doing: str, *, fallback: str) -> IngestUnavailable:
+        """The refusal for ``exc`` met while ``doing``; ``fallback``: the reason when ``exc`` is not a
+        recognised outage (an unexpected failure of that backend)."""
+        outage = outage_of(exc)
+        return cls(
+            f"{doing}: {_one_line(exc)}",
+            retry_after=retry_after_seconds(outage) if outage else RETRY_AFTER_SECONDS,
+            reason=outage_reason(outage) if outage else fallback,
+        )
 
 
 @dataclass(frozen=True)
@@ -136,7 +161,9 @@ class Ingestor:
             raise
         except Exception as exc:  # any backend failure: the object store could not take it
             log.warning("ingest: object store failed", extra={"pipeline": pipeline, "error": repr(exc)})
-            raise IngestUnavailable(f"the object store cannot store the image now: {_one_line(exc)}") from exc
+            raise IngestUnavailable.caused_by(
+                exc, "the object store cannot store the image now", fallback="object_store_unavailable"
+            ) from exc
         try:
             self._rows.create_observation(
                 pipeline=pipeline,
@@ -159,8 +186,8 @@ class Ingestor:
                 except Exception:
                     log.exception("ingest: could not remove the object of a refused input")
             log.warning("ingest: database failed", extra={"pipeline": pipeline, "error": repr(exc)})
-            raise IngestUnavailable(
-                f"the results database cannot record the input now: {_one_line(exc)}"
+            raise IngestUnavailable.caused_by(
+                exc, "the results database cannot record the input now", fallback="database_unavailable"
             ) from exc
         msg = ObservationMessage(
             observation_id=obs_id,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from keeneye.domain import BackendUnavailable
 from keeneye.store import GroupCommit, GroupCommitClosed
 
 
@@ -105,4 +106,28 @@ def test_submit_awaits_without_blocking_the_event_loop() -> None:
 
     assert asyncio.run(main()) == [f"id-{i}" for i in range(50)]
     assert sum(sizes) == 50  # every job counted once, in however many groups formed
+    writer.close()
+
+
+def test_an_outage_fails_the_whole_group_at_once_not_job_by_job() -> None:
+    calls: list[list[int]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def commit(jobs: list[int]) -> Sequence[str]:
+        calls.append(list(jobs))
+        if len(calls) == 1:
+            entered.set()
+            assert release.wait(10)
+            return ["id-0"]
+        raise BackendUnavailable("KEENEYE_OBJECTS_URL", "s3://b/", "S3 endpoint not reachable")
+
+    writer: GroupCommit[int, str] = GroupCommit(commit, max_group=64)
+    writer.submit_future(0)
+    assert entered.wait(10)
+    futures = [writer.submit_future(i) for i in range(1, 6)]
+    release.set()
+    for f in futures:
+        with pytest.raises(BackendUnavailable, match="not reachable"):
+            f.result(10)
+    assert calls == [[0], [1, 2, 3, 4, 5]]  # one try for the group, not five more one by one
     writer.close()

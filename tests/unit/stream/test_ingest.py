@@ -167,7 +167,7 @@ def test_http_202_then_status_and_refusals(tmp_path: Path) -> None:
         r = client.post(url, content=jpeg(seed=5), headers={"content-type": "image/jpeg"})
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) > 0
-        assert r.json()["reason"] == "unavailable"
+        assert r.json()["reason"] == "database_unavailable"
         assert {o.key for o in open_object_store(settings).list("observations/")} == before
     rows = open_results_db(settings).observations_with_status(name, ObservationStatus.queued)
     assert len(rows) == 2
