@@ -25,6 +25,9 @@ from keeneye.store.schema import ObservationRow, PredictionRow
 
 # Invariant 2: the unique key of a prediction.
 PREDICTION_KEY = ("observation_id", "model_name", "model_version", "variant")
+# What complete_many may mark done: a claimed observation (or one re-queued for a retry), never one
+# that is finished already.
+_FINISHABLE = (ObservationStatus.queued.value, ObservationStatus.processing.value)
 ID_CHUNK = 500  # ids per IN (…): below SQLite's bound-parameter limit
 
 
@@ -150,6 +153,11 @@ class PredictionRepository(Database):
         or — when the transaction fails — none. Returns ``{observation_id: prediction was new}``; an
         observation that does not exist (deleted under the worker) is left out and nothing is stored
         for it. A second completion of the same observation in one call is ignored.
+
+        Only a ``queued`` or ``processing`` observation is completed. One finished meanwhile — two
+        workers held the same message when a Kafka rebalance moved its partition, and the first one
+        stored its answer — maps to ``False``: nothing is added and its ``completed_at`` stays, even
+        when the second answer came from another model version (the alias moved in between).
         """
         unique: dict[str, Completion] = {}
         for c in completions:
@@ -160,15 +168,22 @@ class PredictionRepository(Database):
         ids = sorted(unique)  # a fixed lock order: concurrent batches on PostgreSQL cannot deadlock
         mark_done = (
             update(ObservationRow)
-            .where(ObservationRow.id.in_(ids))
+            .where(ObservationRow.id.in_(ids), ObservationRow.status.in_(_FINISHABLE))
             .values(status=ObservationStatus.done.value, reason=None, updated_at=now, completed_at=now)
             .returning(ObservationRow.id)
         )
         with self.session() as s:
-            # Status first: it locks the observation rows, and a failing insert rolls it back.
+            # Status first: it locks the observation rows, and a failing insert rolls it back. A
+            # concurrent completion of the same row waits here and then finds it no longer finishable.
             present = set(s.execute(mark_done).scalars())
+            rest = [i for i in ids if i not in present]
+            finished = (
+                set(s.execute(select(ObservationRow.id).where(ObservationRow.id.in_(rest))).scalars())
+                if rest
+                else set()
+            )
             if not present:
-                return {}
+                return dict.fromkeys(sorted(finished), False)
             todo = [unique[i] for i in ids if i in present]
             # Which already have this prediction (a redelivery): the observation rows are locked by
             # the update above, so a concurrent completion of the same ids waits for this commit.
@@ -202,7 +217,7 @@ class PredictionRepository(Database):
             # ON CONFLICT DO NOTHING still guards against any writer outside the row locks.
             insert_ignoring_conflicts(s, PredictionRow, rows, PREDICTION_KEY)
             new = {c.observation_id for c in todo if c.observation_id not in existing}
-        return {i: i in new for i in ids if i in present}
+        return {i: i in new for i in ids if i in present or i in finished}
 
     def record_prediction(self, observation: NewObservation, prediction: NewPrediction) -> str:
         """A synchronous answer: the observation (``done``) and its prediction in one transaction.

@@ -633,6 +633,13 @@ class PipelineWorker(WorkerBase):
             if item.record.id not in stored:
                 item.error = NotFound(f"observation {item.record.id} does not exist")
                 continue
+            if not stored[item.record.id]:
+                # Finished meanwhile by another worker that held the same message (a rebalance moved
+                # its partition): that answer stands; say it again, as for any redelivery.
+                self._republish_result(item.record)
+                self.counts["skipped"] += 1
+                item.ack = True
+                continue
             item.timings["store"] = store_ms
             done.append(item)
             self.metrics.observation_seconds.labels(self.pipeline).observe(

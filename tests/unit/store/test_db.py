@@ -701,6 +701,29 @@ def test_complete_many_stores_every_prediction_and_done_in_one_go(db: ResultsDB)
     assert db.complete_many([_completion(unknown)]) == {}
 
 
+def test_complete_many_leaves_an_observation_finished_meanwhile_as_it_is(db: ResultsDB) -> None:
+    """Two workers claimed one observation (a Kafka rebalance moved its partition while the first one
+    held it) and the alias moved in between: the second completion, by another version, adds no second
+    answer, keeps the first ``completed_at``, and completes the rest of its batch."""
+    obs, other = new_observation(db), new_observation(db)
+    db.claim_many([obs])
+    db.claim_many([obs, other])  # the second worker's claim: processing is claimable
+    assert db.complete_many([_completion(obs, model_version="1")]) == {obs: True}
+    first = db.get_observation(obs)
+    assert first is not None and first.completed_at is not None
+    batch = [_completion(i, model_version="2") for i in (obs, other)]
+    assert db.complete_many(batch) == {obs: False, other: True}
+    assert [p.model_version for p in db.predictions_for(obs)] == ["1"]
+    again = db.get_observation(obs)
+    assert again is not None and again.completed_at == first.completed_at
+    assert db.complete_many([_completion(obs, model_version="3")]) == {obs: False}  # all finished
+    rejected = new_observation(db)
+    db.set_status(rejected, ObservationStatus.rejected, "corrupt: cut short")
+    assert db.complete_many([_completion(rejected)]) == {rejected: False}
+    assert db.predictions_for(rejected) == []
+    assert db.get_observation(rejected).status is ObservationStatus.rejected  # type: ignore[union-attr]
+
+
 def test_complete_many_is_all_or_nothing(db: ResultsDB) -> None:
     good, bad = new_observation(db), new_observation(db)
     db.claim_many([good, bad])

@@ -15,12 +15,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from keeneye.domain import ObservationStatus
+from keeneye.domain import ObservationStatus, Variant
 from keeneye.models.bundle import ModelBundle
 from keeneye.pipelines import quarantine_key
 from keeneye.registry import ModelRegistry
 from keeneye.settings import InferenceSettings, Settings
-from keeneye.store import open_object_store, open_results_db
+from keeneye.store import Completion, NewPrediction, open_object_store, open_results_db
 from keeneye.stream import (
     Ingestor,
     PipelineWorker,
@@ -303,6 +303,39 @@ def test_a_duplicate_of_an_observation_at_the_model_is_skipped(tmp_path: Path) -
     assert row.attempts == 1  # claimed once: the duplicate never reached the database
     assert open_results_db(settings).count_predictions(name) == 1
     assert open_bus(settings).lag(input_topic(name), "keeneye-workers") == 0
+
+
+def test_an_observation_finished_by_another_worker_meanwhile_keeps_that_answer(tmp_path: Path) -> None:
+    """Two workers held one message (a Kafka rebalance moved its partition while the first had it at
+    the model) and the alias moved between their runs: the later completion adds no second answer,
+    and what it announces is the stored one (found by tests/integration/test_many_processes.py's
+    scenario)."""
+    settings, name = stream_settings(tmp_path)
+    register_species_model(settings, tmp_path)
+    accepted = Ingestor(settings).accept(name, jpeg(seed=41))
+    db = open_results_db(settings)
+    worker = started_worker(settings, name)
+    try:
+        with model_held(worker):
+            worker.step()  # claimed and at the model
+            theirs = NewPrediction(
+                "species-id", "99", Variant.champion, "classify", {"predicted_class": "esox_lucius"},
+                None, 0.9, 5.0,
+            )  # fmt: skip
+            assert db.complete_many([Completion(accepted.id, name, theirs)]) == {accepted.id: True}
+            finished_at = db.get_observation(accepted.id).completed_at  # type: ignore[union-attr]
+        run_until(worker, lambda: worker.counts["skipped"] == 1)
+    finally:
+        worker.teardown()
+    assert [p.model_version for p in db.predictions_for(accepted.id)] == ["99"]
+    assert db.get_observation(accepted.id).completed_at == finished_at  # type: ignore[union-attr]
+    assert worker.counts["done"] == 0
+    assert settled(worker) == {"done": 0, "rejected": 0, "failed": 0}
+    bus = open_bus(settings)
+    assert bus.lag(input_topic(name), "keeneye-workers") == 0
+    with bus.subscribe([output_topic(name)], "audit") as consumer:
+        announced = [json.loads(m.value) for m in drain(consumer, 2, timeout=3)]
+    assert [(a["id"], a["model_version"]) for a in announced] == [(accepted.id, "99")]
 
 
 def test_one_model_run_at_a_time_gives_the_same_results(tmp_path: Path) -> None:
