@@ -260,6 +260,9 @@ def servers(args: argparse.Namespace, home: Path, model: Path, work: Path) -> di
             "KEENEYE_HOME": str(home),
             "KEENEYE_CONFIG": os.devnull,
             "KEENEYE_PIPELINES__DIRS": json.dumps([str(home / "pipelines")]),
+            # The load generator is one address standing for up to 32 clients: lift the per-client
+            # concurrency cap (16 by default) as the rate limit is lifted below.
+            "KEENEYE_SERVING__MAX_INFLIGHT_PER_CLIENT": "128",
         },
         f"http://127.0.0.1:{port}/v1/pipelines/species-id/predict",
         f"http://127.0.0.1:{port}/ready",

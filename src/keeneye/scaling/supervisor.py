@@ -473,8 +473,8 @@ class Supervisor:
         m.max_replicas.labels(d.pipeline).set(policy.max_replicas)
         m.scaling_decisions.labels(d.pipeline, d.direction).inc()
         if utilization is not None and utilization_max is not None:
-            m.worker_utilization.labels(d.pipeline, "mean").set(utilization)
-            m.worker_utilization.labels(d.pipeline, "max").set(utilization_max)
+            m.worker_utilization.labels(pipeline=d.pipeline, kind="stream", stat="mean").set(utilization)
+            m.worker_utilization.labels(pipeline=d.pipeline, kind="stream", stat="max").set(utilization_max)
         if lag is not None:
             m.queue_lag.labels(d.pipeline).set(lag)
 

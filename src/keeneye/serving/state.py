@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from keeneye.metrics import Metrics
 from keeneye.pipelines import ModelRuntime, PipelineCatalog
 from keeneye.registry import ModelRegistry
-from keeneye.serving.limits import InflightLimiter, RateLimiter
+from keeneye.serving.limits import ConcurrencyCap, InflightLimiter, RateLimiter
+from keeneye.serving.load import ApiLoad, load_dir
 from keeneye.serving.service import PredictionService
 from keeneye.settings import Settings
 from keeneye.store import ObjectStore, ResultsDB, open_cache, open_object_store, open_results_db
@@ -45,8 +46,11 @@ class AppState:
     objects: ObjectStore
     metrics: Metrics
     rate: dict[str, RateLimiter]  # per pipeline: the spec's limits, else the global settings
-    inflight: dict[str, InflightLimiter]
+    inflight: dict[str, InflightLimiter]  # its utilisation is the API's load (serving/load.py)
     require_api_key: bool
+    per_client: ConcurrencyCap  # requests in flight per client address, all pipelines
+    per_key: ConcurrencyCap  # requests in flight per API key, all pipelines
+    load: ApiLoad
 
 
 async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppState:
@@ -65,6 +69,10 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
     require_key = serving.require_api_key
     if require_key is None:
         require_key = not is_loopback(serving.host)
+    inflight = {
+        n: InflightLimiter(max(1, (catalog.get(n).limits.max_inflight or serving.max_inflight) // share))
+        for n in catalog.names()
+    }
     return AppState(
         settings=settings,
         catalog=catalog,
@@ -81,11 +89,11 @@ async def open_state(settings: Settings, *, poll_aliases: bool = True) -> AppSta
             )
             for n in catalog.names()
         },
-        inflight={
-            n: InflightLimiter(max(1, (catalog.get(n).limits.max_inflight or serving.max_inflight) // share))
-            for n in catalog.names()
-        },
+        inflight=inflight,
         require_api_key=require_key,
+        per_client=ConcurrencyCap(max(1, serving.max_inflight_per_client // share)),
+        per_key=ConcurrencyCap(max(1, serving.max_inflight_per_key // share)),
+        load=ApiLoad(load_dir(settings.home), inflight, metrics),
     )
 
 

@@ -229,21 +229,21 @@ def test_templates_render_labels_and_value() -> None:
 
 def test_a_5_minute_rule_is_pending_at_4m59_and_fires_at_5m(settings: Settings, db: ResultsDB) -> None:
     rig = Rig(settings, db, rules("WorkerLoadHigh"))
-    rig.metrics.worker_utilization.labels("gamma", "max").set(0.9)
-    rig.metrics.worker_utilization.labels("gamma", "mean").set(0.9)  # stat=mean is not matched
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.9)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "mean").set(0.9)  # stat=mean is not matched
 
     [first] = rig.tick()
     assert (first.state, first.labels) == (
         "pending",
-        {"pipeline": "gamma", "stat": "max", "group": "worker_load"},
+        {"pipeline": "gamma", "kind": "stream", "stat": "max", "group": "worker_load"},
     )
     assert [a.state for a in rig.tick(240)] == ["pending"]
     assert [a.state for a in rig.tick(59)] == ["pending"]  # 4 min 59 s
     assert rig.recorder.sent == []
     [fired] = rig.tick(1)  # 5 min
     assert fired.state == "firing" and fired.value == pytest.approx(0.9)
-    assert fired.annotations["summary"] == "gamma: a worker replica is over 80% busy for 5 minutes"
-    assert fired.annotations["description"].startswith("Busiest replica at 0.9.")
+    assert fired.annotations["summary"] == "gamma: a replica (stream) is over 80% busy for 5 minutes"
+    assert fired.annotations["description"].startswith("Busiest stream replica at 0.9.")
     assert fired.fired_at is not None and fired.fired_at.timestamp() == T0 + 300
     assert [(n.kind, n.level) for n in rig.recorder.sent] == [("firing", 0)]
 
@@ -252,7 +252,7 @@ def test_a_5_minute_rule_is_pending_at_4m59_and_fires_at_5m(settings: Settings, 
     assert len(rig.rows("WorkerLoadHigh")) == 1
     assert len(rig.recorder.sent) == 1
 
-    rig.metrics.worker_utilization.labels("gamma", "max").set(0.5)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.5)
     [resolved] = rig.tick(60)
     assert resolved.state == "resolved" and resolved.resolved_at is not None
     [row] = rig.rows("WorkerLoadHigh")
@@ -261,16 +261,39 @@ def test_a_5_minute_rule_is_pending_at_4m59_and_fires_at_5m(settings: Settings, 
     assert rig.tick(60) == []
 
 
+def test_the_load_rule_fires_for_any_replica_of_any_kind(settings: Settings, db: ResultsDB) -> None:
+    """An API process over 80 % fires WorkerLoadHigh while the stream workers are idle, and the
+    other way round on another pipeline (delta: no spec, so no override): one alert per pipeline
+    and kind, the kind named in the summary."""
+    rig = Rig(settings, db, rules("WorkerLoadHigh"))
+    rig.metrics.worker_utilization.labels("gamma", "api", "max").set(0.85)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.1)
+    rig.metrics.worker_utilization.labels("delta", "api", "max").set(0.2)
+    rig.metrics.worker_utilization.labels("delta", "stream", "max").set(0.9)
+    assert sorted((a.labels["pipeline"], a.labels["kind"], a.state) for a in rig.tick()) == [
+        ("delta", "stream", "pending"),
+        ("gamma", "api", "pending"),
+    ]
+    fired = sorted(rig.tick(300), key=lambda a: a.labels["pipeline"])
+    assert [(a.labels["pipeline"], a.labels["kind"], a.state) for a in fired] == [
+        ("delta", "stream", "firing"),
+        ("gamma", "api", "firing"),
+    ]
+    assert fired[1].annotations["summary"] == "gamma: a replica (api) is over 80% busy for 5 minutes"
+    assert fired[1].value == pytest.approx(0.85)
+    assert sorted((n.kind, n.level) for n in rig.recorder.sent) == [("firing", 0), ("firing", 0)]
+
+
 def test_a_pending_alert_that_clears_is_forgotten_and_the_next_one_is_new(
     settings: Settings, db: ResultsDB
 ) -> None:
     rig = Rig(settings, db, rules("WorkerLoadHigh"))
-    rig.metrics.worker_utilization.labels("gamma", "max").set(0.9)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.9)
     rig.tick()
-    rig.metrics.worker_utilization.labels("gamma", "max").set(0.1)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.1)
     assert rig.tick(120) == []
     assert rig.rows("WorkerLoadHigh") == []
-    rig.metrics.worker_utilization.labels("gamma", "max").set(0.9)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.9)
     rig.tick(60)
     # The 5 minutes start again from here, not from the first pending.
     assert [a.state for a in rig.tick(299)] == ["pending"]
@@ -282,7 +305,7 @@ def test_one_row_per_fingerprint_and_a_restarted_engine_continues(settings: Sett
     rig = Rig(settings, db, rules("DriftDetected", "WorkerLoadHigh"))
     rig.metrics.drift_alarm.labels("alpha").set(1)
     rig.metrics.drift_alarm.labels("gamma").set(1)
-    rig.metrics.worker_utilization.labels("gamma", "max").set(0.9)
+    rig.metrics.worker_utilization.labels("gamma", "stream", "max").set(0.9)
     for _ in range(3):
         rig.tick(15)
     drift = rig.rows("DriftDetected")
@@ -470,12 +493,12 @@ def test_compare_fires_when_replicas_reach_the_maximum(settings: Settings, db: R
 def test_pipeline_overrides_disable_and_change_threshold_and_for(settings: Settings, db: ResultsDB) -> None:
     rig = Rig(settings, db, rules("WorkerLoadHigh"))
     for pipeline in ("alpha", "beta", "gamma"):
-        rig.metrics.worker_utilization.labels(pipeline, "max").set(0.9)
+        rig.metrics.worker_utilization.labels(pipeline, "stream", "max").set(0.9)
     rig.tick()
     # beta: disabled; alpha: threshold 0.95 → 0.9 is fine; gamma: the default 0.8.
     assert {r.labels["pipeline"] for r in rig.engine.last_results["WorkerLoadHigh"]} == {"alpha", "gamma"}
     assert [(a.labels["pipeline"], a.state) for a in rig.tick(1)] == [("gamma", "pending")]
-    rig.metrics.worker_utilization.labels("alpha", "max").set(0.97)
+    rig.metrics.worker_utilization.labels("alpha", "stream", "max").set(0.97)
     rig.tick(1)
     states = {a.labels["pipeline"]: a.state for a in rig.tick(60)}  # alpha: for 1m instead of 5m
     assert states == {"alpha": "firing", "gamma": "pending"}

@@ -329,22 +329,29 @@ def test_generated_tests_cover_the_briefed_timings(defaults: list[AlertRule]) ->
     assert {s["values"] for s in high["input_series"]} == {"0.9x10"}
     checks = _checks(high)
     assert checks["4m"] == []
-    assert [a["exp_labels"]["pipeline"] for a in checks["5m"]] == [
-        "crop-health",
-        "line-inspection",
-        "species-id",
+    # Every replica of every kind: a stream worker and an API process each fire, per pipeline.
+    assert [(a["exp_labels"]["pipeline"], a["exp_labels"]["kind"]) for a in checks["5m"]] == [
+        ("crop-health", "api"),
+        ("crop-health", "stream"),
+        ("line-inspection", "api"),
+        ("line-inspection", "stream"),
+        ("species-id", "api"),
+        ("species-id", "stream"),
     ]
     first = checks["5m"][0]
     assert first["exp_labels"] == {
         "stat": "max",
+        "kind": "api",
         "pipeline": "crop-health",
         "severity": "warning",
         "group": "worker_load",
     }
-    assert first["exp_annotations"]["description"].startswith("Busiest replica at 0.9.")
+    summary = first["exp_annotations"]["summary"]
+    assert summary == "crop-health: a replica (api) is over 80% busy for 5 minutes"
+    assert first["exp_annotations"]["description"].startswith("Busiest api replica at 0.9.")
 
     critical = _checks(_group(tests, "WorkerLoadCritical"))
-    assert critical["14m"] == [] and len(critical["15m"]) == 3
+    assert critical["14m"] == [] and len(critical["15m"]) == 6
 
     latency = _checks(_group(tests, "ApiLatencyAboveSlo"))  # p95 = 0.4 s everywhere: above 0.348 only
     assert latency["5m"] == []
@@ -487,9 +494,9 @@ def test_promtool_proves_overrides_with_the_generated_tests(
     check = run_promtool("check", "rules", paths[0])
     assert check.returncode == 0, check.stdout + check.stderr
     high = _checks(_group(yaml.safe_load(paths[1].read_text()), "WorkerLoadHigh"))
-    assert [a["exp_labels"]["pipeline"] for a in high["5m"]] == ["crop-health"]
+    assert [a["exp_labels"]["pipeline"] for a in high["5m"]] == ["crop-health"] * 2  # api and stream
     assert high["9m"] == high["5m"]
-    assert [a["exp_labels"]["pipeline"] for a in high["10m"]] == ["crop-health", "line-inspection"]
+    assert [a["exp_labels"]["pipeline"] for a in high["10m"]] == ["crop-health"] * 2 + ["line-inspection"] * 2
     latency = _checks(_group(yaml.safe_load(paths[1].read_text()), "ApiLatencyAboveSlo"))
     # The lowest SLO is now 0.3, so every pipeline's p95 is 0.348: not above line-inspection's 0.348.
     assert [a["exp_labels"]["pipeline"] for a in latency["6m"]] == ["crop-health"]
@@ -540,7 +547,7 @@ def test_alertmanager_example_routes_by_severity_and_inhibits_warnings(
     assert inhibit == {
         "source_matchers": ['severity="critical"', 'group=~".+"'],
         "target_matchers": ['severity="warning"'],
-        "equal": ["group", "pipeline"],
+        "equal": ["group", "pipeline", "kind"],
     }
     urls = [c["url"] for r in receivers.values() for c in r["webhook_configs"]]
     assert urls and all(re.match(r"https://[a-z]+\.example\.invalid/", u) for u in urls)

@@ -306,7 +306,7 @@ def test_autoscales_up_to_max_under_load_and_back_after_the_window(
     directions = [d.direction for d in view.decisions]
     assert "up" in directions and directions[-1] == "down"
     assert set(running_pids(sup)) < pids_at_max
-    assert sup.metrics.worker_utilization.labels("p", "mean")._value.get() == 0.0
+    assert sup.metrics.worker_utilization.labels("p", "stream", "mean")._value.get() == 0.0
 
 
 def test_stubborn_child_is_killed_after_the_grace_period(home: Path, supervisors: list[Supervisor]) -> None:

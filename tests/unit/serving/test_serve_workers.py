@@ -37,6 +37,7 @@ def test_two_processes_share_the_port_store_everything_and_count_together(tmp_pa
         "KEENEYE_HOME": str(home),
         "KEENEYE_CONFIG": os.devnull,
         "KEENEYE_SERVING__MAX_INFLIGHT": "128",
+        "KEENEYE_SERVING__MAX_INFLIGHT_PER_CLIENT": "128",  # 40 at once from one address
         "KEENEYE_PIPELINES__DIRS": f'["{tmp_path / "pipelines"}"]',
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -110,3 +111,18 @@ def test_each_process_enforces_its_share_of_the_limits(tmp_path: Path) -> None:
             await close_state(state)
 
     assert asyncio.run(limits()) == (10.0, 20.0, 32)
+
+
+def test_each_process_enforces_its_share_of_the_concurrency_caps(tmp_path: Path) -> None:
+    """16 in flight per client address and 32 per API key for the server: 8 and 16 per process."""
+    settings = Settings(home=tmp_path / "home", serving=ServingSettings(processes=2))
+    register_species_model(settings, tmp_path)
+
+    async def caps() -> tuple[int, int]:
+        state = await open_state(settings, poll_aliases=False)
+        try:
+            return state.per_client.limit, state.per_key.limit
+        finally:
+            await close_state(state)
+
+    assert asyncio.run(caps()) == (8, 16)

@@ -23,8 +23,8 @@ ALERTMANAGER_EXAMPLE = """\
 # - escalation: the engine escalates an unacknowledged critical alert after 15 minutes. Here the
 #   escalation is a rule: WorkerLoadCritical is WorkerLoadHigh held for 15m instead of 5m, with
 #   severity critical, so it pages on-call. The inhibit rule then mutes the warning of the same
-#   `group` label and pipeline (WorkerLoadHigh while WorkerLoadCritical or WorkerSaturated fires),
-#   so nobody is told twice.
+#   `group` label, pipeline and replica kind (WorkerLoadHigh while WorkerLoadCritical or
+#   WorkerSaturated fires for the same kind: stream or api), so nobody is told twice.
 global:
   resolve_timeout: 5m
 route:
@@ -46,7 +46,7 @@ inhibit_rules:
   # sides as equal, so without `group=~".+"` QualityDrop would mute every group-less warning.
   - source_matchers: ['severity="critical"', 'group=~".+"']
     target_matchers: ['severity="warning"']
-    equal: [group, pipeline]
+    equal: [group, pipeline, kind]
 receivers:
   - name: keeneye-team
     webhook_configs:

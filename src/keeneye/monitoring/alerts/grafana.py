@@ -497,7 +497,9 @@ def _drift() -> list[Panel]:
 
 
 def _scaling(load_threshold: float) -> list[Panel]:
-    busiest = _gauge("keeneye_worker_utilization", extra='stat="max"')
+    # One series per pipeline and replica kind (stream workers, API processes): the load rules
+    # watch every kind.
+    busiest = _gauge("keeneye_worker_utilization", by="pipeline, kind", extra='stat="max"')
     return [
         Panel(
             "Replicas: running, desired, min, max",
@@ -511,20 +513,24 @@ def _scaling(load_threshold: float) -> list[Panel]:
             description="Never above max, whatever the load (alert ReplicasAtMax after 10 minutes at max).",
         ),
         Panel(
-            "Worker utilisation: mean and busiest replica",
+            "Replica utilisation (stream workers, API): mean and busiest replica",
             (
-                Target(_gauge("keeneye_worker_utilization", extra='stat="mean"'), "{{pipeline}} mean"),
-                Target(busiest, "{{pipeline}} busiest"),
+                Target(
+                    _gauge("keeneye_worker_utilization", by="pipeline, kind", extra='stat="mean"'),
+                    "{{pipeline}} {{kind}} mean",
+                ),
+                Target(busiest, "{{pipeline}} {{kind}} busiest"),
             ),
             unit="percentunit",
             lines=(load_threshold,),
             max_value=1,
-            description=f"Alerts WorkerLoadHigh / WorkerLoadCritical: busiest replica above "
-            f"{load_threshold:.0%} for 5 / 15 minutes.",
+            description=f"Alerts WorkerLoadHigh / WorkerLoadCritical: the busiest replica of any kind "
+            f"above {load_threshold:.0%} for 5 / 15 minutes (stream: a worker's busy fraction; api: an "
+            f"API process's in-flight slots in use).",
         ),
         Panel(
             "Busiest replica now",
-            (Target(busiest, "{{pipeline}}"),),
+            (Target(busiest, "{{pipeline}} {{kind}}"),),
             "stat",
             unit="percentunit",
             lines=(load_threshold, 0.95),

@@ -42,14 +42,19 @@ class Scenario:
     hot: float = 1.0  # threshold kind: a value that breaks the rule
     quiet: float | None = None  # threshold kind: value at t=0 before ``hot``; None = hot from t=0
     labels: Mapping[str, str] = field(default_factory=dict)  # extra series labels
+    # threshold kind: one series per variant and pipeline, each with these labels too (each fires)
+    variants: tuple[Mapping[str, str], ...] = ({},)
     bad: Mapping[str, str] = field(default_factory=dict)  # rate_ratio: a series inside the numerator
     good: Mapping[str, str] = field(default_factory=dict)  # rate_ratio: a series outside it
 
 
+# The load rules hold for every replica kind: a stream worker and an API process each fire.
+REPLICA_KINDS: tuple[Mapping[str, str], ...] = ({"kind": "stream"}, {"kind": "api"})
+
 SCENARIOS: dict[str, Scenario] = {
-    "WorkerLoadHigh": Scenario(hot=0.9),
-    "WorkerLoadCritical": Scenario(hot=0.9),
-    "WorkerSaturated": Scenario(hot=0.97),
+    "WorkerLoadHigh": Scenario(hot=0.9, variants=REPLICA_KINDS),
+    "WorkerLoadCritical": Scenario(hot=0.9, variants=REPLICA_KINDS),
+    "WorkerSaturated": Scenario(hot=0.97, variants=REPLICA_KINDS),
     "ApiLatencyAboveSlo": Scenario(),
     "StreamLatencyAboveSlo": Scenario(),
     "ApiErrorRateHigh": Scenario(bad={"status": "503"}, good={"status": "200"}),
@@ -148,21 +153,24 @@ class _Case:
     specs: dict[str, PipelineSpec]  # every pipeline, by name: disabled ones get series too
     judged: dict[str, Judgement]  # the pipelines the rule applies to
     series: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
-    fires: dict[str, _Fire] = field(default_factory=dict)
+    fires: dict[str, _Fire] = field(default_factory=dict)  # by pipeline (and variant, when several)
 
     def add(self, metric: str, labels: dict[str, str], values: str) -> None:
         self.series.append((metric, labels, values))
 
-    def expect(self, pipeline: str, since: float, labels: Mapping[str, str], value: float) -> None:
-        """``pipeline``'s series breaks the rule from ``since`` with ``value``: it fires if its own
-        (overridden) threshold agrees."""
+    def expect(
+        self, pipeline: str, since: float, labels: Mapping[str, str], value: float, variant: str = ""
+    ) -> None:
+        """``pipeline``'s series (of ``variant``) breaks the rule from ``since`` with ``value``: it
+        fires if its own (overridden) threshold agrees."""
         how = self.judged.get(pipeline)
         if how is None:
             return
         if self.rule.kind == "compare" or (
             how.threshold is not None and holds(value, self.rule.op, how.threshold)
         ):
-            self.fires[pipeline] = _Fire(since, how.for_seconds, dict(labels), value)
+            key = f"{pipeline}\x00{variant}" if variant else pipeline
+            self.fires[key] = _Fire(since, how.for_seconds, dict(labels), value)
 
     def by_labels(self, labels: Mapping[str, str]) -> dict[str, str]:
         """The labels an aggregated (``sum by`` / ``on``) result keeps."""
@@ -181,9 +189,11 @@ def _threshold_case(case: _Case, sc: Scenario) -> bool:
             return False  # the quiet value would fire already: no meaningful test
         values = f"{promql_number(quiet)} {values}"
     for pipeline in case.specs:
-        labels = {**match, **sc.labels, "pipeline": pipeline}
-        case.add(rule.metric, labels, values)
-        case.expect(pipeline, 0.0 if sc.quiet is None else STEP, labels, sc.hot)
+        for variant in sc.variants:
+            labels = {**match, **sc.labels, **variant, "pipeline": pipeline}
+            case.add(rule.metric, labels, values)
+            name = ",".join(f"{k}={v}" for k, v in sorted(variant.items()))
+            case.expect(pipeline, 0.0 if sc.quiet is None else STEP, labels, sc.hot, name)
     return True
 
 
@@ -320,8 +330,8 @@ def _test_group(case: _Case) -> RuleTestGroupJson | None:
     checks: list[AlertRuleTestJson] = []
     for t in sorted(times):
         expected: list[AlertExpectationJson] = []
-        for pipeline in sorted(p for p, f in case.fires.items() if f.at <= t):
-            fire = case.fires[pipeline]
+        for key in sorted(k for k, f in case.fires.items() if f.at <= t):
+            fire = case.fires[key]
             labels = {**fire.labels, **rule_labels(rule)}
             expanded = {k: expand_template(v, labels, fire.value) for k, v in rule.annotations.items()}
             annotations = {k: a for k, a in expanded.items() if a is not None}

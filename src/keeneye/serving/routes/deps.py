@@ -16,6 +16,7 @@ mutating request authenticated by the cookie must also carry :data:`CSRF_HEADER`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from keeneye.domain import Role
-from keeneye.serving.limits import retry_after_header
+from keeneye.serving.limits import ConcurrencyCap, Refused
 from keeneye.serving.state import AppState
 from keeneye.store import ObjectStore, ResultsDB
 
@@ -202,25 +203,64 @@ OperatorDep = Annotated[Actor, OPERATOR]
 AdminDep = Annotated[Actor, ADMIN]
 
 
-async def client_identity(request: Request, state: StateDep, actor: AuthDep) -> str:
-    """Who the rate limit counts against: the API key when keys are required, else the client address.
+@dataclass(frozen=True)
+class Client:
+    """Who a request counts against in the flood guard (serving/limits.py)."""
+
+    address: str  # the peer address (behind a proxy: what uvicorn's --forwarded-allow-ips trusts)
+    key_id: int | None  # the API key's id when the request carries a valid one
+    rate_key: str  # the rate limit's identity: the key when keys are required, else the address
+
+
+async def client_identity(request: Request, state: StateDep, actor: AuthDep) -> Client:
+    """The request's :class:`Client`: the rate limit counts against the API key when keys are
+    required, else the client address; the concurrency caps count against both.
 
     Refuses with 401 when keys are required and the request has no valid one.
     """
+    address = request.client.host if request.client else "unknown"
+    key_id = actor.key_id if actor is not None else None
     if state.require_api_key:
-        if actor is None or actor.key_id is None:
+        if key_id is None:
             raise HTTPException(401, detail=KEY_REQUIRED, headers={"WWW-Authenticate": "Bearer"})
-        return f"key:{actor.key_id}"
-    host = request.client.host if request.client else "unknown"
-    return f"addr:{host}"
+        return Client(address, key_id, f"key:{key_id}")
+    return Client(address, key_id, f"addr:{address}")
 
 
-ClientDep = Annotated[str, Depends(client_identity)]
+ClientDep = Annotated[Client, Depends(client_identity)]
+
+_WAIT_FIX = "wait for answers before sending more (honour Retry-After)"
+_ENV = "KEENEYE_SERVING__"
+
+
+def _too_many_in_flight(who: str, limit: int, setting: str) -> Refused:
+    return Refused(
+        429,
+        "too_many_in_flight",
+        f"{who} already has {limit} requests in flight, the most allowed",
+        retry_after=1,
+        fix=f"{_WAIT_FIX}, or raise {_ENV}{setting} (divided among `serve --workers` processes)",
+    )
+
+
+def _counted(state: AppState, pipeline: str, refusal: Refused) -> Refused:
+    state.metrics.requests.labels(pipeline, str(refusal.status)).inc()
+    return refusal
+
+
+def _hold(held: contextlib.ExitStack, cap: ConcurrencyCap, key: str) -> bool:
+    """Take one of ``key``'s slots until ``held`` closes; False when they are all taken."""
+    if not cap.try_enter(key):
+        return False
+    held.callback(cap.leave, key)
+    return True
 
 
 @contextmanager
-def admitted(state: AppState, pipeline: str, client: str) -> Iterator[None]:
-    """Rate limit (429) then the in-flight bound (503), both with Retry-After, for one pipeline.
+def admitted(state: AppState, pipeline: str, client: Client) -> Iterator[None]:
+    """The flood guard for one request of one pipeline (serving/limits.py): the rate limit, the
+    concurrency caps per client address and per API key (429), then the pipeline's in-flight bound
+    (503), each refusal with its ``reason`` and Retry-After; every slot taken is given back.
 
     Routes whose pipeline is in the path use :func:`admit` (a dependency); routes that learn the
     pipeline later (feedback: from the observation) enter this directly.
@@ -229,32 +269,37 @@ def admitted(state: AppState, pipeline: str, client: str) -> Iterator[None]:
     if rate is None or inflight is None:
         state.catalog.get(pipeline)  # raises NotFound with the known names
         raise AssertionError("every catalogued pipeline has limiters")
-    wait = rate.acquire(client)
+    wait = rate.acquire(client.rate_key)
     if wait > 0:
-        state.metrics.requests.labels(pipeline, "429").inc()
-        raise HTTPException(
-            429,
-            detail="rate limit exceeded for this client",
-            headers={"Retry-After": retry_after_header(wait)},
-        )
-    if not inflight.try_enter():
-        state.metrics.requests.labels(pipeline, "503").inc()
-        raise HTTPException(
-            503, detail="server busy: too many requests in flight", headers={"Retry-After": "1"}
-        )
-    state.metrics.inflight.inc()
-    try:
+        fix = f"{_WAIT_FIX}, or raise the pipeline's limits.rate_per_second and burst"
+        message = f"rate limit exceeded for this client on {pipeline}"
+        raise _counted(state, pipeline, Refused(429, "rate_limited", message, retry_after=wait, fix=fix))
+    with contextlib.ExitStack() as held:
+        if not _hold(held, state.per_client, f"addr:{client.address}"):
+            who = f"client {client.address}"
+            raise _counted(
+                state, pipeline, _too_many_in_flight(who, state.per_client.limit, "MAX_INFLIGHT_PER_CLIENT")
+            )
+        if client.key_id is not None and not _hold(held, state.per_key, f"key:{client.key_id}"):
+            who = f"API key #{client.key_id}"
+            raise _counted(
+                state, pipeline, _too_many_in_flight(who, state.per_key.limit, "MAX_INFLIGHT_PER_KEY")
+            )
+        if not inflight.try_enter():
+            fix = f"retry after Retry-After, add API replicas, or raise {_ENV}MAX_INFLIGHT"
+            message = f"server busy: {inflight.limit} requests of {pipeline} in flight"
+            raise _counted(state, pipeline, Refused(503, "busy", message, retry_after=1, fix=fix))
+        held.callback(inflight.leave)
+        state.metrics.inflight.inc()
+        held.callback(state.metrics.inflight.dec)
         yield
-    finally:
-        inflight.leave()
-        state.metrics.inflight.dec()
 
 
-async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIterator[str]:
+async def admit(request: Request, state: StateDep, client: ClientDep) -> AsyncIterator[Client]:
     """Dependency form of :func:`admitted` for routes with the pipeline in the path (``{name}``)."""
     pipeline = request.path_params.get("name", state.settings.serving.default_pipeline)
     with admitted(state, pipeline, client):
         yield client
 
 
-AdmitDep = Annotated[str, Depends(admit)]
+AdmitDep = Annotated[Client, Depends(admit)]

@@ -13,9 +13,10 @@ from fastapi import APIRouter
 from keeneye.metrics import Metrics
 from keeneye.scaling import SystemStatus, read_status
 from keeneye.serving.routes.deps import VIEWER, StateDep
+from keeneye.serving.schemas import API_ERRORS
 from keeneye.settings import Settings
 
-router = APIRouter(tags=["system"], dependencies=[VIEWER])
+router = APIRouter(tags=["system"], dependencies=[VIEWER], responses=API_ERRORS)
 
 
 @router.get(
@@ -36,9 +37,9 @@ def export_scaling_metrics(settings: Settings, metrics: Metrics) -> None:
         metrics.replicas.labels(name).set(p.replicas)
         metrics.desired_replicas.labels(name).set(p.desired)
         if p.utilization is not None:
-            metrics.worker_utilization.labels(name, "mean").set(p.utilization)
+            metrics.worker_utilization.labels(pipeline=name, kind="stream", stat="mean").set(p.utilization)
         if p.utilization_max is not None:
-            metrics.worker_utilization.labels(name, "max").set(p.utilization_max)
+            metrics.worker_utilization.labels(pipeline=name, kind="stream", stat="max").set(p.utilization_max)
         if p.lag is not None:
             metrics.queue_lag.labels(name).set(p.lag)
 
