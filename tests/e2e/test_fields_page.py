@@ -19,7 +19,7 @@ import pytest
 import rasterio
 
 from keeneye.settings import Settings
-from tests.e2e.test_web import ARGS, CHROMIUM
+from tests.e2e.test_web import ARGS, CHROMIUM, wait_until
 from tests.services import unavailable
 from tests.serving_support import live_server
 from tests.unit.pipelines.crop_support import register_crop_model
@@ -111,7 +111,7 @@ def test_the_fields_pages_show_map_zones_trend_and_downloads(tmp_path: Path) -> 
 
             # the first flight: a smaller disease zone
             page.select_option("#flight", "f1")
-            page.wait_for_function("document.querySelector('#field').dataset.flight === 'f1'")
+            wait_until(page, "document.querySelector('#field').dataset.flight === 'f1'")
             first = [z for z in history[0]["zones"]["features"] if z["properties"]["kind"] == "disease"]
             assert page.locator("#map path[data-kind='disease']").get_attribute("data-ha") == str(
                 first[0]["properties"]["area_ha"]

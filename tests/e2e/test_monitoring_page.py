@@ -15,7 +15,7 @@ from keeneye.models.testing import tiny_classifier
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
 from keeneye.store import open_results_db
-from tests.e2e.test_web import ARGS, CHROMIUM
+from tests.e2e.test_web import ARGS, CHROMIUM, wait_until
 from tests.services import unavailable
 from tests.serving_support import SPECIES, LiveServer, fast_registry_store, live_server, species_manifest
 from tests.unit.serving.test_monitoring_api import (
@@ -108,9 +108,7 @@ def test_monitoring_page_draws_the_seeded_numbers(served: LiveServer, tmp_path: 
             # The window selector re-reads the API with the new window and keeps it in the URL.
             with page.expect_response(lambda r: "/monitoring?window=900" in r.url):
                 page.select_option("#window", "900")
-            page.wait_for_function(
-                "document.getElementById('rate-detail').textContent.includes('15 minutes')"
-            )
+            wait_until(page, "document.getElementById('rate-detail').textContent.includes('15 minutes')")
             assert (
                 page.locator("#rate-detail").inner_text() == "over the last 60 s · 100 in the last 15 minutes"
             )
@@ -127,8 +125,9 @@ def test_monitoring_page_draws_the_seeded_numbers(served: LiveServer, tmp_path: 
             assert page.locator("#p95").inner_text() == "–"
             assert page.locator("#alerts-table tbody tr").count() == 1  # LatencyHigh for line-inspection
             page.select_option("#window", "3600")
-            page.wait_for_function(
-                "document.getElementById('throughput-empty').textContent === 'no traffic in the last hour'"
+            wait_until(
+                page,
+                "document.getElementById('throughput-empty').textContent === 'no traffic in the last hour'",
             )
             page.screenshot(path=str(tmp_path / "monitoring-empty.png"), full_page=True)
         finally:

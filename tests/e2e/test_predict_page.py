@@ -22,7 +22,7 @@ from keeneye.models.testing import tiny_segmenter
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
 from keeneye.store import open_results_db
-from tests.e2e.test_web import ARGS, CHROMIUM
+from tests.e2e.test_web import ARGS, CHROMIUM, wait_until
 from tests.services import unavailable
 from tests.serving_support import LiveServer, jpeg, live_server, png, register_species_model, tiff
 from tests.unit.lifecycle.support import SIZE, crop_manifest, line_manifest
@@ -121,7 +121,7 @@ def test_every_pipeline_draws_its_answer_over_the_image(served: LiveServer, tmp_
                 page.select_option("#pipeline", "line-inspection")
                 assert page.locator("#title").inner_text() == "Line inspection"
                 assert "OK/DEFECT" in page.locator("#description").inner_text()
-                page.wait_for_function("document.getElementById('served-version').textContent === '2'")
+                wait_until(page, "document.getElementById('served-version').textContent === '2'")
                 assert page.locator("#result").is_hidden()
                 upload(page, "line-inspection")
                 frame = page.locator("#frame")
@@ -150,7 +150,7 @@ def test_every_pipeline_draws_its_answer_over_the_image(served: LiveServer, tmp_
                 assert page.locator("#title").inner_text() == "Crop health"
                 upload(page, "crop-health")
                 img = page.locator("#preview")
-                page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+                wait_until(page, "document.getElementById('preview').naturalWidth > 0")
                 assert "/image.png?view=auto" in (img.get_attribute("src") or "")
                 assert img.evaluate("i => i.naturalWidth") == SIZE
                 assert page.locator("#frame svg polygon.instance").count() == 1
@@ -158,8 +158,8 @@ def test_every_pipeline_draws_its_answer_over_the_image(served: LiveServer, tmp_
                 assert (page.locator("#frame svg text.label").text_content() or "").startswith("rust ")
                 page.screenshot(path=str(shots / f"predict-crop-health-{size_name}.png"), full_page=True)
                 page.click("#views button[data-view='ndvi']")
-                page.wait_for_function("document.getElementById('preview').src.includes('view=ndvi')")
-                page.wait_for_function("document.getElementById('preview').complete")
+                wait_until(page, "document.getElementById('preview').src.includes('view=ndvi')")
+                wait_until(page, "document.getElementById('preview').complete")
                 assert img.evaluate("i => i.naturalWidth") == SIZE
                 assert page.locator("#ndvi-legend").is_visible()
                 page.screenshot(path=str(shots / f"predict-crop-health-ndvi-{size_name}.png"), full_page=True)

@@ -15,6 +15,7 @@ from keeneye.serving.routes import review
 from keeneye.settings import Settings
 from keeneye.store import ResultsDB, open_object_store, open_results_db
 from tests.e2e.test_predict_page import DESKTOP, PHONE, crop_tile, register_line_and_crop, shots_dir
+from tests.e2e.test_web import wait_until
 from tests.services import unavailable
 from tests.serving_support import LiveServer, register_species_model
 from tests.unit.lifecycle.support import (
@@ -261,7 +262,7 @@ def test_hotkeys_answer_and_z_undoes_for_every_pipeline(
             for img in page.locator("li.review-item img").all():
                 assert "/image.png?view=auto" in (img.get_attribute("src") or "")
                 img.scroll_into_view_if_needed()
-                page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle())
+                wait_until(page, "i => i.complete && i.naturalWidth > 0", arg=img.element_handle())
                 assert img.evaluate("i => i.naturalWidth") == SIZE
             relabel = page.locator("li.review-item.current select.relabel option").all_inner_texts()
             assert relabel == ["all regions are…", "1 · rust", "2 · drought"]

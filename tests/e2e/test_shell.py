@@ -196,7 +196,8 @@ def test_a_browser_gets_the_404_page_and_an_api_client_json(served: LiveServer) 
     assert html.status_code == 404 and html.headers["content-type"].startswith("text/html")
     assert "There is no page at /nowhere." in html.text and 'aria-label="Main"' in html.text
     api = httpx.get(f"{served.url}/nowhere")
-    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+    assert api.status_code == 404
+    assert (api.json()["reason"], api.json()["detail"]) == ("not_found", "Not Found")  # the error model
     missing = httpx.get(f"{served.url}/v1/observations/nope")
     assert missing.status_code == 404 and missing.json()["reason"] == "not_found"
     page = httpx.get(f"{served.url}/v1/observations/nope", headers={"accept": "text/html"})

@@ -25,7 +25,7 @@ from keeneye.settings import Settings
 from keeneye.stream.bus import open_bus
 from keeneye.video import GroundTruth, SynthSpec, generate_video
 from keeneye.video.probe import probe
-from tests.e2e.test_web import ARGS, CHROMIUM
+from tests.e2e.test_web import ARGS, CHROMIUM, wait_until
 from tests.services import unavailable
 from tests.serving_support import LiveServer, live_server
 from tests.unit.video.bus_support import plugin_thread
@@ -88,7 +88,8 @@ def _start(page: Any, source: str, *, video: Path) -> None:
 
 
 def _wait_editor(page: Any, previous: str | None = None) -> str:
-    page.wait_for_function(
+    wait_until(
+        page,
         "(prev) => window.smartcutStudio.uid() && window.smartcutStudio.uid() !== prev"
         " && !document.getElementById('editor').hidden",
         arg=previous,
@@ -138,7 +139,7 @@ def test_sample_edit_save_cut_download(
 
             # 1. a local file, sampled by the browser: 120 frames at 1 s in 3 chunks
             _start(page, "local", video=video)
-            page.wait_for_function("document.getElementById('p-frames').textContent !== '0'")
+            wait_until(page, "document.getElementById('p-frames').textContent !== '0'")
             _shot(page, "02_sampling")
             local_uid = _wait_editor(page)
             assert page.text_content("#p-frames") == "120"
@@ -291,7 +292,7 @@ def test_two_users_each_see_their_own_and_a_third_is_told_to_wait(
                 assert rows == [uids[name]], (name, rows)
                 _shot(page, f"10_{name}_list")
                 page.click(f"#requests tr[data-uid='{uids[name]}'] button")
-                page.wait_for_function("(u) => window.smartcutStudio.uid() === u", arg=uids[name])
+                wait_until(page, "(u) => window.smartcutStudio.uid() === u", arg=uids[name])
                 page.wait_for_selector("#timeline .vis-item.vis-range")
                 page.wait_for_selector("#activity canvas")
                 _shot(page, f"11_{name}_edits")

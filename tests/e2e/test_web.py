@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +28,18 @@ ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+
+
+def wait_until(page: Any, expression: str, *, arg: Any = None, timeout: float = 30_000) -> Any:
+    """``page.wait_for_function`` for pages under the strict Content-Security-Policy: Playwright's
+    polls with ``eval()`` inside the page, which the policy refuses (no 'unsafe-eval'), while
+    ``page.evaluate`` goes through the DevTools protocol, which it does not. ``timeout`` in ms."""
+    deadline = time.monotonic() + timeout / 1000
+    while not (value := page.evaluate(expression, arg)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout / 1000:g} s: {expression}")
+        page.wait_for_timeout(100)
+    return value
 
 
 @pytest.fixture

@@ -8,6 +8,10 @@ JSON body (``reason``, ``detail``, ``fix``) they always got.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import (
     get_redoc_html,
@@ -24,16 +28,39 @@ router = APIRouter(include_in_schema=False, dependencies=[PUBLIC_ROUTE])
 templates = Jinja2Templates(env=environment())
 
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
-# The docs pages may load nothing from elsewhere: ReDoc's bundle, for one, links a logo on a CDN.
-# The browser refuses such requests before they reach the network.
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; worker-src 'self' blob:; "
-    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'"
+# The docs pages are FastAPI's HTML around the vendored bundles, and the only pages with a policy of
+# their own (every other answer gets serving/security.py's strict one). They may load nothing from
+# elsewhere either: ReDoc's bundle, for one, links a logo on a CDN, refused before it reaches the
+# network. What is looser, and why:
+# * the inline <script> that starts Swagger UI (and the OAuth2 redirect page's) is allowed by its
+#   SHA-256 alone (:func:`_inline_hashes`), not by 'unsafe-inline';
+# * ReDoc styles itself with styled-components, which writes <style> elements at run time, and
+#   starts its search index in a Worker made from a blob: URL — so /redoc allows inline styles and
+#   blob: workers. Nothing there renders user data as HTML: the page shows the API's own description.
+_DOCS_BASE = (
+    "default-src 'self'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+_INLINE = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
-def _local_only(page: HTMLResponse) -> HTMLResponse:
-    page.headers["Content-Security-Policy"] = DOCS_CSP
+def _inline_hashes(html: str, tag: str) -> str:
+    """The CSP source list of the inline ``<tag>`` blocks of ``html``: one ``'sha256-…'`` each."""
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for kind, body in _INLINE.findall(html)
+        if kind == tag
+    )
+
+
+def _local_only(page: HTMLResponse, *, redoc: bool = False) -> HTMLResponse:
+    html = bytes(page.body).decode()
+    scripts = f"script-src 'self' {_inline_hashes(html, 'script')}".rstrip()
+    if redoc:
+        styles, workers = "style-src 'self' 'unsafe-inline'", "; worker-src 'self' blob:"
+    else:
+        styles, workers = f"style-src 'self' {_inline_hashes(html, 'style')}".rstrip(), ""
+    page.headers["Content-Security-Policy"] = f"{_DOCS_BASE}; {scripts}; {styles}{workers}"
     return page
 
 
@@ -52,7 +79,7 @@ def swagger_ui(request: Request) -> HTMLResponse:
 
 @router.get(OAUTH2_REDIRECT_URL, response_class=HTMLResponse)
 def swagger_ui_redirect() -> HTMLResponse:
-    return get_swagger_ui_oauth2_redirect_html()
+    return _local_only(get_swagger_ui_oauth2_redirect_html())
 
 
 @router.get("/redoc", response_class=HTMLResponse)
@@ -64,7 +91,7 @@ def redoc(request: Request) -> HTMLResponse:
         redoc_favicon_url=FAVICON,
         with_google_fonts=False,  # no request leaves the machine
     )
-    return _local_only(page)
+    return _local_only(page, redoc=True)
 
 
 def wants_html(request: Request) -> bool:

@@ -25,7 +25,10 @@ from starlette.background import BackgroundTask
 
 from keeneye.domain import JsonObject, NotFound
 from keeneye.serving.routes.deps import OPERATOR, VIEWER, DbDep, StateDep, ViewerDep
+from keeneye.serving.routes.params import RequestUid
 from keeneye.serving.routes.shell import templates
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse
+from keeneye.serving.security import confine
 from keeneye.serving.state import AppState
 from keeneye.store import ResultsDB
 from keeneye.store.engine import utcnow
@@ -45,7 +48,7 @@ from keeneye.video.studio import (
     remember_server_video,
 )
 
-router = APIRouter(tags=["smartcut"])
+router = APIRouter(tags=["smartcut"], responses=API_ERRORS)
 _LOCK = threading.Lock()
 UserQuery = Query(..., min_length=1, max_length=128, description="the user the request belongs to")
 MEDIA = {"json": "application/json", "csv": "text/csv", "edl": "text/plain"}
@@ -150,7 +153,7 @@ def smartcut_page(request: Request, state: StateDep, actor: ViewerDep) -> HTMLRe
     "/v1/smartcut/requests/{uid}/studio", summary="A request as the studio shows it", dependencies=[VIEWER]
 )
 async def get_studio(
-    uid: str,
+    uid: RequestUid,
     db: DbDep,
     state: StateDep,
     user_id: str = UserQuery,
@@ -182,7 +185,7 @@ async def get_studio(
 
 
 @router.get("/v1/smartcut/requests/{uid}/edits", summary="The user's edited segments", dependencies=[VIEWER])
-async def get_edits(uid: str, db: DbDep, user_id: str = UserQuery) -> dict[str, Any]:
+async def get_edits(uid: RequestUid, db: DbDep, user_id: str = UserQuery) -> dict[str, Any]:
     """``timestamps`` [{start, stop}]: the saved edits, or the plugin's segments while none are saved
     (``edited`` says which)."""
     record = await asyncio.to_thread(_owned, db, uid, user_id)
@@ -194,10 +197,13 @@ async def get_edits(uid: str, db: DbDep, user_id: str = UserQuery) -> dict[str, 
     "/v1/smartcut/requests/{uid}/edits",
     summary="Save the user's edited segments",
     dependencies=[OPERATOR],
-    responses={404: {"description": "no such request for this user"}, 422: {"description": "bad segments"}},
+    responses={
+        404: {"model": ErrorResponse, "description": "no such request for this user"},
+        422: {"model": ErrorResponse, "description": "bad segments"},
+    },
 )
 async def put_edits(
-    uid: str,
+    uid: RequestUid,
     db: DbDep,
     state: StateDep,
     body: EditsBody,
@@ -220,7 +226,7 @@ async def put_edits(
     dependencies=[VIEWER],
 )
 async def get_export(
-    uid: str,
+    uid: RequestUid,
     db: DbDep,
     state: StateDep,
     user_id: str = UserQuery,
@@ -247,15 +253,22 @@ async def get_export(
     summary="Cut a server-held video into clips, or frames for labelling (zip)",
     dependencies=[OPERATOR],
     response_class=FileResponse,
-    responses={409: {"description": "the browser holds the video: export the segments instead"}},
+    responses={
+        409: {
+            "model": ErrorResponse,
+            "description": "the browser holds the video: export the segments instead",
+        }
+    },
 )
-async def post_cut(uid: str, db: DbDep, state: StateDep, body: CutBody) -> FileResponse:
+async def post_cut(uid: RequestUid, db: DbDep, state: StateDep, body: CutBody) -> FileResponse:
     """Lossless cut (keyframe-aligned stream copy) of the saved edits, or of the plugin's segments
     when none are saved, → a zip of the clips with ``clips.json`` (asked and real start/stop).
     ``as_dataset``: instead, ``frames_per_segment`` frames from each segment as a zipped COCO folder
     without annotations (``annotations.json`` + ``images/``), for labelling."""
     record = await asyncio.to_thread(_owned, db, uid, body.user_id)
     studio = await asyncio.to_thread(_studio, state, record)
+    if studio.source == "server" and studio.path is not None:  # the record sits in the shared root
+        confine(studio.path, state.settings.smartcut.allowed_roots, setting="KEENEYE_SMARTCUT__ALLOWED_ROOTS")
     timestamps, _ = _segments(record)
     segments = check_edits(timestamps, studio.duration)
     work = Path(tempfile.mkdtemp(prefix="smartcut-cut-", dir=_root(state)))
@@ -286,13 +299,16 @@ async def post_cut(uid: str, db: DbDep, state: StateDep, body: CutBody) -> FileR
 
 
 @router.get("/v1/smartcut/requests/{uid}/video", summary="The server-held video", dependencies=[VIEWER])
-async def get_video(uid: str, db: DbDep, state: StateDep, user_id: str = UserQuery) -> FileResponse:
+async def get_video(uid: RequestUid, db: DbDep, state: StateDep, user_id: str = UserQuery) -> FileResponse:
     """The video of a ``path`` request, for the studio's player (byte ranges supported)."""
     record = await asyncio.to_thread(_owned, db, uid, user_id)
     studio = await asyncio.to_thread(_studio, state, record)
     if studio.source != "server" or studio.path is None or not Path(studio.path).is_file():
         raise NotFound(f"the server holds no video for request {uid!r}", fix="play the local file instead")
-    return FileResponse(studio.path)
+    # Checked again now: the record sits in the root shared with the plugins, the folder may have left
+    # the allowed roots, or the file become a symlink out of them.
+    roots = state.settings.smartcut.allowed_roots
+    return FileResponse(confine(studio.path, roots, setting="KEENEYE_SMARTCUT__ALLOWED_ROOTS"))
 
 
 __all__ = ["end_chunks", "read_chunk_frames", "remember_source", "router", "score_chunk"]

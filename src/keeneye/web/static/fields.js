@@ -8,6 +8,8 @@
   const statusNode = document.getElementById("status");
   const picker = document.getElementById("flight");
   const enc = encodeURIComponent;
+  // The flight picker acts on change; Enter in the form must not reload the page.
+  document.getElementById("controls").addEventListener("submit", (event) => event.preventDefault());
   const VIGOUR = { very_low: "#b2182b", low: "#ef8a62", medium_low: "#fddbc7", medium: "#f7f7a0", medium_high: "#a6d96a", high: "#1a9850", very_high: "#006837" };
   const DISEASE = ["#7b2cbf", "#d62828", "#f77f00", "#3a86ff", "#6a040f"];
   const diseaseColour = {};
