@@ -93,8 +93,21 @@ def prepare(
             status=415,
             fix=f"send one of: {', '.join(spec.input.formats)}",
         )
+    _check_size(spec, image.full_height, image.full_width)
     tensor, transform = prepare_input(image, manifest.input)
     return Prepared(image, tensor, transform)
+
+
+def _check_size(spec: PipelineSpec, height: int, width: int) -> None:
+    """Refuse an image with a side under ``input.min_side`` (a 1 × 1 PNG is a valid file, not a frame)."""
+    side = spec.input.min_side
+    if min(height, width) < side:
+        raise InvalidInput(
+            "image_too_small",
+            f"the image is {width} × {height} pixels; pipeline {spec.name!r} needs at least {side} a side",
+            fix=f"send the camera's frame (at least {side} × {side} pixels), or lower input.min_side in "
+            "the pipeline spec",
+        )
 
 
 def _prepare_geo(
@@ -107,6 +120,7 @@ def _prepare_geo(
         spec, manifest, data, request, max_pixels=spec.input.max_pixels or settings.imaging.max_pixels
     )
     raster = geo.raster
+    _check_size(spec, *raster.shape)
     pixels = np.moveaxis(np.where(raster.valid, raster.data, np.float32(0)), 0, -1)
     image = Image(pixels, raster.bands, "tiff", content_hash(data))
     height, width = raster.shape

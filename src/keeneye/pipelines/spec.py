@@ -26,6 +26,7 @@ from keeneye.settings import Settings
 log = logging.getLogger(__name__)
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+MIN_IMAGE_SIDE = 8  # pixels: no camera keeneye serves makes less; the smallest model input is 32
 ImageFormat = Literal["jpeg", "png", "tiff"]
 ALL_FORMATS: tuple[ImageFormat, ...] = ("jpeg", "png", "tiff")
 SpectralIndex = Literal["ndvi", "ndre", "gndvi"]
@@ -90,6 +91,13 @@ class InputSection(_Strict):
     )
     max_upload_bytes: int | None = Field(None, gt=0, description="overrides serving.max_upload_bytes")
     max_pixels: int | None = Field(None, gt=0, description="overrides imaging.max_pixels")
+    min_side: int = Field(
+        MIN_IMAGE_SIDE,
+        ge=1,
+        description="refuse images with a side shorter than this many pixels (422 image_too_small): "
+        "a model scales any image to its input size, but a 1-pixel image holds nothing to find and its "
+        "answers' outlines collapse to a point",
+    )
     geo: bool = Field(
         False,
         description="read uploads as (Geo)TIFF rasters with keeneye.geo: per-request band maps, masks, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,12 +42,98 @@ class PredictResponse(BaseModel):
     image: dict[str, Any] | None = None
 
 
-class ErrorResponse(BaseModel):
-    """Every refusal: a stable ``reason`` code, one human line, and the fix when there is one."""
+class FieldError(BaseModel):
+    """One part of a request that does not match the API's schema."""
 
-    reason: str
-    detail: str
-    fix: str | None = None
+    loc: list[str | int] = Field(description="where: path / query / header / body, then the name")
+    msg: str = Field(description="what is wrong with it")
+    type: str = Field(description="a stable code, e.g. less_than_equal, string_pattern_mismatch")
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: a stable ``reason`` code, one human line, and the fix when there is one.
+
+    A request that does not match the API's schema (a path id out of range, a missing field) is
+    ``422 invalid_request`` and lists each refused part in ``errors``.
+    """
+
+    reason: str = Field(description="a stable machine-readable code, e.g. not_found, corrupt_image")
+    detail: str = Field(description="one line for a person")
+    fix: str | None = Field(None, description="what to do about it, when there is something to do")
+    errors: list[FieldError] | None = Field(None, description="invalid_request: each refused part")
+
+
+# What each refusal means when a route does not say more (the description beside the error model).
+ERROR_MEANINGS: dict[int, str] = {
+    400: "empty or malformed request",
+    401: "API key missing or invalid",
+    403: "the API key's role does not allow this",
+    404: "not found (the detail names what)",
+    409: "conflicts with the current state",
+    413: "request or upload too large",
+    415: "content type not accepted",
+    422: "refused: the reason says why (invalid_request: the request does not match this schema)",
+    429: "rate limit exceeded (Retry-After)",
+    503: "busy, not ready or a dependency is down (Retry-After)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route or router: each code answered with :class:`ErrorResponse`.
+
+    ``error_responses(404, 409)``; a route that says more about one code merges
+    :func:`error_response` after: ``{**error_responses(409), **error_response(404, "no such alert")}``.
+    """
+    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
+
+
+def error_response(code: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """One refusal with a route's own description of it."""
+    return {code: {"model": ErrorResponse, "description": description}}
+
+
+# Every API route may answer these: no or a weaker key, a request outside the schema, a dependency down.
+API_ERRORS = error_responses(401, 403, 422, 503)
+
+# The reason of a refusal raised as a plain HTTP error (access, limits, Starlette's routing).
+HTTP_REASONS: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "busy",
+}
+INVALID_REQUEST_FIX = "send what the API's schema (/docs) allows for each part listed in errors"
+
+
+def http_error_body(status: int, detail: Any) -> dict[str, Any]:
+    """The :class:`ErrorResponse` body of a plain HTTP error; a ``detail`` that already is one (a
+    mapping with a ``reason``) is kept as it is."""
+    if isinstance(detail, dict) and "reason" in detail:
+        return detail
+    return {"reason": HTTP_REASONS.get(status, "error"), "detail": str(detail), "fix": None}
+
+
+def invalid_request_body(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``422 invalid_request`` body of a request that does not match the schema: one line naming
+    the first refused part, and every part in ``errors`` (never the value sent: it may be large)."""
+    items = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in errors
+    ]
+    if items:
+        first = items[0]
+        detail = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"[:300]
+        if len(items) > 1:
+            detail += f" (and {len(items) - 1} more)"
+    else:
+        detail = "the request does not match the API's schema"
+    return {"reason": "invalid_request", "detail": detail, "fix": INVALID_REQUEST_FIX, "errors": items}
 
 
 class HealthResponse(BaseModel):

@@ -157,7 +157,8 @@ def test_versions_without_a_report_and_unknown_names_are_404(reports: Reports) -
     assert f"keeneye evaluate --pipeline species-id --model {reports.bare}" in body["fix"]
     missing = _get(reports.server, "species-id", "99")
     assert missing.status_code == 404 and "versions: 1, 2" in missing.json()["detail"]
-    assert _get(reports.server, "species-id", "1;drop").status_code == 404
+    malformed = _get(reports.server, "species-id", "1;drop")  # not a version: refused by the spec's pattern
+    assert malformed.status_code == 422 and malformed.json()["reason"] == "invalid_request"
     unknown = _get(reports.server, "salmon", "1")
     assert unknown.status_code == 404 and "species-id" in unknown.json()["detail"]
 

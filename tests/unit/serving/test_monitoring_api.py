@@ -412,7 +412,8 @@ def test_api_empty_pipeline_and_refusals(served: tuple[LiveServer, ResultsDB]) -
 
     too_short = httpx.get(f"{server.url}/v1/pipelines/{PIPELINE}/monitoring", params={"window": 5})
     assert too_short.status_code == 422
-    assert too_short.json()["detail"][0]["loc"] == ["query", "window"]
+    assert too_short.json()["reason"] == "invalid_request"
+    assert too_short.json()["errors"][0]["loc"] == ["query", "window"]
 
 
 def test_page_routes(served: tuple[LiveServer, ResultsDB]) -> None:

@@ -18,10 +18,11 @@ from keeneye.domain import InvalidInput
 from keeneye.monitoring.alerts.rules import load_rules
 from keeneye.monitoring.alerts.store import MAX_LIMIT, AlertStore, alert_json
 from keeneye.serving.routes.deps import ClientDep, OperatorDep, StateDep, ViewerDep, audit_name
-from keeneye.serving.schemas import AckRequest, SilenceRequest
+from keeneye.serving.routes.params import AlertId
+from keeneye.serving.schemas import API_ERRORS, AckRequest, SilenceRequest, error_response
 from keeneye.serving.state import AppState
 
-router = APIRouter(tags=["alerts"])
+router = APIRouter(tags=["alerts"], responses=API_ERRORS)
 
 _STATES = ("active", "all")
 
@@ -34,7 +35,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@router.get("/v1/alerts", summary="Active alerts, or the newest alerts of any state")
+@router.get(
+    "/v1/alerts",
+    summary="Active alerts, or the newest alerts of any state",
+    responses=error_response(400, "unknown state, or limit out of range"),
+)
 async def list_alerts(
     app_state: StateDep, _client: ClientDep, _actor: ViewerDep, state: str = "active", limit: int = 200
 ) -> Any:
@@ -62,7 +67,7 @@ async def list_silences(app_state: StateDep, _client: ClientDep, _actor: ViewerD
     "/v1/alerts/silences",
     status_code=201,
     summary="Mute notifications of matching alerts for a while",
-    responses={400: {"description": "no rule and no labels, unknown rule, bad duration, no reason"}},
+    responses=error_response(400, "no rule and no labels, unknown rule, bad duration, no reason"),
 )
 async def create_silence(app_state: StateDep, actor: OperatorDep, body: SilenceRequest) -> Any:
     """Match by ``rule`` and/or ``labels`` (every label must be equal). Alerts keep their state;
@@ -81,8 +86,12 @@ async def create_silence(app_state: StateDep, actor: OperatorDep, body: SilenceR
     return JSONResponse(status_code=201, content=_json(record.to_json()))
 
 
-@router.get("/v1/alerts/{alert_id}", summary="One alert and its notification attempts")
-async def get_alert(alert_id: int, app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
+@router.get(
+    "/v1/alerts/{alert_id}",
+    summary="One alert and its notification attempts",
+    responses=error_response(404, "no such alert"),
+)
+async def get_alert(alert_id: AlertId, app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
     store = _store(app_state)
     record = await asyncio.to_thread(store.get, alert_id)
     sent = await asyncio.to_thread(store.notifications, alert_id)
@@ -92,10 +101,10 @@ async def get_alert(alert_id: int, app_state: StateDep, _client: ClientDep, _act
 @router.post(
     "/v1/alerts/{alert_id}/ack",
     summary="Acknowledge an alert (stops escalation)",
-    responses={404: {"description": "no such alert"}, 409: {"description": "already resolved"}},
+    responses={**error_response(404, "no such alert"), **error_response(409, "already resolved")},
 )
 async def ack_alert(
-    alert_id: int,
+    alert_id: AlertId,
     app_state: StateDep,
     actor: OperatorDep,
     body: Annotated[AckRequest | None, Body()] = None,

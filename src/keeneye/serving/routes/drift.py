@@ -10,16 +10,22 @@ from fastapi import APIRouter, Query
 from keeneye.domain import JsonObject
 from keeneye.monitoring.drift import MAX_REPORTS, latest_reports, no_report_note
 from keeneye.serving.routes.deps import VIEWER, DbDep, StateDep
+from keeneye.serving.routes.params import PipelineName
+from keeneye.serving.schemas import API_ERRORS, error_responses
 
-router = APIRouter(tags=["monitoring"], dependencies=[VIEWER])
+router = APIRouter(tags=["monitoring"], dependencies=[VIEWER], responses=API_ERRORS)
 
 
 DRAIN_SECONDS = 5.0  # longest a GET waits for this process's queued drift work
 
 
-@router.get("/v1/pipelines/{name}/drift", summary="Latest drift windows of a pipeline, newest first")
+@router.get(
+    "/v1/pipelines/{name}/drift",
+    summary="Latest drift windows of a pipeline, newest first",
+    responses=error_responses(404),
+)
 async def get_drift(
-    name: str,
+    name: PipelineName,
     state: StateDep,
     db: DbDep,
     limit: int = Query(20, ge=1, le=MAX_REPORTS, description="how many windows"),

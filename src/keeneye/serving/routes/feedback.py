@@ -38,11 +38,12 @@ from keeneye.serving.routes.deps import (
     admitted,
     audit_name,
 )
+from keeneye.serving.routes.params import ObservationId, PipelineName
 from keeneye.serving.routes.predict import read_limited_body
-from keeneye.serving.schemas import ErrorResponse, FeedbackCreated
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse, FeedbackCreated
 from keeneye.serving.state import AppState
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], responses=API_ERRORS)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": what}
@@ -54,7 +55,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "body over 2 MiB or too many instances",
         415: "content type is not application/json",
         422: "the label was refused (reason says why)",
-        429: "rate limit exceeded (Retry-After)",
+        429: "rate limited or too many requests in flight for this client or key (Retry-After)",
         503: "busy or the registry is unreachable (Retry-After)",
     }.items()
 }
@@ -127,7 +128,12 @@ async def read_json_body(request: Request) -> Any:
     summary="Record the ground truth of an observation",
 )
 async def create_feedback(
-    observation_id: str, request: Request, state: StateDep, db: DbDep, client: ClientDep, actor: OperatorDep
+    observation_id: ObservationId,
+    request: Request,
+    state: StateDep,
+    db: DbDep,
+    client: ClientDep,
+    actor: OperatorDep,
 ) -> Any:
     """One label per request: ``{"class": …}`` (classify), ``{"decision": "OK"|"DEFECT"}`` (ok-defect)
     or ``{"instances": […]}`` (segment / detect, COCO style), plus optional ``author`` and ``source``.
@@ -152,7 +158,7 @@ async def create_feedback(
     summary="Online precision / recall / F1 per model version against its test values",
 )
 async def get_quality(
-    name: str, state: StateDep, db: DbDep, _client: AdmitDep, _actor: ViewerDep
+    name: PipelineName, state: StateDep, db: DbDep, _client: AdmitDep, _actor: ViewerDep
 ) -> dict[str, Any]:
     """Computed on request over the last ``monitoring.quality_window_seconds`` of feedback; ``drop`` is
     true when a metric is more than ``monitoring.quality_drop`` (relative) below the version's test

@@ -28,9 +28,11 @@ from keeneye.fields import (
     history_json,
 )
 from keeneye.serving.routes.deps import OperatorDep, StateDep, ViewerDep
+from keeneye.serving.routes.params import FieldId
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse, error_responses
 from keeneye.serving.state import AppState
 
-router = APIRouter(tags=["fields"])
+router = APIRouter(tags=["fields"], responses=API_ERRORS)
 
 
 class FieldCreate(BaseModel):
@@ -63,9 +65,10 @@ async def list_fields(state: StateDep, _actor: ViewerDep) -> Any:
     status_code=201,
     summary="Register a field",
     responses={
-        409: {"description": "a field with this id exists"},
+        409: {"model": ErrorResponse, "description": "a field with this id exists"},
         422: {
-            "description": "invalid boundary: self-intersecting, not a polygon, unknown CRS, off the globe"
+            "model": ErrorResponse,
+            "description": "invalid boundary: self-intersecting, not a polygon, unknown CRS, off the globe",
         },
     },
 )
@@ -82,13 +85,19 @@ async def create_field(state: StateDep, _actor: OperatorDep, body: FieldCreate) 
     return JSONResponse(status_code=201, content=field_detail_json(record))
 
 
-@router.get("/v1/fields/{field_id}", summary="One field, with its bounding box")
-async def get_field(field_id: str, state: StateDep, _actor: ViewerDep) -> Any:
+@router.get(
+    "/v1/fields/{field_id}", summary="One field, with its bounding box", responses=error_responses(404)
+)
+async def get_field(field_id: FieldId, state: StateDep, _actor: ViewerDep) -> Any:
     return field_detail_json(await asyncio.to_thread(_book(state).get, field_id))
 
 
-@router.get("/v1/fields/{field_id}/history", summary="The field's flights, oldest first")
-async def get_history(field_id: str, state: StateDep, _actor: ViewerDep) -> Any:
+@router.get(
+    "/v1/fields/{field_id}/history",
+    summary="The field's flights, oldest first",
+    responses=error_responses(404),
+)
+async def get_history(field_id: FieldId, state: StateDep, _actor: ViewerDep) -> Any:
     """Per flight: index statistics, hectares per disease class and vigour zone, and the zones
     clipped to the boundary (WGS84 GeoJSON)."""
     flights = await asyncio.to_thread(_book(state).history, field_id)
@@ -103,11 +112,11 @@ async def get_history(field_id: str, state: StateDep, _actor: ViewerDep) -> Any:
             "content": {"application/geo+json": {}, "application/zip": {}},
             "description": "GeoJSON FeatureCollection, or a zip of .shp/.shx/.dbf/.prj/.cpg",
         },
-        404: {"description": "unknown field or flight"},
+        404: {"model": ErrorResponse, "description": "unknown field or flight"},
     },
 )
 async def get_prescription(
-    field_id: str,
+    field_id: FieldId,
     state: StateDep,
     _actor: ViewerDep,
     flight: str | None = Query(None, description="Flight (default: the latest)"),

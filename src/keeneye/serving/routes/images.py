@@ -18,17 +18,21 @@ from fastapi.responses import Response, StreamingResponse
 from keeneye.domain import InvalidInput, NotFound
 from keeneye.imaging import View, decode_image, encode_png, fit_within, render_image
 from keeneye.serving.routes.deps import VIEWER, ClientDep, StateDep
+from keeneye.serving.routes.params import ObservationId
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 from keeneye.serving.state import AppState
 from keeneye.store import ObservationRecord
 
-router = APIRouter(tags=["observations"], dependencies=[VIEWER])
+router = APIRouter(tags=["observations"], dependencies=[VIEWER], responses=API_ERRORS)
 
 # The bytes (and so the rendering) of an observation never change.
 IMMUTABLE = "private, max-age=86400, immutable"
 TIFF_NODATA = 0.0
 
 
-def _stored(state: AppState, observation_id: str) -> ObservationRecord:
+def stored_observation(state: AppState, observation_id: str) -> ObservationRecord:
+    """The observation whose stored image (or a map derived from it) is asked for; 404 when there is
+    none or it was accepted without keeping its image."""
     obs = state.db.get_observation(observation_id)
     if obs is None:
         raise NotFound(f"no observation {observation_id[:64]!r}")
@@ -41,7 +45,8 @@ def _stored(state: AppState, observation_id: str) -> ObservationRecord:
     return obs
 
 
-def _gone(observation_id: str) -> NotFound:
+def image_gone(observation_id: str) -> NotFound:
+    """The 404 for an observation whose image the object store no longer has (retention removed it)."""
     return NotFound(
         f"the image of observation {observation_id} is no longer stored",
         fix="the pipeline's retention policy removed it",
@@ -54,15 +59,17 @@ def _gone(observation_id: str) -> NotFound:
     responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/tiff": {}}}, 404: {}},
     summary="The stored image of an observation",
 )
-async def observation_image(observation_id: str, state: StateDep, _client: ClientDep) -> StreamingResponse:
+async def observation_image(
+    observation_id: ObservationId, state: StateDep, _client: ClientDep
+) -> StreamingResponse:
     objects = state.objects
-    obs = await asyncio.to_thread(_stored, state, observation_id)
+    obs = await asyncio.to_thread(stored_observation, state, observation_id)
     key = obs.object_key
-    assert key is not None  # _stored refuses an observation without one
+    assert key is not None  # stored_observation refuses an observation without one
     try:
         info = await asyncio.to_thread(objects.info, key)
     except NotFound:
-        raise _gone(observation_id) from None
+        raise image_gone(observation_id) from None
     return StreamingResponse(
         objects.stream(key),  # a sync iterator: Starlette reads it in a worker thread
         media_type=obs.content_type,
@@ -76,12 +83,12 @@ async def observation_image(observation_id: str, state: StateDep, _client: Clien
 
 def render_observation(state: AppState, observation_id: str, view: View, max_side: int) -> tuple[bytes, View]:
     """PNG bytes of the observation's image in ``view``, at most ``max_side`` pixels a side."""
-    obs = _stored(state, observation_id)
+    obs = stored_observation(state, observation_id)
     assert obs.object_key is not None
     try:
         data = state.objects.get(obs.object_key)
     except NotFound:
-        raise _gone(observation_id) from None
+        raise image_gone(observation_id) from None
     band_map, max_pixels = None, state.settings.imaging.max_pixels
     if obs.pipeline in state.catalog.names():
         spec = state.catalog.get(obs.pipeline)
@@ -101,11 +108,15 @@ def render_observation(state: AppState, observation_id: str, view: View, max_sid
 @router.get(
     "/v1/observations/{observation_id}/image.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 404: {}, 422: {"description": "the view needs bands"}},
+    responses={
+        200: {"content": {"image/png": {}}},
+        404: {"model": ErrorResponse, "description": "no such observation, or its image is no longer stored"},
+        422: {"model": ErrorResponse, "description": "the view needs bands"},
+    },
     summary="The stored image rendered as PNG: true colour, colour infrared or NDVI false colour",
 )
 async def observation_png(
-    observation_id: str,
+    observation_id: ObservationId,
     state: StateDep,
     _client: ClientDep,
     view: Annotated[

@@ -36,10 +36,12 @@ from keeneye.imaging.archive import is_zip
 from keeneye.imaging.render import ndvi_colours
 from keeneye.pipelines.crophealth import geo_request
 from keeneye.serving.routes.deps import VIEWER, StateDep
-from keeneye.serving.routes.images import IMMUTABLE, _gone, _stored
+from keeneye.serving.routes.images import IMMUTABLE, image_gone, stored_observation
+from keeneye.serving.routes.params import ObservationId
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 from keeneye.serving.state import AppState
 
-router = APIRouter(tags=["observations"], dependencies=[VIEWER])
+router = APIRouter(tags=["observations"], dependencies=[VIEWER], responses=API_ERRORS)
 
 WEB_MERCATOR = CRS.from_epsg(3857)
 IndexName = Annotated[str, PathParam(description="an index name: " + ", ".join(INDICES))]
@@ -52,8 +54,8 @@ def index_map(
     key = name.strip().lower()
     if key not in INDICES:
         raise NotFound(f"no index named {name[:32]!r}", fix=f"use one of {', '.join(INDICES)}")
-    obs = _stored(state, observation_id)
-    assert obs.object_key is not None  # _stored refuses an observation without one
+    obs = stored_observation(state, observation_id)
+    assert obs.object_key is not None  # stored_observation refuses an observation without one
     if obs.pipeline not in state.catalog.names() or not state.catalog.get(obs.pipeline).input.geo:
         raise InvalidInput(
             "not_a_geo_observation",
@@ -65,7 +67,7 @@ def index_map(
     try:
         data = state.objects.get(obs.object_key)
     except NotFound:
-        raise _gone(observation_id) from None
+        raise image_gone(observation_id) from None
     request = geo_request(spec, obs.metadata)
     max_pixels = spec.input.max_pixels or state.settings.imaging.max_pixels
     if is_zip(data):
@@ -134,10 +136,14 @@ def index_png(
 @router.get(
     "/v1/observations/{observation_id}/index/{name}.tif",
     response_class=Response,
-    responses={200: {"content": {"image/tiff": {}}}, 404: {}, 422: {"description": "bands missing"}},
+    responses={
+        200: {"content": {"image/tiff": {}}},
+        404: {"model": ErrorResponse, "description": "no such observation, or its image is no longer stored"},
+        422: {"model": ErrorResponse, "description": "bands missing"},
+    },
     summary="An index map (NDVI, NDRE, …) of a crop-health observation as a Cloud-Optimized GeoTIFF",
 )
-async def observation_index_cog(observation_id: str, name: IndexName, state: StateDep) -> Response:
+async def observation_index_cog(observation_id: ObservationId, name: IndexName, state: StateDep) -> Response:
     data = await asyncio.to_thread(index_cog, state, observation_id, name)
     return Response(
         data,
@@ -152,11 +158,15 @@ async def observation_index_cog(observation_id: str, name: IndexName, state: Sta
 @router.get(
     "/v1/observations/{observation_id}/index/{name}.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 404: {}, 422: {"description": "bands or CRS missing"}},
+    responses={
+        200: {"content": {"image/png": {}}},
+        404: {"model": ErrorResponse, "description": "no such observation, or its image is no longer stored"},
+        422: {"model": ErrorResponse, "description": "bands or CRS missing"},
+    },
     summary="An index map in false colour, warped to Web Mercator; X-Keeneye-Bounds: south,west,north,east",
 )
 async def observation_index_png(
-    observation_id: str,
+    observation_id: ObservationId,
     name: IndexName,
     state: StateDep,
     size: Annotated[int, Query(ge=16, le=4096, description="at most this many pixels a side")] = 1024,

@@ -20,9 +20,10 @@ from keeneye.monitoring.lines import LineQuery, lines_summary
 from keeneye.pipelines import PipelineSpec
 from keeneye.serving.routes.deps import VIEWER, StateDep
 from keeneye.serving.routes.shell import templates
+from keeneye.serving.schemas import API_ERRORS
 from keeneye.serving.state import AppState
 
-router = APIRouter(tags=["lines"], dependencies=[VIEWER])
+router = APIRouter(tags=["lines"], dependencies=[VIEWER], responses=API_ERRORS)
 pages = APIRouter(include_in_schema=False)  # included in router: its VIEWER applies
 
 DEFAULT_PIPELINE = "line-inspection"

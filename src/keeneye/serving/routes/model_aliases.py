@@ -19,11 +19,12 @@ from fastapi import APIRouter, Query
 from keeneye.domain import InvalidInput, JsonObject
 from keeneye.registry import ModelVersionInfo
 from keeneye.serving.routes.deps import AdminDep, StateDep, ViewerDep, audit_name
-from keeneye.serving.schemas import AliasMoveRequest
+from keeneye.serving.routes.params import ModelVersion, PipelineName
+from keeneye.serving.schemas import API_ERRORS, AliasMoveRequest, ErrorResponse
 from keeneye.serving.state import AppState
 from keeneye.store import ModelEventRecord
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=API_ERRORS)
 
 MAX_EVENTS = 500
 
@@ -54,9 +55,9 @@ def _rollback(state: AppState, name: str, body: AliasMoveRequest, who: str) -> M
 
 
 _MOVE_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "unknown pipeline or version, or no previous champion"},
-    409: {"description": "the version failed its gates (send force with the reason)"},
-    422: {"description": "no reason"},
+    404: {"model": ErrorResponse, "description": "unknown pipeline or version, or no previous champion"},
+    409: {"model": ErrorResponse, "description": "the version failed its gates (send force with the reason)"},
+    422: {"model": ErrorResponse, "description": "no reason"},
 }
 
 
@@ -66,7 +67,7 @@ _MOVE_ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_MOVE_ERRORS,
 )
 async def promote_version(
-    name: str, version: str, body: AliasMoveRequest, state: StateDep, who: AdminDep
+    name: PipelineName, version: ModelVersion, body: AliasMoveRequest, state: StateDep, who: AdminDep
 ) -> dict[str, Any]:
     """The old champion becomes ``previous`` (what rollback returns to)."""
     info = await asyncio.to_thread(_promote, state, name, version, body, audit_name(who, body.by))
@@ -80,7 +81,7 @@ async def promote_version(
     responses=_MOVE_ERRORS,
 )
 async def rollback_champion(
-    name: str, body: AliasMoveRequest, state: StateDep, who: AdminDep
+    name: PipelineName, body: AliasMoveRequest, state: StateDep, who: AdminDep
 ) -> dict[str, Any]:
     info = await asyncio.to_thread(_rollback, state, name, body, audit_name(who, body.by))
     state.runtime.refresh_soon()
@@ -90,10 +91,10 @@ async def rollback_champion(
 @router.get(
     "/v1/pipelines/{name}/models/events",
     summary="The model audit log of a pipeline, newest first",
-    responses={404: {"description": "unknown pipeline"}},
+    responses={404: {"model": ErrorResponse, "description": "unknown pipeline"}},
 )
 async def model_events(
-    name: str, state: StateDep, _actor: ViewerDep, limit: int = Query(50, ge=1, le=MAX_EVENTS)
+    name: PipelineName, state: StateDep, _actor: ViewerDep, limit: int = Query(50, ge=1, le=MAX_EVENTS)
 ) -> dict[str, Any]:
     """Registrations, alias moves (promoted, rolled back, rollout steps) and gate results: who, when,
     from which version to which, and why."""

@@ -30,13 +30,15 @@ from keeneye.models.manifest import MANIFEST_FILE, ModelManifest
 from keeneye.registry import GateStatus, ModelVersionInfo
 from keeneye.registry.versions import ARTIFACT_PATH, TAG_DATA_VERSION
 from keeneye.serving.routes.deps import VIEWER, StateDep
+from keeneye.serving.routes.params import ModelVersion, PipelineName
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 from keeneye.serving.state import AppState
 from keeneye.training.evaluate import PrCurveJson
 from keeneye.training.gates import CheckKind, GateCheckJson
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["models"], dependencies=[VIEWER])
+router = APIRouter(tags=["models"], dependencies=[VIEWER], responses=API_ERRORS)
 
 # Where training/run.py logs the files of a run (``_log_run``: evaluation/…, run/…; the bundle: model/…).
 EVALUATION_FILE = "evaluation/evaluation.json"
@@ -375,11 +377,14 @@ def read_evaluation(state: AppState, name: str, version: str) -> EvaluationView:
     response_model=None,  # typing.TypedDict: pydantic wants typing_extensions' on Python 3.11
     summary="A version's evaluation report: metrics per class, PR curves, confusion matrix, gates, data",
     responses={
-        404: {"description": "unknown pipeline or version, or a version registered without a report"},
-        500: {"description": "the stored report is damaged"},
+        404: {
+            "model": ErrorResponse,
+            "description": "unknown pipeline or version, or a version registered without a report",
+        },
+        500: {"model": ErrorResponse, "description": "the stored report is damaged"},
     },
 )
-async def get_evaluation(name: str, version: str, state: StateDep) -> EvaluationView:
+async def get_evaluation(name: PipelineName, version: ModelVersion, state: StateDep) -> EvaluationView:
     """What ``keeneye train`` measured on the test split before registering the version, in one
     shape for every task (see the module docstring)."""
     return await asyncio.to_thread(read_evaluation, state, name, version)

@@ -22,11 +22,13 @@ from keeneye.monitoring.summary import QualityInputs, pipeline_summary
 from keeneye.registry import ModelRegistry
 from keeneye.serving.routes.browse import rule_units
 from keeneye.serving.routes.deps import VIEWER, StateDep
+from keeneye.serving.routes.params import PipelineName
+from keeneye.serving.schemas import API_ERRORS
 from keeneye.web import environment
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["monitoring"], dependencies=[VIEWER])
+router = APIRouter(tags=["monitoring"], dependencies=[VIEWER], responses=API_ERRORS)
 pages = APIRouter(include_in_schema=False)  # included in router: its VIEWER applies
 _templates = Jinja2Templates(env=environment())
 
@@ -58,7 +60,7 @@ def _reference_for(registry: ModelRegistry, model: str) -> Any:
     summary="Traffic, errors, latency vs SLO, drift, online quality and open alerts of one pipeline",
 )
 def monitoring_summary(
-    name: str,
+    name: PipelineName,
     state: StateDep,
     window: Annotated[
         int, Query(ge=MIN_WINDOW_S, le=MAX_WINDOW_S, description="seconds to look back (60 buckets)")

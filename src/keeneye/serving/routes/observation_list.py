@@ -21,9 +21,11 @@ from fastapi import APIRouter, Query
 
 from keeneye.domain import Decision, InvalidInput, JsonObject, NotFound, ObservationStatus, Variant
 from keeneye.serving.routes.deps import VIEWER, ClientDep, StateDep
+from keeneye.serving.routes.params import ObservationId
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 from keeneye.store import ObservationFilter, ObservationRecord, PredictionRecord
 
-router = APIRouter(tags=["observations"], dependencies=[VIEWER])
+router = APIRouter(tags=["observations"], dependencies=[VIEWER], responses=API_ERRORS)
 
 MAX_PAGE = 200
 
@@ -100,8 +102,8 @@ def _row(obs: ObservationRecord, answer: PredictionRecord | None) -> JsonObject:
     "/v1/observations",
     summary="Past observations, newest first, filtered and paged",
     responses={
-        400: {"description": "a cursor this API did not hand out"},
-        404: {"description": "unknown pipeline"},
+        400: {"model": ErrorResponse, "description": "a cursor this API did not hand out"},
+        404: {"model": ErrorResponse, "description": "unknown pipeline"},
     },
 )
 async def list_observations(
@@ -196,9 +198,11 @@ def _trace(state: StateDep, observation_id: str) -> JsonObject:
 @router.get(
     "/v1/observations/{observation_id}/trace",
     summary="One observation in full: input, every answer with its latency breakdown, feedback",
-    responses={404: {"description": "no such observation"}},
+    responses={404: {"model": ErrorResponse, "description": "no such observation"}},
 )
-async def observation_trace(observation_id: str, state: StateDep, _client: ClientDep) -> dict[str, Any]:
+async def observation_trace(
+    observation_id: ObservationId, state: StateDep, _client: ClientDep
+) -> dict[str, Any]:
     """Invariant 5, traceable: input hash → model name, version and variant of every answer (shadow
     ones included) → latency breakdown (``timings``) → the feedback it got."""
     return await asyncio.to_thread(_trace, state, observation_id)

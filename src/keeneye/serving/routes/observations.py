@@ -15,12 +15,13 @@ from fastapi.responses import JSONResponse
 
 from keeneye.domain import InvalidInput
 from keeneye.serving.routes.deps import OPERATOR, AdmitDep, StateDep
+from keeneye.serving.routes.params import PipelineName
 from keeneye.serving.routes.predict import _BODY_DOC, _ERRORS, extract_image
-from keeneye.serving.schemas import ObservationAccepted
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse, ObservationAccepted
 from keeneye.serving.state import AppState
 from keeneye.stream import Ingestor, IngestUnavailable
 
-router = APIRouter(tags=["observations"], dependencies=[OPERATOR])
+router = APIRouter(tags=["observations"], dependencies=[OPERATOR], responses=API_ERRORS)
 
 _LOCK = threading.Lock()
 
@@ -42,11 +43,14 @@ def ingestor_of(request: Request, state: AppState) -> Ingestor:
     "/v1/pipelines/{name}/observations",
     status_code=202,
     response_model=ObservationAccepted,
-    responses={**_ERRORS, 503: {"description": "storage unavailable or busy (Retry-After)"}},
+    responses={
+        **_ERRORS,
+        503: {"model": ErrorResponse, "description": "storage unavailable or busy (Retry-After)"},
+    },
     openapi_extra=_BODY_DOC,
     summary="Accept one image for asynchronous processing",
 )
-async def create_observation(name: str, request: Request, state: StateDep, _client: AdmitDep) -> Any:
+async def create_observation(name: PipelineName, request: Request, state: StateDep, _client: AdmitDep) -> Any:
     """Send the image like ``/predict``. The answer (202) comes once the image is durable; poll
     ``links.self`` for the status (``queued`` → ``processing`` → ``done`` | ``rejected`` | ``failed``)."""
     spec = state.catalog.get(name)  # 404 before reading a byte
@@ -64,7 +68,7 @@ async def create_observation(name: str, request: Request, state: StateDep, _clie
         return JSONResponse(
             status_code=503,
             headers={"Retry-After": str(exc.retry_after)},
-            content={"reason": "unavailable", "detail": exc.message, "fix": exc.fix},
+            content={"reason": exc.reason, "detail": exc.message, "fix": exc.fix},
         )
     state.metrics.requests.labels(name, "202").inc()
     link = f"/v1/observations/{accepted.id}"

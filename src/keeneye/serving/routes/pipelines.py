@@ -8,9 +8,10 @@ from fastapi import APIRouter
 
 from keeneye.domain import NotFound
 from keeneye.serving.routes.deps import VIEWER, DbDep, StateDep
-from keeneye.serving.schemas import ObservationResponse, PipelineSummary
+from keeneye.serving.routes.params import ObservationId, PipelineName
+from keeneye.serving.schemas import API_ERRORS, ObservationResponse, PipelineSummary, error_responses
 
-router = APIRouter(tags=["pipelines"], dependencies=[VIEWER])
+router = APIRouter(tags=["pipelines"], dependencies=[VIEWER], responses=API_ERRORS)
 
 
 def _summary(state: StateDep, name: str) -> PipelineSummary:
@@ -34,8 +35,10 @@ def list_pipelines(state: StateDep) -> list[PipelineSummary]:
     return [_summary(state, n) for n in state.catalog.names()]
 
 
-@router.get("/v1/pipelines/{name}", summary="One pipeline: its spec and served model")
-def get_pipeline(name: str, state: StateDep) -> dict[str, Any]:
+@router.get(
+    "/v1/pipelines/{name}", summary="One pipeline: its spec and served model", responses=error_responses(404)
+)
+def get_pipeline(name: PipelineName, state: StateDep) -> dict[str, Any]:
     spec = state.catalog.get(name)
     return {**_summary(state, name).model_dump(), "spec": spec.model_dump(mode="json")}
 
@@ -50,9 +53,12 @@ def list_models(state: StateDep) -> dict[str, list[dict[str, Any]]]:
 
 
 @router.get(
-    "/v1/observations/{observation_id}", response_model=ObservationResponse, summary="Status and result"
+    "/v1/observations/{observation_id}",
+    response_model=ObservationResponse,
+    summary="Status and result",
+    responses=error_responses(404),
 )
-def get_observation(observation_id: str, db: DbDep) -> ObservationResponse:
+def get_observation(observation_id: ObservationId, db: DbDep) -> ObservationResponse:
     obs = db.get_observation(observation_id)
     if obs is None:
         raise NotFound(f"no observation {observation_id!r}")

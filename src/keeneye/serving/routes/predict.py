@@ -11,10 +11,11 @@ from starlette.datastructures import UploadFile
 from keeneye.domain import InvalidInput, JsonObject
 from keeneye.imaging.archive import pack_files
 from keeneye.serving.routes.deps import OPERATOR, AdmitDep, StateDep
-from keeneye.serving.schemas import ErrorResponse, PredictResponse
+from keeneye.serving.routes.params import PipelineName
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse, PredictResponse
 from keeneye.serving.service import PredictionJson
 
-router = APIRouter(tags=["predict"], dependencies=[OPERATOR])
+router = APIRouter(tags=["predict"], dependencies=[OPERATOR], responses=API_ERRORS)
 
 RAW_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/tiff", "image/tif", "application/octet-stream"}
 
@@ -27,9 +28,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         413: "upload or image too large",
         415: "content type not accepted",
         422: "the image was refused (reason says why)",
-        429: "rate limit exceeded (Retry-After)",
+        429: "rate limited or too many requests in flight for this client or key (Retry-After)",
         503: "busy or no model ready (Retry-After)",
     }.items()
+}
+
+
+def _observation_link(path: str, method: str = "get") -> dict[str, Any]:
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {
+        "operationRef": f"#/paths/{pointer}/{method}",
+        "parameters": {"observation_id": "$response.body#/observation_id"},
+    }
+
+
+# OpenAPI links: what a client (or schemathesis' stateful phase) can do next with the answer's id.
+ANSWER_LINKS: dict[str, Any] = {
+    "GetObservation": _observation_link("/v1/observations/{observation_id}"),
+    "GetTrace": _observation_link("/v1/observations/{observation_id}/trace"),
+    "GetImage": _observation_link("/v1/observations/{observation_id}/image"),
+    "GetImagePng": _observation_link("/v1/observations/{observation_id}/image.png"),
+    "PostFeedback": _observation_link("/v1/observations/{observation_id}/feedback", "post"),
 }
 
 _BODY_DOC = {
@@ -177,12 +196,12 @@ async def _predict(name: str, request: Request, state: StateDep, crs: str | None
     "/v1/pipelines/{name}/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    responses=_ERRORS,
+    responses={**_ERRORS, 200: {"description": "the answer", "links": ANSWER_LINKS}},
     openapi_extra=_BODY_DOC,
     summary="Predict on one image, synchronously",
 )
 async def predict(
-    name: str,
+    name: PipelineName,
     request: Request,
     state: StateDep,
     _client: AdmitDep,
@@ -206,7 +225,7 @@ async def predict(
     "/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    responses=_ERRORS,
+    responses={**_ERRORS, 200: {"description": "the answer", "links": ANSWER_LINKS}},
     openapi_extra=_BODY_DOC,
     summary="Predict with the default pipeline (species-id compatible)",
 )

@@ -20,7 +20,9 @@ from fastapi.templating import Jinja2Templates
 from keeneye.lifecycle import LabelSchema, ReviewEntry, review_queue
 from keeneye.pipelines import ModelNotReady
 from keeneye.serving.routes.deps import VIEWER, ClientDep, OperatorDep, StateDep, ViewerDep, audit_name
+from keeneye.serving.routes.params import FeedbackId, ObservationId, PipelineName
 from keeneye.serving.schemas import (
+    API_ERRORS,
     ErrorResponse,
     FeedbackWithdrawn,
     ReviewClass,
@@ -31,7 +33,7 @@ from keeneye.serving.state import AppState
 from keeneye.web import environment
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["review"])
+router = APIRouter(tags=["review"], responses=API_ERRORS)
 _templates = Jinja2Templates(env=environment())
 MAX_LIMIT = 500
 
@@ -67,7 +69,7 @@ def _item(entry: ReviewEntry) -> ReviewItemResponse:
     summary="The review queue: answers a person should check, most uncertain first",
 )
 async def list_review(
-    name: str,
+    name: PipelineName,
     state: StateDep,
     _client: ClientDep,
     _actor: ViewerDep,
@@ -97,7 +99,7 @@ async def list_review(
     summary="Withdraw one feedback (a reviewer's undo); the item returns to the review queue",
 )
 async def withdraw_feedback(
-    observation_id: str, feedback_id: int, state: StateDep, actor: OperatorDep
+    observation_id: ObservationId, feedback_id: FeedbackId, state: StateDep, actor: OperatorDep
 ) -> FeedbackWithdrawn:
     """Removes the label for good: online quality and training exports stop counting it. When it was
     the observation's only feedback, its review items are open again."""

@@ -16,10 +16,11 @@ from fastapi import APIRouter
 from keeneye.domain import JsonObject, Role
 from keeneye.lifecycle.rollout import RolloutController
 from keeneye.serving.routes.deps import ClientDep, OperatorDep, StateDep, ViewerDep, audit_name, ensure_role
-from keeneye.serving.schemas import RolloutRequest
+from keeneye.serving.routes.params import PipelineName
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse, RolloutRequest
 from keeneye.serving.state import AppState
 
-router = APIRouter(tags=["rollout"])
+router = APIRouter(tags=["rollout"], responses=API_ERRORS)
 
 
 def _controller(state: AppState) -> RolloutController:
@@ -44,9 +45,9 @@ def _serving(state: AppState, name: str) -> JsonObject:
 @router.get(
     "/v1/pipelines/{name}/rollout",
     summary="The pipeline's rollout: state, versions, measurements per variant, next step",
-    responses={404: {"description": "unknown pipeline"}},
+    responses={404: {"model": ErrorResponse, "description": "unknown pipeline"}},
 )
-async def get_rollout(name: str, app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
+async def get_rollout(name: PipelineName, app_state: StateDep, _client: ClientDep, _actor: ViewerDep) -> Any:
     report = await asyncio.to_thread(_controller(app_state).report, name)
     return {**report, "serving": _serving(app_state, name)}
 
@@ -55,13 +56,16 @@ async def get_rollout(name: str, app_state: StateDep, _client: ClientDep, _actor
     "/v1/pipelines/{name}/rollout",
     summary="Move the rollout: shadow, canary, promote or abort",
     responses={
-        404: {"description": "unknown pipeline or model version"},
-        409: {"description": "not possible in the current state (the body says why and what to do)"},
-        422: {"description": "bad body, or a forced move without a reason"},
+        404: {"model": ErrorResponse, "description": "unknown pipeline or model version"},
+        409: {
+            "model": ErrorResponse,
+            "description": "not possible in the current state (the body says why and what to do)",
+        },
+        422: {"model": ErrorResponse, "description": "bad body, or a forced move without a reason"},
     },
 )
 async def post_rollout(
-    name: str, body: RolloutRequest, app_state: StateDep, _client: ClientDep, actor: OperatorDep
+    name: PipelineName, body: RolloutRequest, app_state: StateDep, _client: ClientDep, actor: OperatorDep
 ) -> Any:
     if body.action == "promote":  # moves the champion alias: as `models promote`, an admin's call
         ensure_role(actor, Role.admin, "promoting the challenger")

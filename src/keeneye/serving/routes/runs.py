@@ -9,17 +9,19 @@ from fastapi import APIRouter, Query
 
 from keeneye.lifecycle.runs import MAX_RUNS, list_runs
 from keeneye.serving.routes.deps import VIEWER, ClientDep, DbDep, StateDep
+from keeneye.serving.routes.params import PipelineName
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 
-router = APIRouter(tags=["lifecycle"], dependencies=[VIEWER])
+router = APIRouter(tags=["lifecycle"], dependencies=[VIEWER], responses=API_ERRORS)
 
 
 @router.get(
     "/v1/pipelines/{name}/runs",
     summary="Training runs of a pipeline, newest first",
-    responses={404: {"description": "no such pipeline"}},
+    responses={404: {"model": ErrorResponse, "description": "no such pipeline"}},
 )
 async def get_runs(
-    name: str,
+    name: PipelineName,
     state: StateDep,
     db: DbDep,
     _client: ClientDep,

@@ -21,12 +21,15 @@ from starlette.datastructures import UploadFile
 
 from keeneye.domain import InvalidInput
 from keeneye.serving.routes.deps import OPERATOR, VIEWER, DbDep, StateDep
+from keeneye.serving.routes.params import RequestUid
 from keeneye.serving.routes.smartcut_studio import (
     end_chunks,
     read_chunk_frames,
     remember_source,
     score_chunk,
 )
+from keeneye.serving.schemas import API_ERRORS, ErrorResponse, error_responses
+from keeneye.serving.security import confine
 from keeneye.serving.state import AppState
 from keeneye.store.smartcut import SmartcutRequestRecord
 from keeneye.stream.bus import open_bus
@@ -44,9 +47,33 @@ from keeneye.video.messages import RequestOptions
 from keeneye.video.protocol import MalformedMessage, class_names
 from keeneye.video.remote import RemoteVideo, open_s3_video
 
-router = APIRouter(tags=["smartcut"])
+router = APIRouter(tags=["smartcut"], responses=API_ERRORS)
 _OPEN_LOCK = threading.Lock()
 _BLOCK = 1024 * 1024
+
+
+def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+_TEXT = {"type": "string", "maxLength": 1024}
+_REQUEST_FORM = _form(
+    {
+        "plugin": {**_TEXT, "description": "a running plugin (GET /v1/smartcut/plugins)"},
+        "user_id": {**_TEXT, "description": "whose request"},
+        "sensitivity": {"type": "number", "exclusiveMinimum": 0, "description": "seconds between frames"},
+        "video": {"type": "string", "format": "binary", "description": "the video, or:"},
+        "path": {**_TEXT, "description": "a file under an allowed root, or s3://bucket/key, or:"},
+        "video_name": {**_TEXT, "description": "the client samples and sends chunks itself"},
+        "classes": {**_TEXT, "description": "comma-separated, for plugins that announce classes"},
+    },
+    ["plugin", "user_id"],
+)
+_CHUNK_FORM = _form(
+    {"chunk": {"type": "string", "format": "binary", "description": "a zip of ≤ 50 numbered JPEGs"}},
+    ["chunk"],
+)
 
 
 def smartcut_backend(request: Request, state: AppState) -> SmartcutBackend:
@@ -150,15 +177,7 @@ def _copy(upload: UploadFile, dest: Path, limit: int, what: str = "video") -> No
 
 
 def _allowed_path(raw: str, roots: list[Path]) -> Path:
-    path = Path(raw).expanduser().resolve()
-    if not any(path.is_relative_to(root.resolve()) for root in roots):
-        raise InvalidInput(
-            "path_not_allowed",
-            f"{raw!r} is outside the folders the server may read",
-            status=403,
-            fix="upload the file as `video`, or ask the admin to add its folder to "
-            "KEENEYE_SMARTCUT__ALLOWED_ROOTS",
-        )
+    path = confine(raw, roots, setting="KEENEYE_SMARTCUT__ALLOWED_ROOTS (or upload the file as `video`)")
     if not path.is_file():
         raise VideoRejected(VIDEO_NOT_FOUND, f"no file at {raw!r}", status=404)
     return path
@@ -170,10 +189,16 @@ def _allowed_path(raw: str, roots: list[Path]) -> Path:
     status_code=202,
     dependencies=[OPERATOR],
     responses={
-        404: {"description": "unknown plugin (the detail names the running ones)"},
-        413: {"description": "video over the size limit"},
-        429: {"description": "too many requests in flight (per user or users), with Retry-After"},
+        201: {"description": "`video_name` given: the request waits for the chunks the client sends"},
+        403: {"model": ErrorResponse, "description": "a `path` outside the allowed roots"},
+        404: {"model": ErrorResponse, "description": "unknown plugin (the detail names the running ones)"},
+        413: {"model": ErrorResponse, "description": "video over the size limit"},
+        429: {
+            "model": ErrorResponse,
+            "description": "too many requests in flight (per user or users), with Retry-After",
+        },
     },
+    openapi_extra=_REQUEST_FORM,
 )
 async def post_request(request: Request, state: StateDep) -> Any:
     """Multipart form: ``video`` (a file) or ``path`` (a file under an allowed root, or an
@@ -281,9 +306,13 @@ async def post_request(request: Request, state: StateDep) -> Any:
     "/v1/smartcut/requests/{uid}/chunks",
     summary="Send one chunk of a client-sampled request",
     dependencies=[OPERATOR],
-    responses={409: {"description": "the request is not taking chunks"}, 422: {"description": "bad chunk"}},
+    responses={
+        409: {"model": ErrorResponse, "description": "the request is not taking chunks"},
+        422: {"model": ErrorResponse, "description": "bad chunk"},
+    },
+    openapi_extra=_CHUNK_FORM,
 )
-async def post_chunk(uid: str, request: Request, state: StateDep) -> dict[str, Any]:
+async def post_chunk(uid: RequestUid, request: Request, state: StateDep) -> dict[str, Any]:
     """Multipart field ``chunk``: a zip of ≤ 50 JPEGs named ``{index:07d}_{milliseconds:011d}.jpg``
     (docs/smartcut.md → Chunks), in time order across chunks. Checked before it is filed; every chunk
     but the last is announced to the plugin as soon as the next one arrives."""
@@ -314,7 +343,7 @@ async def post_chunk(uid: str, request: Request, state: StateDep) -> dict[str, A
     dependencies=[OPERATOR],
     status_code=202,
 )
-async def post_complete(uid: str, request: Request, state: StateDep) -> dict[str, Any]:
+async def post_complete(uid: RequestUid, request: Request, state: StateDep) -> dict[str, Any]:
     """The last chunk was sent: the plugin is told (``uploaded``) and the request is ``processing``."""
     backend = await asyncio.to_thread(smartcut_backend, request, state)
     await asyncio.to_thread(backend.complete_upload, uid)
@@ -322,8 +351,13 @@ async def post_complete(uid: str, request: Request, state: StateDep) -> dict[str
     return {"request_uid": uid, "status": "processing"}
 
 
-@router.get("/v1/smartcut/requests/{uid}", summary="One smartcut request", dependencies=[VIEWER])
-async def get_request(uid: str, db: DbDep) -> dict[str, Any]:
+@router.get(
+    "/v1/smartcut/requests/{uid}",
+    summary="One smartcut request",
+    dependencies=[VIEWER],
+    responses=error_responses(404),
+)
+async def get_request(uid: RequestUid, db: DbDep) -> dict[str, Any]:
     """``status`` (sampling, processing, done, failed), ``reason`` when failed, ``progress`` (frames
     sampled, chunks sent, chunks processed) and, when done, ``timestamps`` [{start, stop}] in seconds."""
     return request_json(await asyncio.to_thread(db.smartcut_request, uid))
