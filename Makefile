@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# make test runs two pytest workers (pytest-xdist), a test file per worker at a time: the tests are
+# independent (own ports, databases, temp folders) and half their time waits on services.
 
 .PHONY: help install demo doctor test lint unit services browser promtool checkov clean
 
@@ -54,7 +56,7 @@ unit: install  ## fast tests only (no services)
 	$(VENV)/bin/pytest -m "not integration and not slow and not e2e" $(PYTEST_ARGS)
 
 test: install services browser promtool checkov lint  ## lint + every test against real services (what CI runs; soaks: pytest -m soak)
-	$(VENV)/bin/pytest -m "not soak" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not soak" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 clean:  ## remove caches and the local data directory
 	rm -rf .keeneye .pytest_cache .mypy_cache .ruff_cache

@@ -173,10 +173,15 @@ class Metrics:
             ["pipeline"],
             mode="mostrecent",
         )
+        # One metric for every kind of replica: kind=stream (the supervisor's mean and busiest of
+        # the workers' busy fractions, copied by the API as above) and kind=api (the API processes'
+        # request slots in use over time, serving/load.py: every API process computes the same mean
+        # and busiest from the processes' shared files), so the latest write is the value.
         self.worker_utilization = self._gauge(
             "keeneye_worker_utilization",
-            "Busy fraction of a pipeline's workers: mean (stat=mean) and busiest replica (stat=max)",
-            ["pipeline", "stat"],
+            "Load of a pipeline's replicas by kind (stream: workers' busy fraction; api: API processes' "
+            "in-flight slots in use), mean (stat=mean) and busiest replica (stat=max), 0..1",
+            ["pipeline", "kind", "stat"],
             mode="mostrecent",
         )
         self.queue_lag = self._gauge(
@@ -328,6 +333,12 @@ class Metrics:
             "Time from a frame's trigger to its decision being handed to the PLC sink",
             ["pipeline", "line", "camera"],
             buckets=LATENCY_BUCKETS,
+        )
+        self.edge_line_stop = self._gauge(
+            "keeneye_edge_line_stop",
+            "1 while the runner's line-stop output says stop (its PLC unreachable too long), else 0",
+            ["pipeline", "line", "camera"],
+            mode="mostrecent",
         )
         self.edge_late_answers = self._counter(
             "keeneye_edge_late_answers",

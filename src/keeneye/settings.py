@@ -10,7 +10,10 @@ Build it with :func:`get_settings` (cached) — never at import time.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import traceback
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -90,9 +93,32 @@ class ServingSettings(_Section):
     port: int = Field(8000, ge=0, le=65535)
     default_pipeline: str = "species-id"
     max_upload_bytes: int = Field(32 * MiB, gt=0, description="larger uploads get 413")
+    max_body_bytes: int = Field(
+        4 * MiB,
+        gt=0,
+        description="largest request body of a route that takes no upload (JSON, forms); more → 413 "
+        "too_large (image uploads: max_upload_bytes, videos: smartcut.max_video_bytes)",
+    )
+    hsts_max_age_seconds: int = Field(
+        365 * 24 * 3600,
+        ge=0,
+        description="Strict-Transport-Security max-age sent on answers served over https; 0: never sent",
+    )
     max_inflight: int = Field(64, ge=1, description="requests in flight before 503 + Retry-After")
     rate_limit_per_second: float = Field(100.0, gt=0, description="token bucket refill per API key/client")
     rate_limit_burst: int = Field(200, ge=1)
+    max_inflight_per_client: int = Field(
+        16,
+        ge=1,
+        description="requests one client address may have in flight, all pipelines together; more → "
+        "429 too_many_in_flight (a flood from one address cannot take the server's in-flight slots)",
+    )
+    max_inflight_per_key: int = Field(
+        32,
+        ge=1,
+        description="requests one API key may have in flight, all pipelines together, from any "
+        "address; more → 429 too_many_in_flight",
+    )
     require_api_key: bool | None = Field(
         None, description="None = required exactly when the server binds a non-loopback address"
     )
@@ -323,6 +349,15 @@ class PlcSettings(_Section):
         "the parts have passed)",
     )
     replay_limit: int = Field(1000, ge=1, description="replay keeps at most this many (oldest fail first)")
+    line_stop_after_seconds: float = Field(
+        10.0, gt=0, description="PLC unreachable this long → the line-stop output (--line-stop) says stop"
+    )
+    line_stop_register: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Modbus line-stop output: the holding register set to 1 (stop) / 0 (run)",
+    )
     modbus: ModbusMapSettings = Field(default_factory=ModbusMapSettings)
     opcua: OpcUaSettings = Field(default_factory=OpcUaSettings)
     mqtt: MqttSinkSettings = Field(default_factory=MqttSinkSettings)
@@ -353,6 +388,9 @@ class EdgeCamera(_Section):
     fps: float | None = Field(None, gt=0, description="play a folder or video file at this rate")
     model: Path | None = Field(None, description="a bundle folder instead of the registered champion")
     replay: bool | None = Field(None, description="override plc.replay for this camera")
+    line_stop: str = Field(
+        "", description="modbus://… | mqtt://…/TOPIC told to stop the line while the PLC is unreachable"
+    )
 
 
 class EdgeSettings(_Section):
@@ -575,8 +613,52 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return url
-    if parts.password is None:
+    if parts.password is None or "@" not in parts.netloc:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+@[^\s'\"<>]*")
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|secret_key|access_key|api_key|apikey|token|sasl_password)="
+    r"([^&\s'\"<>]+)"
+)
+_API_KEY = re.compile(r"\bke_[A-Za-z0-9_\-]{8,}")  # keeneye keys (store/keys.py): "ke_" + 43 chars
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every secret it may carry replaced by ``***``: the password of each URL in it
+    (:func:`mask_url`, what ``doctor`` shows), ``password=…``-style query parameters, and keeneye API
+    keys (``ke_…``). Applied to every log record (:func:`mask_secrets_in_logs`)."""
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+    if "=" in text:
+        text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
+    if "ke_" in text:
+        text = _API_KEY.sub("ke_***", text)
+    return text
+
+
+def mask_secrets_in_logs() -> None:
+    """Mask secrets (:func:`mask_secrets`) in every log record from now on, whatever logger or handler
+    it goes to (uvicorn's, a library's): the record factory renders the message, its arguments and its
+    traceback once and masks them. Idempotent; called by ``create_app`` and the CLI."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "keeneye_masks_secrets", False):
+        return
+
+    def masked_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed %-format: the logging module reports it when emitting
+            return record
+        record.msg, record.args = mask_secrets(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = mask_secrets("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        return record
+
+    masked_record.keeneye_masks_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(masked_record)

@@ -18,6 +18,7 @@ from typer.core import TyperGroup, TyperOption
 
 from keeneye.cli._common import PANELS, console, err_console, state
 from keeneye.domain import KeeneyeError
+from keeneye.settings import mask_secrets_in_logs
 
 _typer_display_type = TyperOption.display_type_rich
 
@@ -66,11 +67,13 @@ def _root(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    mask_secrets_in_logs()  # no password of a URL, no API key in any log line (docs/security.md)
 
 
 def _register() -> None:
     """Attach every command module. Each module owns its commands; this is the only list of them."""
     from keeneye.cli import alerts as alerts_cli
+    from keeneye.cli import backup as backup_cli
     from keeneye.cli import demo as demo_cli
     from keeneye.cli import deploy as deploy_cli
     from keeneye.cli import drift as drift_cli
@@ -107,6 +110,7 @@ def _register() -> None:
     labels_cli.register(app)
     retrain_cli.register(app)
     retention_cli.register(app)
+    backup_cli.register(app)
     smartcut_cli.register(app)
     fields_cli.register(app)
     deploy_cli.register(app)

@@ -77,7 +77,10 @@ def test_the_whole_line_demo_trains_promotes_inspects_and_serves(tmp_path: Path)
     out = subprocess.run(
         [sys.executable, "-m", "keeneye", *args], capture_output=True, text=True, env=env, timeout=900
     )
-    if out.returncode != 0 and "the gates refused the demo's line-inspection model" in out.stderr + out.stdout:
+    if (
+        out.returncode != 0
+        and "the gates refused the demo's line-inspection model" in out.stderr + out.stdout
+    ):
         pytest.fail("the demo's default recipe no longer passes the gates: " + out.stderr[-1500:])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "models:/line-inspection@champion → version 1" in out.stdout
