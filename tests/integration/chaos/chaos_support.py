@@ -27,12 +27,12 @@ from sqlalchemy import func, select
 from keeneye.domain import KeeneyeError
 from keeneye.imaging import content_hash
 from keeneye.settings import Settings
-from keeneye.store import ResultsDB
+from keeneye.store import ResultsDB, open_results_db
 from keeneye.store.schema import ObservationRow, PredictionRow
 from keeneye.stream import ObservationMessage, open_bus
 from keeneye.stream.messages import publish_observation
 from tests.integration.test_stream_reliability import Workers
-from tests.serving_support import jpeg, live_server
+from tests.serving_support import jpeg, live_server, register_species_model
 
 ASYNC, SYNC = "observations", "predict"
 ACCEPTED = {ASYNC: 202, SYNC: 200}
@@ -272,6 +272,25 @@ def report(case: str, load: Load, outage: Outage, figures: dict[str, float]) -> 
         f"refused_503={refused} back_s={ {r: round(v, 2) for r, v in back.items()} } {load.summary()} "
         + " ".join(f"{k}={v}" for k, v in figures.items())
     )
+
+
+def prepare(
+    settings: Settings, name: str, tmp_path: Path, workers: Callable[[Settings, str], Workers], **env: str
+) -> tuple[ResultsDB, Workers]:
+    """Every chaos case's set-up: the pipeline unlimited, a species model registered, the results DB,
+    and one running worker with ``env`` (where the case moved a backend)."""
+    unlimited(settings, name)
+    register_species_model(settings, tmp_path)
+    db = open_results_db(settings)
+    pool = workers(settings, name)
+    start_workers(pool, **env)
+    return db, pool
+
+
+def object_keys(db: ResultsDB, name: str) -> set[str | None]:
+    """The object key of every observation of pipeline ``name``."""
+    with db.session() as s:
+        return set(s.scalars(select(ObservationRow.object_key).where(ObservationRow.pipeline == name)))
 
 
 def start_workers(pool: Workers, **env: str) -> None:

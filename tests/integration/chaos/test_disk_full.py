@@ -13,18 +13,17 @@ from pathlib import Path
 import pytest
 
 from keeneye.settings import Settings
-from keeneye.store import open_object_store, open_results_db
+from keeneye.store import open_object_store
 from tests.integration.chaos.chaos_services import SmallDisk
 from tests.integration.chaos.chaos_support import (
     audit,
     check_answers,
+    object_keys,
+    prepare,
     report,
-    start_workers,
     storm,
-    unlimited,
 )
 from tests.integration.test_stream_reliability import Workers
-from tests.serving_support import register_species_model
 from tests.unit.stream.stream_support import stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,11 +35,7 @@ def test_object_disk_full_503_then_recovers_and_nothing_is_lost_or_doubled(
     settings, name = stream_settings(tmp_path)
     objects_url = (small_disk.path / "objects").as_uri()
     settings = settings.model_copy(update={"objects_url": objects_url})
-    unlimited(settings, name)
-    register_species_model(settings, tmp_path)
-    db = open_results_db(settings)
-    pool = workers(settings, name)
-    start_workers(pool, KEENEYE_OBJECTS_URL=objects_url)
+    db, pool = prepare(settings, name, tmp_path, workers, KEENEYE_OBJECTS_URL=objects_url)
     ballast: list[int] = []
 
     load, outage = storm(
@@ -56,11 +51,6 @@ def test_object_disk_full_503_then_recovers_and_nothing_is_lost_or_doubled(
     objects = open_object_store(settings)
     leftovers = [p for p in (small_disk.path / "objects").rglob(".keeneye-tmp-*")]
     assert not leftovers, leftovers[:3]  # no temporary file left behind by a failed write
-    with db.session() as s:
-        from sqlalchemy import select
-
-        from keeneye.store.schema import ObservationRow
-
-        keys = set(s.scalars(select(ObservationRow.object_key).where(ObservationRow.pipeline == name)))
+    keys = object_keys(db, name)
     assert all(k is not None and objects.exists(k) for k in keys)  # every row's image is whole
     report("object disk full", load, outage, {**figures, "ballast_bytes": ballast[0]})

@@ -20,21 +20,18 @@ from pathlib import Path
 import pytest
 
 from keeneye.settings import Settings
-from keeneye.store import open_results_db
 from keeneye.stream import input_topic, open_bus
 from tests import services
 from tests.integration.chaos.chaos_support import (
     audit,
     bus_producer,
     check_answers,
+    prepare,
     report,
-    start_workers,
     storm,
-    unlimited,
 )
 from tests.integration.test_stream_failures import DurableTansu
 from tests.integration.test_stream_reliability import Workers
-from tests.serving_support import register_species_model
 from tests.unit.stream.stream_support import stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,11 +58,7 @@ def test_kafka_restart_api_and_bus_load_nothing_lost_or_doubled(
     broker.start()
     try:
         settings, name = stream_settings(tmp_path, broker.url)
-        unlimited(settings, name)
-        register_species_model(settings, tmp_path)
-        db = open_results_db(settings)
-        pool = workers(settings, name)
-        start_workers(pool)
+        db, pool = prepare(settings, name, tmp_path, workers)
 
         def logs() -> str:
             return pool.logs() + "\n--- broker\n" + broker.log()

@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 
 from keeneye.settings import Settings
-from keeneye.store import open_results_db
 from tests.integration.chaos.chaos_services import PrivatePostgres
 from tests.integration.chaos.chaos_support import (
     audit,
     bus_producer,
     check_answers,
+    prepare,
     report,
-    start_workers,
     storm,
-    unlimited,
 )
 from tests.integration.test_stream_reliability import Workers
-from tests.serving_support import register_species_model
 from tests.unit.stream.stream_support import stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,11 +35,7 @@ def test_postgres_restart_503_then_recovers_and_nothing_is_lost_or_doubled(
     pg = private_postgres
     settings, name = stream_settings(tmp_path)
     settings = settings.model_copy(update={"database_url": pg.url})
-    unlimited(settings, name)
-    register_species_model(settings, tmp_path)
-    db = open_results_db(settings)
-    pool = workers(settings, name)
-    start_workers(pool, KEENEYE_DATABASE_URL=pg.url)
+    db, pool = prepare(settings, name, tmp_path, workers, KEENEYE_DATABASE_URL=pg.url)
 
     def logs() -> str:
         return pool.logs() + "\n--- postgres\n" + pg.logs()

@@ -13,18 +13,15 @@ from pathlib import Path
 import pytest
 
 from keeneye.settings import Settings
-from keeneye.store import open_results_db
 from tests.integration.chaos.chaos_services import PrivateRedis
 from tests.integration.chaos.chaos_support import (
     audit,
     check_answers,
+    prepare,
     report,
-    start_workers,
     storm,
-    unlimited,
 )
 from tests.integration.test_stream_reliability import Workers
-from tests.serving_support import register_species_model
 from tests.unit.stream.stream_support import stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,11 +34,7 @@ def test_redis_stopped_nothing_refused_and_nothing_lost_or_doubled(
 
     settings, name = stream_settings(tmp_path)
     settings = settings.model_copy(update={"cache_url": private_redis.url})
-    unlimited(settings, name)
-    register_species_model(settings, tmp_path)
-    db = open_results_db(settings)
-    pool = workers(settings, name)
-    start_workers(pool, KEENEYE_CACHE_URL=private_redis.url)
+    db, pool = prepare(settings, name, tmp_path, workers, KEENEYE_CACHE_URL=private_redis.url)
 
     load, outage = storm(
         settings,

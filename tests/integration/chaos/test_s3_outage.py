@@ -16,18 +16,17 @@ import pytest
 from pydantic import SecretStr
 
 from keeneye.settings import S3Settings, Settings
-from keeneye.store import open_object_store, open_results_db
+from keeneye.store import open_object_store
 from tests.integration.chaos.chaos_services import TcpProxy
 from tests.integration.chaos.chaos_support import (
     audit,
     check_answers,
+    object_keys,
+    prepare,
     report,
-    start_workers,
     storm,
-    unlimited,
 )
 from tests.integration.test_stream_reliability import Workers
-from tests.serving_support import register_species_model
 from tests.unit.stream.stream_support import stream_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,12 +44,11 @@ def test_s3_unreachable_10s_503_then_recovers_and_nothing_is_lost_or_doubled(
         create_bucket=True,
     )
     settings = settings.model_copy(update={"objects_url": objects_url, "s3": s3})
-    unlimited(settings, name)
-    register_species_model(settings, tmp_path)
-    db = open_results_db(settings)
-    pool = workers(settings, name)
-    start_workers(
-        pool,
+    db, pool = prepare(
+        settings,
+        name,
+        tmp_path,
+        workers,
         KEENEYE_OBJECTS_URL=objects_url,
         KEENEYE_S3__ENDPOINT_URL=s3_proxy.url,
         KEENEYE_S3__ACCESS_KEY_ID="test",
@@ -64,12 +62,7 @@ def test_s3_unreachable_10s_503_then_recovers_and_nothing_is_lost_or_doubled(
     figures = audit(db, name, {"api": load.accepted()}, 40, pool.logs)
     # Every stored observation's image is in the bucket: a 503 never left a row without its bytes.
     objects = open_object_store(settings)
-    with db.session() as s:
-        from sqlalchemy import select
-
-        from keeneye.store.schema import ObservationRow
-
-        keys = set(s.scalars(select(ObservationRow.object_key).where(ObservationRow.pipeline == name)))
+    keys = object_keys(db, name)
     missing = [k for k in keys if k is None or not objects.exists(k)]
     assert not missing, missing[:3]
     report("s3 unreachable", load, outage, figures)
