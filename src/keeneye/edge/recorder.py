@@ -105,12 +105,18 @@ class EventRecorder:
             except Exception:  # the DB or object store is down: the journal keeps the events
                 log.warning("edge events not stored yet; retrying", exc_info=True)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the thread and store everything journaled, outcome known or not."""
+    def halt(self, timeout: float = 10.0) -> None:
+        """Stop the thread; from now on every stored part says the runner stopped the link itself. The
+        runner calls it before it closes the sink, so no part stored while the sink shuts down reads as
+        a PLC outage."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self._stopping = True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread and store everything journaled, outcome known or not."""
+        self.halt(timeout)
         try:
             self.flush(final=True)
         except Exception:

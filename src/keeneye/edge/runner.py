@@ -219,6 +219,8 @@ class EdgeRunner(WorkerBase):
         self._executor.close()
         if self.line_stop is not None:
             self.line_stop.close()
+        if self.recorder is not None:
+            self.recorder.halt()
         self.sink.close()
         if self.recorder is not None:
             self.recorder.close()

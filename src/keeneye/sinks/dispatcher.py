@@ -213,8 +213,8 @@ class ThreadedSink:
         if self._attempt:
             log.info("PLC sink %s: connected after %d failed attempt(s)", self._url, self._attempt)
         self._attempt = 0
+        self._set_up(True)  # before the event: whoever wait_connected() wakes reads keeneye_plc_up 1
         self._connected.set()
-        self._set_up(True)
 
     def _schedule_reconnect(self, now: float) -> None:
         self._attempt += 1
