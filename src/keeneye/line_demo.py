@@ -67,14 +67,26 @@ def run_line_demo(
     from keeneye.sinks.standin import StandInPlc
     from keeneye.store import open_results_db
     from keeneye.training import generate
+    from keeneye.training.synth.line import TRAINING_DEFECT_RATE, line_batch_size
 
     started = time.perf_counter()
     demo_dir = settings.home / "demo"
     train_dir, video_dir = demo_dir / "line-train", demo_dir / "line-video"
 
     console.rule("[bold]1/6  synthetic line frames")
-    if model_dir is None and not (train_dir / "annotations.json").exists():
-        generate(PIPELINE, train_dir, frames, seed=0, overwrite=True)
+    # what `keeneye synth line-inspection --size 128` makes, the set docs/training.md trains on
+    batch = line_batch_size(frames)
+    recipe = {"n": frames, "seed": 0, "defect_rate": TRAINING_DEFECT_RATE, "batch_size": batch}
+    if model_dir is None and _made_with(train_dir) != recipe:  # new, or left by another recipe
+        generate(
+            PIPELINE,
+            train_dir,
+            frames,
+            seed=0,
+            defect_rate=TRAINING_DEFECT_RATE,
+            batch_size=batch,
+            overwrite=True,
+        )
     generate(PIPELINE, video_dir, parts, seed=VIDEO_SEED, defect_rate=VIDEO_DEFECT_RATE, overwrite=True)
     truth = _truth(video_dir)
     console.print(
@@ -142,6 +154,15 @@ def run_line_demo(
         console.print(next_steps(result, home=settings.home, serving=serve_forever))
         keep_serving(serve_forever)
     return result
+
+
+def _made_with(dataset: Path) -> dict[str, Any] | None:
+    """The generator parameters a synthetic dataset folder was made with (its dataset.json), or None."""
+    try:
+        made = json.loads((dataset / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: made.get(k) for k in ("n", "seed", "defect_rate", "batch_size")}
 
 
 def record_video(frames_dir: Path, out: Path, *, fps: float) -> Path:

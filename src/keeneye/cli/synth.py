@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from keeneye.cli._common import PANEL_DATA, console, err_console, print_json, progress_bar, state
+from keeneye.training.synth.line import TRAINING_DEFECT_RATE, line_batch_size
 
 synth_app = typer.Typer(
     help="Generate synthetic datasets (COCO folders, reproducible from --seed) for each application.",
@@ -22,7 +23,6 @@ _DRIFT_HELP = "Drift to simulate: lighting, sensor or new-class (default: none).
 # line-inspection defaults are for training (docs/training.md): enough frames and defects that every
 # split of the grouped split holds defective frames, few enough to train on a laptop CPU in minutes.
 LINE_DEFAULT_N = 300
-LINE_DEFAULT_DEFECT_RATE = 0.5
 LINE_DEFAULT_SIZE = "1024x768"  # what a line camera sends (docs/line-inspection.md, *Frames*)
 
 
@@ -77,7 +77,7 @@ def line_inspection(
         "tens of pixels); one number N: a small N×N PNG tile (quick tests).",
     ),
     defect_rate: float = typer.Option(
-        LINE_DEFAULT_DEFECT_RATE,
+        TRAINING_DEFECT_RATE,
         "--defect-rate",
         help="Share of defective frames, spread over every batch (a training set: 0.5; a real line ≈ 0.015).",
     ),
@@ -113,15 +113,6 @@ def line_inspection(
         batch_size=batch_size or line_batch_size(n),
         overwrite=overwrite,
     )
-
-
-def line_batch_size(n: int) -> int:
-    """Batches so that a grouped split has about 20 groups to share out: ``n / 20``, kept in 2…50.
-
-    Fixed batches of 50 gave 60 frames two groups (50 + 10): the grouped 70/15/15 split then had an
-    empty test split. Twenty groups put about three in each of validation and test.
-    """
-    return max(2, min(50, n // 20))
 
 
 @synth_app.command("crop-health")

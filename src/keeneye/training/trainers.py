@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from keeneye.domain import KeeneyeError, Task
+from keeneye.models.session import usable_cores
 from keeneye.training.torchdata import augment_batch
 
 log = logging.getLogger(__name__)
@@ -395,10 +396,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 def set_cpu_threads() -> None:
     """Use every core, but never oversubscribe (torch's default may exceed the cgroup's quota)."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores))
+    torch.set_num_threads(usable_cores())
 
 
 def _class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -57,7 +57,9 @@ from keeneye.training.synth.common import (
 GENERATOR = "line-inspection"
 DEFECTS: tuple[str, ...] = ("scratch", "dent", "crack", "contamination")
 NOVEL_DEFECT = "burn"  # only with drift "new-class"
-DEFAULT_DEFECT_RATE = 0.015
+DEFAULT_DEFECT_RATE = 0.015  # a real line's share
+# a training set's share (`keeneye synth`, the demo): every split of a grouped split holds defects
+TRAINING_DEFECT_RATE = 0.5
 Surface = Literal["brushed_metal", "fabric", "painted"]
 Mask = npt.NDArray[np.bool_]
 
@@ -463,6 +465,15 @@ class _Batch:
     camera_id: str
     sku: Sku
     lighting: str
+
+
+def line_batch_size(n: int) -> int:
+    """Batches so that a grouped split has about 20 groups to share out: ``n / 20``, kept in 2…50.
+
+    Fixed batches of 50 gave 60 frames two groups (50 + 10): the grouped 70/15/15 split then had an
+    empty test split. Twenty groups put about three in each of validation and test.
+    """
+    return max(2, min(50, n // 20))
 
 
 def _spread_defects(u: npt.NDArray[np.float64], rate: float, batch_size: int) -> Mask:
