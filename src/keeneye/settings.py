@@ -281,7 +281,19 @@ class AlertingSettings(_Section):
         return self
 
 
-class ModbusMapSettings(_Section):
+class PlcHandshakeSettings(_Section):
+    """The result-ready / result-ack handshake every PLC sink offers (Modbus, OPC UA, MQTT): a decision
+    counts as acked only once the PLC echoes its sequence; see docs/line-inspection.md."""
+
+    handshake: bool = Field(
+        False, description="result-ready / result-ack handshake: a result counts once the PLC echoes it"
+    )
+    ack_timeout_seconds: float = Field(
+        0.25, gt=0, description="handshake: no echo within this long fails the decision (not_acknowledged)"
+    )
+
+
+class ModbusMapSettings(PlcHandshakeSettings):
     """Where a Modbus TCP sink writes (holding registers, 0-based). The five result registers are one
     block — sequence, result, class id, confidence × scale, latency ms — written in one request."""
 
@@ -291,14 +303,8 @@ class ModbusMapSettings(_Section):
     )
     unit: int = Field(1, ge=0, le=255, description="unit / device id, unless the URL says ?unit=N")
     confidence_scale: int = Field(1000, ge=1, le=65535, description="confidence register = round(c × this)")
-    handshake: bool = Field(
-        False, description="result-ready / result-ack handshake: a result counts once the PLC echoes it"
-    )
     ready_address: int = Field(6, ge=0, le=65535, description="handshake: 1 while a result waits (HR6)")
     ack_address: int = Field(7, ge=0, le=65535, description="handshake: the PLC writes the sequence it took")
-    ack_timeout_seconds: float = Field(
-        0.25, gt=0, description="handshake: no echo within this long fails the decision (not_acknowledged)"
-    )
 
     @model_validator(mode="after")
     def _check_overlap(self) -> ModbusMapSettings:
@@ -315,19 +321,24 @@ class ModbusMapSettings(_Section):
         return self
 
 
-class OpcUaSettings(_Section):
-    """Node ids an OPC UA sink writes; ``{line}``, ``{camera}`` and ``{name}`` are filled in."""
+class OpcUaSettings(PlcHandshakeSettings):
+    """Node ids an OPC UA sink writes; ``{line}``, ``{camera}`` and ``{name}`` are filled in. With
+    ``handshake`` the sink also raises ``Ready`` and waits for the PLC to copy Sequence into ``Ack``."""
 
     node_pattern: str = Field(
         "ns=2;s=keeneye.{line}.{camera}.{name}",
-        description="node id per value (name: Sequence, Result, ClassId, Confidence, LatencyMs, Heartbeat)",
+        description="node id per value (name: Sequence, Result, ClassId, Confidence, LatencyMs, Heartbeat; "
+        "with handshake also Ready, Ack)",
     )
     nodes: dict[str, str] = Field(
         default_factory=dict, description="explicit node id per name, overriding node_pattern"
     )
 
 
-class MqttSinkSettings(_Section):
+class MqttSinkSettings(PlcHandshakeSettings):
+    """An MQTT sink's delivery; with ``handshake`` a decision counts once the PLC publishes its
+    sequence on ``TOPIC/ack``."""
+
     qos: Literal[0, 1, 2] = Field(1, description="QoS of decision messages; 1 = the broker acks each")
     keepalive_seconds: int = Field(10, ge=1, description="MQTT keepalive; the will goes out after 1.5× this")
 

@@ -5,25 +5,23 @@ Default map (``plc.modbus``, INTERFACES.md), unit 1, 0-based: HR0 sequence (uint
 written with one *write multiple registers* (function 16) request, so a PLC polling the block never
 reads half of one result and half of the next; HR5 a heartbeat counter, written every second.
 
-Handshake mode (``plc.modbus.handshake``, as Cognex and LandingEdge offer it): after the result block
-the sink sets HR6 (ready) to 1 and waits for the PLC to copy the sequence into HR7 (ack); then it sets
-HR6 back to 0. A decision is acked only once echoed; no echo within ``ack_timeout_seconds`` fails it
-(``not_acknowledged``) while the connection stays up.
+Handshake mode (``plc.modbus.handshake``, :mod:`keeneye.sinks.handshake`): after the result block
+the sink sets HR6 (ready) to 1 and polls HR7 (ack) until the PLC copied the sequence into it; then it
+sets HR6 back to 0. A decision is acked only once echoed; no echo within ``ack_timeout_seconds`` fails
+it (``not_acknowledged``) while the connection stays up.
 """
 
 from __future__ import annotations
-
-import time
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from keeneye.settings import ModbusMapSettings
+from keeneye.sinks.handshake import Handshake
 from keeneye.sinks.target import SinkTarget
-from keeneye.sinks.types import PlcDecision, PlcNotAcknowledged, PlcRejected
+from keeneye.sinks.types import PlcDecision, PlcRejected
 
 UINT16_MAX = 0xFFFF
-ACK_POLL_SECONDS = 0.002  # a PLC scan cycle is a few ms: poll the ack register about as often
 
 
 def _uint16(value: float) -> int:
@@ -53,6 +51,15 @@ class ModbusTransport:
         self._unit = registers.unit if target.unit is None else target.unit
         self._timeout = timeout
         self._client: ModbusTcpClient | None = None
+        self._handshake: Handshake | None = None
+        if registers.handshake:
+            ready, ack = registers.ready_address, registers.ack_address
+            self._handshake = Handshake(
+                timeout=registers.ack_timeout_seconds,
+                where=f"in HR{ack}",
+                ready=lambda up: self.write_registers(ready, [1 if up else 0]),
+                poll=lambda: self._read(ack),
+            )
 
     def connect(self) -> None:
         client = ModbusTcpClient(
@@ -65,26 +72,12 @@ class ModbusTransport:
 
     def write(self, decision: PlcDecision) -> None:
         registers = result_registers(decision, confidence_scale=self._map.confidence_scale)
-        self.write_registers(self._map.result_address, registers)
-        if self._map.handshake:
-            self._handshake(registers[0])
-
-    def _handshake(self, sequence: int) -> None:
-        """Raise the ready flag, wait for the PLC to echo ``sequence`` into the ack register, lower the
-        flag. Without the echo in time the flag goes down anyway: a late PLC must not take a result
-        meant for a part that has passed."""
-        ready, ack = self._map.ready_address, self._map.ack_address
-        self.write_registers(ready, [1])
-        deadline = time.monotonic() + self._map.ack_timeout_seconds
-        try:
-            while self._read(ack) != sequence:
-                if time.monotonic() > deadline:
-                    raise PlcNotAcknowledged(
-                        f"no echo of sequence {sequence} in HR{ack} within {self._map.ack_timeout_seconds} s"
-                    )
-                time.sleep(ACK_POLL_SECONDS)
-        finally:
-            self.write_registers(ready, [0])
+        if self._handshake is None:
+            self.write_registers(self._map.result_address, registers)
+        else:  # the PLC echoes HR0, the sequence modulo 65536
+            self._handshake.run(
+                registers[0], lambda: self.write_registers(self._map.result_address, registers)
+            )
 
     def _read(self, address: int) -> int:
         client = self._client

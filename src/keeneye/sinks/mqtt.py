@@ -5,12 +5,18 @@ must not act on an old part); the heartbeat goes retained to ``<topic>/heartbeat
 holds ``online`` (retained, on connect) or ``offline`` — published on a clean close and, as the
 connection's last will, by the broker when keeneye vanishes. A decision counts as acked when the broker
 acknowledged it (PUBACK for QoS 1, PUBCOMP for QoS 2; QoS 0 once it is on the wire).
+
+Handshake mode (``plc.mqtt.handshake``, :mod:`keeneye.sinks.handshake`): the sink subscribes to
+``<topic>/ack`` on connect; a decision counts as acked only once the PLC published its sequence there
+(``{"sequence": 42}`` or plain ``42``) within ``ack_timeout_seconds``, else it fails
+``not_acknowledged``. The decision message itself is the "result ready"; there is no ready topic.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from datetime import UTC, datetime
@@ -20,8 +26,11 @@ from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from keeneye.settings import MqttSinkSettings
+from keeneye.sinks.handshake import Handshake, ack_value
 from keeneye.sinks.target import SinkTarget
 from keeneye.sinks.types import PlcDecision
+
+log = logging.getLogger(__name__)
 
 
 class DecisionMessage(TypedDict):
@@ -54,6 +63,17 @@ def decision_message(decision: PlcDecision) -> DecisionMessage:
     }
 
 
+def ack_sequence(payload: bytes | bytearray) -> int | None:
+    """The sequence an ack message carries — ``{"sequence": 42}`` or plain ``42`` — else None."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:  # not JSON (UnicodeDecodeError is a ValueError too)
+        return None
+    if isinstance(doc, dict):
+        doc = doc.get("sequence")
+    return ack_value(doc)
+
+
 class MqttTransport:
     """Publishes decisions and the heartbeat to one broker; paho's network thread does the I/O."""
 
@@ -70,6 +90,11 @@ class MqttTransport:
         self.topic = target.topic
         self.heartbeat_topic = f"{target.topic}/heartbeat"
         self.status_topic = f"{target.topic}/status"
+        self.ack_topic = f"{target.topic}/ack"
+        self._handshake: Handshake | None = None
+        if settings.handshake:
+            self._handshake = Handshake(timeout=settings.ack_timeout_seconds, where=f"on {self.ack_topic}")
+        self._warned_payload = False
 
     def connect(self) -> None:
         connected = threading.Event()
@@ -91,10 +116,54 @@ class MqttTransport:
             raise TimeoutError(f"no CONNACK from {self._target.host}:{self._target.port}")
         if refused:
             raise ConnectionError(f"the broker refused the connection: {refused[0]}")
+        if self._handshake is not None:
+            self._warned_payload = False
+            self._subscribe_acks(client)
         self.publish(self.status_topic, "online", qos=1, retain=True)
 
+    def _subscribe_acks(self, client: mqtt.Client) -> None:
+        """Subscribe to ``<topic>/ack`` and wait for the SUBACK: an ack published before it would be lost."""
+        subscribed = threading.Event()
+        refused: list[str] = []
+
+        def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+            refused.extend(str(r) for r in reasons if r.is_failure)
+            subscribed.set()
+
+        client.on_subscribe = on_subscribe
+        client.message_callback_add(self.ack_topic, self._on_ack)
+        rc, _ = client.subscribe(self.ack_topic, qos=1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"cannot subscribe to {self.ack_topic}: {mqtt.error_string(rc)}")
+        if not subscribed.wait(self._timeout):
+            raise TimeoutError(f"no SUBACK for {self.ack_topic} within {self._timeout} s")
+        if refused:
+            raise ConnectionError(f"the broker refused the subscription to {self.ack_topic}: {refused[0]}")
+
+    def _on_ack(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        sequence = ack_sequence(message.payload)
+        if sequence is not None:
+            if self._handshake is not None:  # always, in fact: the callback is added in handshake mode
+                self._handshake.offer(sequence)
+            return
+        # Once per connection: a PLC that sends the wrong shape sends it for every part.
+        if not self._warned_payload:
+            self._warned_payload = True
+            log.warning(
+                'MQTT sink: ignoring ack %r on %s; publish {"sequence": N} or N',
+                message.payload[:80],
+                self.ack_topic,
+            )
+
     def write(self, decision: PlcDecision) -> None:
-        self.publish(self.topic, json.dumps(decision_message(decision)), qos=self._settings.qos, retain=False)
+        payload = json.dumps(decision_message(decision))
+        if self._handshake is None:
+            self.publish(self.topic, payload, qos=self._settings.qos, retain=False)
+            return
+        self._handshake.run(
+            decision.sequence,
+            lambda: self.publish(self.topic, payload, qos=self._settings.qos, retain=False),
+        )
 
     def heartbeat(self, counter: int) -> None:
         payload = json.dumps({"heartbeat": counter, "at": datetime.now(UTC).isoformat()})

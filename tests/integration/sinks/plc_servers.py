@@ -2,7 +2,8 @@
 
 * :func:`modbus_server` — ``modbus_server.py`` in a child process (killable mid-run, restartable on
   the same port); its request log is read back as :class:`ModbusWrite` records.
-* :func:`opcua_server` — an asyncua server in a thread of this process with the sink's six variables.
+* :func:`opcua_server` — an asyncua server in a thread of this process with the sink's variables; it
+  logs every write in order and can run a PLC program (a coroutine called after each client write).
 * :func:`mqtt_broker` — Mosquitto: the one on 127.0.0.1:1883 when it answers, else ``mosquitto -p PORT``
   started for the test session when the binary exists.
 """
@@ -18,8 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +129,41 @@ def silent_server() -> Iterator[tuple[int, threading.Event]]:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OpcUaWrite:
+    camera: str
+    name: str
+    value: Any
+
+
+# The PLC program: called in the server's loop after each client write it applied, with that write.
+PlcProgram = Callable[["OpcUaServer", OpcUaWrite], Awaitable[None]]
+
+
 @dataclass
 class OpcUaServer:
     url: str
     loop: asyncio.AbstractEventLoop
     nodes: dict[tuple[str, str], Any]
+    types: dict[tuple[str, str], Any] = field(default_factory=dict)
+    writes: list[OpcUaWrite] = field(default_factory=list)  # clients' and the program's, in order
+    program: PlcProgram | None = None
 
     def value(self, camera: str, name: str) -> Any:
         """The variable's current value, read inside the server."""
         node = self.nodes[camera, name]
         return asyncio.run_coroutine_threadsafe(node.read_value(), self.loop).result(10)
+
+    def of(self, camera: str) -> list[tuple[str, Any]]:
+        """(name, value) of the writes to ``camera``'s variables, in order."""
+        return [(w.name, w.value) for w in list(self.writes) if w.camera == camera]
+
+    async def write(self, camera: str, name: str, value: Any) -> None:
+        """The PLC program writing its own variable (logged like a client's write: it takes the same
+        path through the server, PostWrite callback included)."""
+        from asyncua import ua
+
+        await self.nodes[camera, name].write_value(ua.Variant(value, self.types[camera, name]))
 
 
 @contextlib.contextmanager
@@ -145,7 +171,9 @@ def opcua_server(line: str, cameras: Mapping[str, Mapping[str, Any]]) -> Iterato
     """Per camera, variables ``ns=2;s=keeneye.<line>.<camera>.<Name>`` of the given variant types,
     writable. One server serves several cameras: its start-up (seconds) is the slow part."""
     from asyncua import Server, ua
+    from asyncua.common.callback import CallbackType
 
+    VT = ua.VariantType
     port = free_port()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -158,10 +186,11 @@ def opcua_server(line: str, cameras: Mapping[str, Mapping[str, Any]]) -> Iterato
         ns = await server.register_namespace("urn:keeneye:tests")
         assert ns == 2
         nodes = {}
+        zeros: dict[Any, Any] = {VT.Float: 0.0, VT.Double: 0.0, VT.Boolean: False, VT.String: ""}
         for camera, types in cameras.items():
             folder = await server.nodes.objects.add_object(ns, f"{line}.{camera}")
             for name, vtype in types.items():
-                zero = 0.0 if vtype in (ua.VariantType.Float, ua.VariantType.Double) else 0
+                zero = zeros.get(vtype, 0)
                 node_id = ua.NodeId(f"keeneye.{line}.{camera}.{name}", ns)
                 var = await folder.add_variable(node_id, name, ua.Variant(zero, vtype))
                 await var.set_writable()
@@ -169,9 +198,24 @@ def opcua_server(line: str, cameras: Mapping[str, Mapping[str, Any]]) -> Iterato
         await server.start()
         return nodes
 
+    prefix = f"keeneye.{line}."
+
+    async def on_write(event: Any, dispatcher: Any) -> None:
+        for wv in event.request_params.NodesToWrite:
+            ident = str(wv.NodeId.Identifier)
+            if ident.startswith(prefix):
+                camera, name = ident[len(prefix) :].rsplit(".", 1)
+                done = OpcUaWrite(camera, name, wv.Value.Value.Value)
+                srv.writes.append(done)
+                if srv.program is not None:
+                    await srv.program(srv, done)
+
     try:
         nodes = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
-        yield OpcUaServer(f"opcua://127.0.0.1:{port}", loop, nodes)
+        types = {(camera, n): v for camera, t in cameras.items() for n, v in t.items()}
+        srv = OpcUaServer(f"opcua://127.0.0.1:{port}", loop, nodes, types)
+        server.subscribe_server_callback(CallbackType.PostWrite, on_write)
+        yield srv
     finally:
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(server.stop(), loop).result(20)
