@@ -44,6 +44,12 @@ class S3Settings(_Section):
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     create_bucket: bool = Field(True, description="create the bucket on first use when it does not exist")
+    read_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request whose answer stalls this long fails (and is retried)"
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="tries per request; a stalled server holds a caller ≤ this × the timeout"
+    )
 
 
 class BusSettings(_Section):

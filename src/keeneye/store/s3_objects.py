@@ -167,7 +167,7 @@ class S3ObjectStore:
         self.url = url or f"s3://{bucket}/{self.prefix}"
         self.max_object_bytes = max_object_bytes
         self.settings = s3
-        self._client = _client(s3, attempts=3, read_timeout=30)
+        self._client = _client(s3, attempts=s3.max_attempts, read_timeout=s3.read_timeout_seconds)
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 

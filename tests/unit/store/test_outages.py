@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,32 @@ def test_an_unreachable_s3_endpoint_is_object_store_unavailable() -> None:
     assert outage is info.value
     assert outage_reason(outage) == "object_store_unavailable"
     assert retry_after_seconds(outage) == 5
+
+
+def test_a_stalled_s3_server_fails_after_attempts_times_the_read_timeout() -> None:
+    """A server that accepts the connection and never answers (a stalled proxy, a hung MinIO): the
+    request fails as object_store_unavailable once every attempt has waited s3.read_timeout_seconds,
+    instead of holding its caller for boto3's 60 s."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.listen(8)
+        store = S3ObjectStore(
+            "bucket",
+            s3=S3Settings(
+                endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                read_timeout_seconds=0.3,
+                max_attempts=2,
+                create_bucket=False,
+                access_key_id="test",
+                secret_access_key="test",
+            ),
+            max_object_bytes=1024,
+        )
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable) as info:
+            store.put("a.jpg", b"x")
+        waited = time.monotonic() - started
+    assert outage_reason(info.value) == "object_store_unavailable"
+    assert 0.6 <= waited < 30  # two attempts of 0.3 s each, far from the old 3 × 30 s
 
 
 @pytest.mark.parametrize(
