@@ -347,7 +347,7 @@ def in_process(model: Path, photos: list[bytes]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def prepare_keeneye(home: Path, onnx: bytes) -> None:
+def prepare_keeneye(home: Path, onnx: bytes, size: int = 224) -> None:
     from tests.serving_support import with_species_limits
 
     from keeneye.models.bundle import ModelBundle
@@ -366,8 +366,8 @@ def prepare_keeneye(home: Path, onnx: bytes) -> None:
             "task": "classify",
             "output_format": "logits",
             "input": {
-                "width": 224,
-                "height": 224,
+                "width": size,
+                "height": size,
                 "mean": [0.485, 0.456, 0.406],
                 "std": [0.229, 0.224, 0.225],
             },

@@ -167,25 +167,39 @@ class UpProcess:
     exit_code: int | None = None
 
 
-@contextmanager
-def keeneye_up(settings: Any, workers: int, log: Path, timeout: float = 180) -> Iterator[UpProcess]:
-    """``keeneye up`` for species-id with ``workers`` pinned workers, until every worker beats."""
-    import httpx
-    from tests.services import free_port
-
-    port = free_port()
-    env = {
+def up_env(settings: Any, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``keeneye`` process on ``settings``' home (and of a CLI run beside it)."""
+    return {
         **os.environ,
         "KEENEYE_HOME": str(settings.home),
         "KEENEYE_CONFIG": os.devnull,
         "KEENEYE_PIPELINES__DIRS": json.dumps([str(d) for d in settings.pipelines.dirs]),
+        **(extra or {}),
     }
+
+
+@contextmanager
+def keeneye_up(
+    settings: Any,
+    workers: int,
+    log: Path,
+    timeout: float = 180,
+    *,
+    max_workers: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[UpProcess]:
+    """``keeneye up`` for species-id with ``workers`` pinned workers (``max_workers``: autoscaled from
+    ``workers`` up to it), until every worker beats; ``env``: more environment (settings)."""
+    import httpx
+    from tests.services import free_port
+
+    port = free_port()
     command = [
         sys.executable, "-m", "keeneye", "up", "--pipelines", PIPELINE, "--port", str(port),
-        "--min-replicas", str(workers), "--max-replicas", str(workers), "--plugins", "none",
+        "--min-replicas", str(workers), "--max-replicas", str(max_workers or workers), "--plugins", "none",
     ]  # fmt: skip
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, env=up_env(settings, env), stdout=out, stderr=subprocess.STDOUT)
     up = UpProcess(proc=proc, base=f"http://127.0.0.1:{port}", log=log)
     try:
         deadline = time.monotonic() + timeout

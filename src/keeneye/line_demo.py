@@ -28,6 +28,7 @@ from rich.table import Table
 from keeneye.demo import demo_server, keeneye_command, keep_serving, shown_path, train_and_promote
 from keeneye.domain import KeeneyeError
 from keeneye.edge import SummaryJson
+from keeneye.pipelines import PipelineCatalog
 from keeneye.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def run_line_demo(
     console: Console,
     *,
     frames: int = 300,
-    epochs: int = 12,
+    epochs: int | None = None,
     parts: int = 150,
     fps: float | None = 30.0,
     port: int = 8000,
@@ -96,11 +97,12 @@ def run_line_demo(
 
     version: str | None = None
     if model_dir is None:
+        epochs = epochs or PipelineCatalog(settings).get(PIPELINE).training.epochs  # the spec's recipe
         version = train_and_promote(
             settings, console, PIPELINE, train_dir, epochs=epochs, quiet=quiet, overrides=None,
             steps=("2/6", "3/6"), shown=("precision", "recall", "mask_map50"),
-            fix=f"train longer: `{keeneye_command()} demo line-inspection --epochs {max(epochs * 2, 16)}`"
-            " (or --images 600 --epochs 45, the benchmark's recipe)",
+            fix=f"train longer: `{keeneye_command()} demo line-inspection --epochs {epochs * 2}`"
+            " (or on more frames: --images 600)",
         ).version  # fmt: skip
     else:
         console.rule("[bold]2/6  3/6  model")

@@ -27,7 +27,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from keeneye.domain import ConfigError
+from keeneye.domain import ConfigError, parse_duration
 
 MiB = 1024 * 1024
 
@@ -271,6 +271,22 @@ class AlertingSettings(_Section):
         15.0, gt=0, description="a critical alert not acknowledged this long goes to the next channel"
     )
     repeat_minutes: float = Field(240.0, gt=0, description="re-notify a still-firing alert this often")
+    for_overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="rule name → the `for` the built-in engine waits instead of the rule's, e.g. "
+        "{WorkerLoadHigh: 20s} for a drill or a test; a pipeline spec's own `for` still wins",
+    )
+
+    @model_validator(mode="after")
+    def _check_for_overrides(self) -> AlertingSettings:
+        for name, duration in self.for_overrides.items():
+            if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", name):
+                raise ValueError(f"alerting.for_overrides: {name!r} is not a rule name (CamelCase)")
+            try:
+                parse_duration(duration)
+            except ValueError as exc:
+                raise ValueError(f"alerting.for_overrides.{name}: {exc}") from exc
+        return self
 
     @model_validator(mode="after")
     def _check_route(self) -> AlertingSettings:

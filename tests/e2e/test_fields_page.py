@@ -79,6 +79,10 @@ def test_the_fields_pages_show_map_zones_trend_and_downloads(tmp_path: Path) -> 
             assert page.locator("#trend canvas").count() >= 1
             assert page.locator("#trend").get_attribute("data-points") == "2"
             assert page.locator("#flight option").count() == 2
+            # the layers control lists the three overlays, each with its checkbox, all shown
+            entries = page.locator("#map .leaflet-control-layers-overlays label")
+            assert [t.strip() for t in entries.all_inner_texts()] == ["Vigour zones", "Disease zones", "NDVI"]
+            assert page.locator("#map .leaflet-control-layers-selector:checked").count() == 3
 
             # click the disease zone: its popup shows the API's hectares
             disease = [z for z in history[-1]["zones"]["features"] if z["properties"]["kind"] == "disease"]
@@ -118,6 +122,13 @@ def test_the_fields_pages_show_map_zones_trend_and_downloads(tmp_path: Path) -> 
             )
             assert "flight=f1" in (page.locator("#dl-geojson").get_attribute("href") or "")
             page.screenshot(path=str(shots / "field-map-f1.png"), full_page=True)
+
+            # a field without flights: nothing to switch, so no layers control (no empty white box)
+            page.goto(server.url + "/fields/b")
+            page.wait_for_selector("#field[data-loaded]", timeout=20_000)
+            assert page.locator("#map path").count() == 1  # its boundary
+            page.screenshot(path=str(shots / "field-no-flight.png"), full_page=True)
+            assert page.locator("#map .leaflet-control-layers").count() == 0
 
             # an unknown field: the shell's 404 page
             missing = page.goto(server.url + "/fields/nope")

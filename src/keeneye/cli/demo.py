@@ -27,8 +27,8 @@ def demo(
     ),
     epochs: int = typer.Option(
         None,
-        help="Training epochs; early stopping may finish sooner (default: 15; line-inspection 12; "
-        "crop-health 8).",
+        help="Training epochs; early stopping may finish sooner (default: 15; line-inspection: its "
+        "pipeline's recipe, 30; crop-health 8).",
     ),
     port: int = typer.Option(8000, help="Port for the API (a free one is used when taken)."),
     requests: int = typer.Option(8, help="Unseen photos to send once the server runs."),
@@ -68,7 +68,7 @@ def demo(
             settings(),
             console,
             frames=300 if images is None else images,
-            epochs=12 if epochs is None else epochs,
+            epochs=epochs,
             parts=parts,
             port=port,
             serve_forever=keep,

@@ -8,10 +8,14 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from keeneye.cli._common import PANEL_OPS, PANEL_SERVE, console, err_console, print_json, settings
@@ -20,7 +24,8 @@ from keeneye.settings import Settings
 
 if TYPE_CHECKING:
     from keeneye.scaling import ChildSpec
-    from keeneye.scaling.loadtest import LoadReport
+    from keeneye.scaling.loadtest import LoadReport, StepPlan
+    from keeneye.scaling.ops_scenario import LoadRun, OpsReport
 
 
 def _split_names(values: list[str] | None) -> list[str]:
@@ -253,6 +258,13 @@ def loadtest(
     target: str = typer.Option(
         "http", "--target", help="http (the API, with Locust) or bus (the input topic)."
     ),
+    scenario: str = typer.Option(
+        "steps",
+        "--scenario",
+        help="steps: the per-step load report. ops: the same ramp against a running `keeneye up`, "
+        "watching replicas, utilisation per replica and alerts, then the cool-down; writes ops.json "
+        "and ops.png into --out.",
+    ),
     start: float = typer.Option(5.0, "--start", help="Requests/s of the first step."),
     step: float = typer.Option(5.0, "--step", help="Requests/s added at each step."),
     step_seconds: float = typer.Option(30.0, "--step-seconds", help="Seconds per step."),
@@ -260,6 +272,26 @@ def loadtest(
     url: str = typer.Option(None, "--url", help="API base URL (default: the configured serving address)."),
     asynchronous: bool = typer.Option(
         False, "--async/--no-async", help="HTTP: POST to …/observations (202, queued) instead of …/predict."
+    ),
+    image_size: int = typer.Option(
+        64,
+        "--image-size",
+        min=16,
+        max=2048,
+        help="Side in pixels of the noise JPEGs sent (cost per request).",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="ops: folder for ops.json and ops.png (default: ./loadtest-ops-<UTC time>)."
+    ),
+    cooldown: float = typer.Option(
+        120.0,
+        "--cooldown",
+        min=0,
+        help="ops: seconds to keep watching after the load ends; ends early once replicas are back at "
+        "their minimum with no alert firing and nothing queued.",
+    ),
+    interval: float = typer.Option(
+        2.0, "--interval", min=0.2, help="ops: seconds between looks at the system."
     ),
     api_key: str = typer.Option(None, "--api-key", envvar="KEENEYE_API_KEY", help="Sent as X-API-Key."),
     allow_remote: bool = typer.Option(
@@ -269,19 +301,48 @@ def loadtest(
     ),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print the report as JSON."),
 ) -> None:
-    """Rising-intensity load: --start req/s, +--step every --step-seconds, up to --max; per-step report."""
-    from keeneye.scaling.loadtest import StepPlan, run_bus, run_http
+    """Rising-intensity load: --start req/s, +--step every --step-seconds, up to --max; per-step report.
+
+    With --scenario ops (against a running `keeneye up`) it also watches the system through the API
+    while the load rises and after it ends, and prints a timeline per step: offered and served rate,
+    p95, worker replicas, utilisation per replica, alerts pending and firing, 429 and 503 counts.
+    """
+    from keeneye.scaling.loadtest import StepPlan, ensure_local, run_bus, run_http
 
     s = settings()
     name = pipeline or s.serving.default_pipeline
     if target not in {"http", "bus"}:
         raise ConfigError("--target", f"{target!r} is not a target", fix="use --target http or --target bus")
+    if scenario not in {"steps", "ops"}:
+        raise ConfigError(
+            "--scenario", f"{scenario!r} is not a scenario", fix="use --scenario steps or --scenario ops"
+        )
     plan = StepPlan(start=start, step=step, step_seconds=step_seconds, max=max_rps)
     steps = len(plan.rates)
+    serving = s.serving
+    shown = "127.0.0.1" if serving.host in {"0.0.0.0", "::"} else serving.host  # noqa: S104
+    base = url or f"http://{shown}:{serving.port}"
+    if target == "http" or scenario == "ops":  # ops looks at the system through the API
+        ensure_local(base, allow_remote=allow_remote)
 
-    def on_step(index: int, rate: float) -> None:
+    def say_step(index: int, rate: float) -> None:
         err_console.print(
             f"step {index + 1}/{steps}: {rate:g} req/s for {plan.step_seconds:g} s", highlight=False
+        )
+
+    def run_load(on_step: Callable[[int, float], None]) -> LoadReport:
+        if target == "http":
+            return run_http(
+                plan,
+                url=base,
+                pipeline=name,
+                asynchronous=asynchronous,
+                api_key=api_key,
+                on_step=on_step,
+                image_size=image_size,
+            )
+        return _bus_load(
+            s, plan, name, allow_remote=allow_remote, on_step=on_step, run_bus=run_bus, image_size=image_size
         )
 
     err_console.print(
@@ -289,25 +350,114 @@ def loadtest(
         f"about {plan.expected_requests:,} requests",
         highlight=False,
     )
-    if target == "http":
-        from keeneye.scaling.loadtest import ensure_local
-
-        serving = s.serving
-        shown = "127.0.0.1" if serving.host in {"0.0.0.0", "::"} else serving.host  # noqa: S104
-        base = url or f"http://{shown}:{serving.port}"
-        ensure_local(base, allow_remote=allow_remote)
-        report = run_http(
-            plan, url=base, pipeline=name, asynchronous=asynchronous, api_key=api_key, on_step=on_step
-        )
-    else:
-        report = _bus_load(s, plan, name, allow_remote=allow_remote, on_step=on_step, run_bus=run_bus)
+    if scenario == "ops":
+        _ops_scenario(
+            plan, run_load, base=base, pipeline=name, target=target, api_key=api_key,
+            interval=interval, cooldown=cooldown, out=out, json_out=json_out,
+        )  # fmt: skip
+        return
+    report = run_load(say_step)
     if json_out:
         print_json(report.as_dict())
         return
     _print_report(report)
 
 
-def _bus_load(s: Settings, plan: Any, name: str, *, allow_remote: bool, on_step: Any, run_bus: Any) -> Any:
+def _ops_scenario(
+    plan: StepPlan,
+    run_load: LoadRun,
+    *,
+    base: str,
+    pipeline: str,
+    target: str,
+    api_key: str | None,
+    interval: float,
+    cooldown: float,
+    out: Path | None,
+    json_out: bool,
+) -> None:
+    from keeneye.scaling.ops_scenario import SystemWatcher, run_ops, write_outputs
+
+    watcher = SystemWatcher(base, pipeline, api_key=api_key, interval=interval)
+    first = watcher.look()
+    if first.error is not None or first.replicas is None:
+        raise KeeneyeError(
+            f"cannot watch {pipeline!r} at {base}: {first.error or 'the supervisor runs no worker for it'}",
+            fix="start `keeneye up` (its API at --url) and load a pipeline it runs workers for",
+        )
+    report = run_ops(
+        plan,
+        load=run_load,
+        watcher=watcher,
+        target=target,
+        cooldown_seconds=cooldown,
+        say=lambda line: err_console.print(line, highlight=False, markup=False),  # "Rule[kind]" is no tag
+    )
+    folder = out or Path(f"loadtest-ops-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    paths = write_outputs(report, folder)
+    if json_out:
+        print_json(report.as_dict())
+        return
+    _print_timeline(report)
+    console.print(f"written: {', '.join(str(p) for p in paths)}", highlight=False)
+
+
+def _print_timeline(report: OpsReport) -> None:
+    lo, hi = report.bounds
+    table = Table(
+        title=f"keeneye loadtest --scenario ops · {report.pipeline} · {report.target} · "
+        f"replicas {lo}–{hi}, peak {report.replicas_peak}"
+    )
+    columns = ["phase", "t s", "offered/s", "served/s", "p95 ms", "429", "503", "errors", "replicas",
+               "lag", "utilisation per replica", "api", "pending", "firing"]  # fmt: skip
+    for col in columns:
+        table.add_column(
+            col,
+            justify="left" if col in {"phase", "utilisation per replica", "pending", "firing"} else "right",
+        )
+
+    def num(v: float | None, fmt: str = ".0f") -> str:
+        return "" if v is None else format(v, fmt)
+
+    for r in report.rows:
+        table.add_row(
+            f"{r.phase} {r.step}",
+            f"{r.start:.0f}–{r.end:.0f}",
+            f"{r.offered_rps:g}" if r.phase == "ramp" else "",
+            num(r.served_rps, ".1f"),
+            num(r.p95_ms),
+            str(r.refused_429) if r.refused_429 else "",
+            str(r.refused_503) if r.refused_503 else "",
+            str(r.other_errors) if r.other_errors else "",
+            "" if r.replicas is None else f"{r.replicas} (peak {r.replicas_peak})",
+            num(r.lag),
+            " ".join(f"{u:.2f}" for u in r.utilization.values()),
+            num(r.api_utilization, ".2f"),
+            escape(", ".join(r.pending)),
+            escape(", ".join(r.firing)),
+        )
+    console.print(table)
+    for e in report.events:
+        console.print(f"  {e.t:7.1f} s  {e.what}", highlight=False, markup=False)
+    if report.load.truncated:
+        console.print(f"[yellow]run ended early:[/] {report.load.truncated}")
+    if not report.at_rest:
+        console.print(
+            "[yellow]not back at rest when the watch ended[/] (replicas above the minimum, an alert "
+            "firing or messages queued): raise --cooldown to see the scale-back",
+        )
+
+
+def _bus_load(
+    s: Settings,
+    plan: StepPlan,
+    name: str,
+    *,
+    allow_remote: bool,
+    on_step: Callable[[int, float], None],
+    run_bus: Callable[..., LoadReport],
+    image_size: int = 64,
+) -> LoadReport:
     from keeneye.pipelines import PipelineCatalog
     from keeneye.scaling.loadtest import ensure_local
     from keeneye.settings import mask_url
@@ -326,6 +476,7 @@ def _bus_load(s: Settings, plan: Any, name: str, *, allow_remote: bool, on_step:
             url=mask_url(s.bus_url),
             pipeline=name,
             on_step=on_step,
+            image_size=image_size,
         )
     finally:
         ingestor.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +142,22 @@ def predict(
         "GeoTIFF in this folder.",
         file_okay=False,
     ),
+    store: bool = typer.Option(
+        True,
+        "--store/--no-store",
+        help="crop-health mosaics: store the mosaic, its answer, its index maps (as COGs) and its "
+        "field history like any answer (the default; the mosaic is copied into the object store). "
+        "--no-store only prints the answer (and writes --index-dir / --geojson). Other files are "
+        "always stored.",
+    ),
 ) -> None:
     """Predict on local files through the same code path as the API (results are stored too).
 
     crop-health: a [bold]folder[/] or [bold]zip[/] of one TIFF per band (a DJI P4M / MicaSense
     capture, IMG_0001_1.tif … _5.tif) is stacked in band order; a raster over the synchronous limit
-    (an orthomosaic, 10k–40k px) is streamed block by block with a progress bar and answered, not
-    stored (docs/crop-health.md, "Mosaics").
+    (an orthomosaic, 10k–40k px) is streamed block by block with a progress bar, answered and
+    stored with its index maps and field history ([bold]--no-store[/]: answered only;
+    docs/crop-health.md, "Mosaics").
 
     Crop-health answers carry a [bold]geo[/] part: NDVI/NDRE/GNDVI statistics and vigour and disease
     zones with their areas; [bold]--geojson FILE[/] writes the zones, e.g.
@@ -155,6 +165,7 @@ def predict(
     """
     from keeneye.geo.capture import capture_files
     from keeneye.imaging.archive import pack_files
+    from keeneye.pipelines.mosaic_jobs import is_mosaic_file
     from keeneye.serving.routes.predict import parse_metadata
     from keeneye.serving.state import close_state, open_state
 
@@ -181,8 +192,8 @@ def predict(
                 try:
                     if spec.input.geo and path.is_dir():
                         data = pack_files([(n, p.read_bytes()) for n, p in capture_files(path)])
-                    elif spec.input.geo and _is_mosaic(path, spec.input.max_pixels or s.imaging.max_pixels):
-                        results.append(await _predict_mosaic(state, spec, path, meta, index_dir))
+                    elif is_mosaic_file(path, spec, s):
+                        results.append(await _predict_mosaic(state, spec, path, meta, index_dir, store))
                         continue
                     else:
                         data = path.read_bytes()
@@ -242,62 +253,87 @@ def predict(
         raise typer.Exit(1)
 
 
-def _is_mosaic(path: Path, max_pixels: int) -> bool:
-    """A raster file over the synchronous pixel limit (header only); anything else is not."""
-    from keeneye.imaging.archive import is_zip
-    from keeneye.pipelines.mosaic import is_mosaic
-
-    if not path.is_file():
-        return False
-    with path.open("rb") as f:
-        if is_zip(f.read(4)):
-            return False
-    try:
-        return is_mosaic(path, max_pixels)
-    except InvalidInput:
-        return False  # not a raster GDAL reads: the normal path says why
-
-
 async def _predict_mosaic(
-    state: Any, spec: Any, path: Path, meta: dict[str, Any], index_dir: Path | None
+    state: Any, spec: Any, path: Path, meta: dict[str, Any], index_dir: Path | None, store: bool
 ) -> dict[str, Any]:
-    """One orthomosaic, streamed (keeneye.pipelines.mosaic) on the pipeline's serving model."""
-    from keeneye.pipelines.crophealth import geo_request
-    from keeneye.pipelines.mosaic import analyse_mosaic
+    """One orthomosaic, streamed (keeneye.pipelines.mosaic_jobs) on the pipeline's serving model;
+    with ``store``, stored like any answer (:func:`_store_mosaic`)."""
+    from keeneye.pipelines.mosaic_jobs import answer_mosaic, check_mosaic
 
     loaded = state.runtime.get(spec.name)  # ModelNotReady: reported like any other file's error
-    request = geo_request(spec, meta)
-    with progress_bar(f"{path.name}: blocks") as update:
-        answer = await asyncio.to_thread(
-            analyse_mosaic,
-            path,
-            spec,
-            loaded.bundle.manifest,
-            loaded.model.run,
-            request,
-            index_dir=index_dir,
-            progress=update,
+    check_mosaic(path, spec, meta)
+    size, limit = path.stat().st_size, state.settings.objects.max_object_bytes
+    if store and size > limit:  # refused before minutes of work, not after
+        raise InvalidInput(
+            "too_large",
+            f"the mosaic of {size} bytes is over the object store's limit of {limit} bytes",
+            status=413,
+            fix="raise KEENEYE_OBJECTS__MAX_OBJECT_BYTES, or answer it without storing (--no-store)",
         )
+    with tempfile.TemporaryDirectory(prefix="keeneye-index-maps-") as tmp:
+        maps = index_dir if index_dir is not None else Path(tmp) if store else None
+        with progress_bar(f"{path.name}: blocks") as update:
+            result = await asyncio.to_thread(
+                answer_mosaic, spec, loaded, path, meta, index_dir=maps, progress=update
+            )
+        observation_id = None
+        if store:
+            observation_id = await asyncio.to_thread(_store_mosaic, state, spec, loaded, path, meta, result)
+    answer = result.answer.to_json()
     return {
         "file": str(path),
-        "task": "segment",
-        "geo": answer.geo.to_json(),
+        **answer,
         "mosaic": {
-            "width": answer.width,
-            "height": answer.height,
-            "blocks": answer.blocks,
-            "zone_factor": answer.zone_factor,
-            "megapixels_per_second": round(answer.megapixels_per_second, 2),
-            "index_maps": {k: str(v) for k, v in answer.index_maps.items()},
+            **result.summary(),
+            "index_maps": {k: str(v) for k, v in result.mosaic.index_maps.items()} if index_dir else {},
         },
-        "count": 0,
-        "confidence": None,
         "pipeline": spec.name,
         "model_name": loaded.ref.name,
         "model_version": loaded.ref.version,
+        **({"observation_id": observation_id} if observation_id else {}),
         "cached": False,
-        "processing_time_ms": round(answer.seconds * 1000, 2),
+        "processing_time_ms": round(result.mosaic.seconds * 1000, 2),
     }
+
+
+def _store_mosaic(state: Any, spec: Any, loaded: Any, path: Path, meta: dict[str, Any], result: Any) -> str:
+    """A mosaic answered by ``keeneye predict``, stored as the stream worker stores one: the file in
+    the object store (streamed, content-addressed), the index maps as COGs, the observation with its
+    prediction, then the field history (``Answering.stored``). Returns the observation id."""
+    import uuid
+
+    from keeneye.answering import StoredAnswer
+    from keeneye.domain import ObservationStatus, Variant
+    from keeneye.pipelines import content_type_of, observation_key
+    from keeneye.pipelines.mosaic_jobs import file_digest, store_index_maps
+
+    digest = file_digest(path)
+    key = observation_key(spec.name, digest, "tiff")
+    if not state.objects.exists(key):
+        with path.open("rb") as f:
+            state.objects.put(key, f, content_type=content_type_of("tiff"))
+    observation_id = uuid.uuid4().hex
+    answer = result.answer
+    store_index_maps(state.objects, spec.name, observation_id, result.mosaic.index_maps, answer)
+    state.db.create_observation(
+        pipeline=spec.name,
+        content_hash=digest,
+        object_key=key,
+        content_type=content_type_of("tiff"),
+        size_bytes=path.stat().st_size,
+        metadata={**meta, "file": path.name},
+        source="cli",
+        status=ObservationStatus.processing,
+        id=observation_id,
+    )
+    answering = state.service.answering
+    latency_ms = result.mosaic.seconds * 1000
+    completion = answering.completion(
+        observation_id, spec.name, loaded, Variant.champion, answer, latency_ms, {"infer": latency_ms}
+    )
+    state.db.complete_many([completion])
+    answering.stored(spec, [StoredAnswer(observation_id, answer, Variant.champion)], review=False)
+    return observation_id
 
 
 keys_app = typer.Typer(

@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -27,10 +27,11 @@ from keeneye.cli._common import (
     settings,
     state,
 )
-from keeneye.domain import ConfigError, InvalidInput
+from keeneye.domain import ConfigError, InvalidInput, MessageTooLarge
 from keeneye.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+FORMAT_SUFFIXES = {"jpeg": (".jpg", ".jpeg"), "png": (".png",), "tiff": (".tif", ".tiff")}
 
 
 def worker(
@@ -98,11 +99,19 @@ class _Source:
     """A folder or an S3 prefix of images to ingest."""
 
     name: str  # as given, for messages and the ledger
+    suffixes: frozenset[str]  # the files it sends
 
     def files(self) -> list[str]:
         raise NotImplementedError
 
     def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def local(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        """The file as a local path, for one that is sent without reading it into memory (a mosaic)."""
         raise NotImplementedError
 
     def signature(self, name: str) -> tuple[int, int] | None:
@@ -116,7 +125,13 @@ class _Source:
 
 @dataclass(frozen=True)
 class _Folder(_Source):
+    """A folder walked for files; with ``captures`` (crop-health), the band files of one multi-file
+    capture (``IMG_0001_1.tif`` … ``_5.tif``, ``DJI_0011.TIF`` … ``DJI_0015.TIF``) are one input,
+    named like ``flight/IMG_0001_*.tif`` and sent packed as the API packs several files."""
+
     root: Path
+    captures: bool = False
+    groups: dict[str, list[Path]] = field(default_factory=dict, compare=False)  # name → band files
 
     @property
     def kind(self) -> str:
@@ -125,18 +140,42 @@ class _Folder(_Source):
     def files(self) -> list[str]:
         if self.root.is_file():
             return [self.root.name]
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in self.root.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        paths = [p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in self.suffixes]
+        if not self.captures:
+            return sorted(p.relative_to(self.root).as_posix() for p in paths)
+        from keeneye.geo.capture import group_captures
+
+        captures, others = group_captures(paths)
+        self.groups.clear()
+        for key, members in captures.items():
+            folder = members[0].parent.relative_to(self.root)
+            name = (folder / f"{Path(key).name}*{members[0].suffix}").as_posix()
+            self.groups[name] = members
+        return sorted([*self.groups, *(p.relative_to(self.root).as_posix() for p in others)])
 
     def read(self, name: str) -> bytes:
+        if name in self.groups:
+            from keeneye.imaging.archive import pack_files
+
+            return pack_files([(p.name, p.read_bytes()) for p in self.groups[name]])
         return self._path(name).read_bytes()
 
+    def size(self, name: str) -> int:
+        return sum(p.stat().st_size for p in self.groups.get(name, [self._path(name)]))
+
+    @contextlib.contextmanager
+    def local(self, name: str) -> Iterator[Path]:
+        if name not in self.groups:
+            yield self._path(name)
+            return
+        with tempfile.TemporaryDirectory(prefix="keeneye-capture-") as tmp:
+            packed = Path(tmp) / "capture.zip"
+            packed.write_bytes(self.read(name))
+            yield packed
+
     def signature(self, name: str) -> tuple[int, int] | None:
-        st = self._path(name).stat()
-        return (st.st_size, st.st_mtime_ns)
+        stats = [p.stat() for p in self.groups.get(name, [self._path(name)])]
+        return (sum(st.st_size for st in stats), max(st.st_mtime_ns for st in stats))
 
     def _path(self, name: str) -> Path:
         return self.root.parent / name if self.root.is_file() else self.root / name
@@ -151,25 +190,40 @@ class _Bucket(_Source):
         return "s3"
 
     def files(self) -> list[str]:
-        return [o.key for o in self.store.list("") if Path(o.key).suffix.lower() in IMAGE_SUFFIXES]
+        return [o.key for o in self.store.list("") if Path(o.key).suffix.lower() in self.suffixes]
 
     def read(self, name: str) -> bytes:
         data: bytes = self.store.get(name)
         return data
 
+    def size(self, name: str) -> int:
+        return int(self.store.info(name).size)
 
-def _open_source(s: Settings, source: str) -> _Source:
+    @contextlib.contextmanager
+    def local(self, name: str) -> Iterator[Path]:
+        from keeneye.pipelines.mosaic_jobs import local_object
+
+        with local_object(self.store, name) as path:  # streamed to a temporary file
+            yield path
+
+
+def _open_source(s: Settings, source: str, *, geo_formats: list[str] | None = None) -> _Source:
+    """``geo_formats``: a geo pipeline's accepted formats: only those files and zips are walked (a DJI
+    folder's JPEG previews are skipped) and a folder's band files are grouped into captures."""
+    suffixes = frozenset(IMAGE_SUFFIXES)
+    if geo_formats is not None:
+        suffixes = frozenset({".zip", *(x for f in geo_formats for x in FORMAT_SUFFIXES.get(f, ()))})
     if source.startswith("s3://"):
         from keeneye.store import open_object_store
 
         store = open_object_store(s.model_copy(update={"objects_url": source}))
-        return _Bucket(source, store)
+        return _Bucket(source, suffixes, store)
     root = Path(source).expanduser()
     if not root.exists():
         raise ConfigError(
             "PATH", f"{source} does not exist", fix="give a folder, an image file or s3://bucket/prefix"
         )
-    return _Folder(source, root.absolute())
+    return _Folder(source, suffixes, root.absolute(), captures=geo_formats is not None)
 
 
 class _Ledger:
@@ -209,7 +263,10 @@ class _Refused(TypedDict):
 
 def ingest(
     source: str = typer.Argument(
-        ..., help="A folder (walked for images), an image file, or s3://bucket/prefix."
+        ...,
+        help="A folder (walked for images), an image file, or s3://bucket/prefix. crop-health also "
+        "takes drone folders (each capture's band files are one image), zips (one capture each) and "
+        "GeoTIFF orthomosaics of any size.",
     ),
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline to queue the images for."),
     watch: bool = typer.Option(False, "--watch/--no-watch", help="Keep polling for new files until Ctrl-C."),
@@ -218,7 +275,16 @@ def ingest(
     resend: bool = typer.Option(False, "--resend/--no-resend", help="Send files again even if sent before."),
     json_out: bool = typer.Option(False, "--json/--no-json", help="Print one JSON summary (ids per file)."),
 ) -> None:
-    """Queue images for asynchronous processing (the workers do the rest)."""
+    """Queue images for asynchronous processing (the workers do the rest).
+
+    crop-health: the band files of one capture in a drone folder (MicaSense IMG_0001_1.tif …
+    _5.tif, DJI P4M DJI_0011.TIF … DJI_0015.TIF) are one observation, and so is a [bold]zip[/] of
+    one TIFF per band; JPEG previews are skipped. A GeoTIFF [bold]orthomosaic[/] over the upload
+    limit is stored from its file without being read into memory and answered by a worker block by
+    block — its answer, index maps and field history are stored like any other
+    (docs/crop-health.md, "Drone folders, zips and mosaics through the stream").
+    """
+    from keeneye.pipelines.mosaic_jobs import upload_limit_of
     from keeneye.serving.routes.predict import parse_metadata
     from keeneye.stream import Ingestor, IngestUnavailable
     from keeneye.training.progress import PlainProgress
@@ -227,8 +293,9 @@ def ingest(
     s = settings()
     meta = parse_metadata(metadata)
     ingestor = Ingestor(s)
-    ingestor.catalog.get(pipeline)  # refuse an unknown pipeline before walking anything
-    src = _open_source(s, source)
+    spec = ingestor.catalog.get(pipeline)  # refuse an unknown pipeline before walking anything
+    src = _open_source(s, source, geo_formats=list(spec.input.formats) if spec.input.geo else None)
+    upload_limit = upload_limit_of(spec, s)
     ledger = _Ledger(s, pipeline, src)
     if resend:
         ledger.sent.clear()
@@ -268,10 +335,15 @@ def ingest(
             plain(ProgressEvent("ingest", what, done=0, total=len(files)))
         for k, name in enumerate(files, 1):
             try:
-                data = src.read(name)
-                accepted = ingestor.accept(pipeline, data, {**meta, "file": name}, source=src.kind)
-            except InvalidInput as exc:
-                refused.append({"file": name, "reason": exc.reason, "error": exc.one_line()})
+                about = {**meta, "file": name}
+                if spec.input.geo and src.size(name) > upload_limit:  # a mosaic: never read whole
+                    with src.local(name) as path:
+                        accepted = ingestor.accept(pipeline, path, about, source=src.kind)
+                else:
+                    accepted = ingestor.accept(pipeline, src.read(name), about, source=src.kind)
+            except (InvalidInput, MessageTooLarge) as exc:
+                reason = exc.reason if isinstance(exc, InvalidInput) else "too_large"
+                refused.append({"file": name, "reason": reason, "error": exc.one_line()})
                 ledger.add(name, "")  # refused for good: do not retry it on every poll
             except (IngestUnavailable, OSError) as exc:
                 # Not sent: the next poll (or the next run) tries again.

@@ -9,10 +9,12 @@ a crop-health :class:`~keeneye.domain.Answer` (INTERFACES.md, "crop-health answe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from keeneye.domain import GeoPart, IndexStatsJson, InvalidInput
 from keeneye.geo.bands import BandMap
 from keeneye.geo.indices import DEFAULT_INDICES, INDICES, available, compute_index, index_stats
-from keeneye.geo.raster import RasterSource, Reflectance, read_raster
+from keeneye.geo.raster import BoolArray, FloatArray, RasterSource, Reflectance, read_raster
 from keeneye.geo.zones import (
     OutputCrs,
     Zone,
@@ -31,10 +33,12 @@ def analyse_reflectance(
     n_zones: int = 3,
     min_area_px: int | None = None,
     extra_zones: list[Zone] | None = None,
+    maps: Mapping[str, tuple[FloatArray, BoolArray]] | None = None,
 ) -> GeoPart:
     """Index stats + vigour zones (+ ``extra_zones``, e.g. a model's disease zones) of a read raster.
 
     ``min_area_px``: the smallest vigour zone (None: 0.1% of the valid pixels, see :func:`vigour_zones`).
+    ``maps``: index maps already computed (:func:`~keeneye.geo.indices.index_maps`), used as they are.
 
     Indices the bands do not allow are left out with a note; an unknown index name is refused
     (``InvalidInput("unknown_index")``) since it is a typo, not a camera limit.
@@ -46,20 +50,20 @@ def analyse_reflectance(
         )
     notes: list[str] = []
     stats: dict[str, IndexStatsJson] = {}
-    maps = {}
+    computed = dict(maps or {})
     for name in indices:
         if name not in available(raster.bands, (name,)):
             notes.append(f"{name}: needs bands {', '.join(INDICES[name].bands)}")
             continue
-        values, ok = compute_index(raster, name)
-        stats[name] = index_stats(values, ok)
-        maps[name] = (values, ok)
+        if name not in computed:
+            computed[name] = compute_index(raster, name)
+        stats[name] = index_stats(*computed[name])
     vigour_index = next((n for n in VIGOUR_SOURCES if n in available(raster.bands, (n,))), None)
     zones: list[Zone] = list(extra_zones or [])
     if vigour_index is None:
         notes.append("vigour zones: need NIR with Red, Red edge or Green")
     else:
-        values, ok = maps.get(vigour_index) or compute_index(raster, vigour_index)
+        values, ok = computed.get(vigour_index) or compute_index(raster, vigour_index)
         zones = vigour_zones(values, ok, raster.georef, n_zones=n_zones, min_area_px=min_area_px) + zones
     georef = raster.georef
     if not georef.georeferenced:

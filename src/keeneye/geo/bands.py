@@ -36,13 +36,13 @@ class Scaling:
         """Reflectance as float32; float input is returned as float32 unchanged (already reflectance)."""
         if np.issubdtype(dn.dtype, np.floating):
             return np.asarray(dn, dtype=np.float32)
-        out = np.asarray(dn, dtype=np.float32)  # copy: never write into the caller's DN
+        out = dn.astype(np.float32)  # a new array (never the caller's DN): the rest is in place
         if self.black_level:
-            out = out - np.float32(self.black_level)
-        out = out * np.float32(self.scale)
+            out -= np.float32(self.black_level)
+        out *= np.float32(self.scale)
         if self.offset:
-            out = out + np.float32(self.offset)
-        return out.astype(np.float32, copy=False)
+            out += np.float32(self.offset)
+        return out
 
 
 DN_UINT16: Final = Scaling(scale=1 / 65535)

@@ -22,6 +22,7 @@ the georeference of the first georeferenced file and a mask where any band is ma
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -168,6 +169,51 @@ def stack_zip(data: bytes | Path, band_map: BandMap, *, max_pixels: int) -> byte
             return zf.read(members[0])
         files: list[CaptureFile] = [(n, zf.read(m)) for n, m in zip(names, members, strict=True)]
     return stack_capture(files, band_map, max_pixels=max_pixels)
+
+
+# A band file's name: MicaSense ``IMG_0001_3`` (capture IMG_0001, band 3 of up to 10), DJI P4M
+# ``DJI_0013`` (capture DJI_001: the counter's last digit is the band, 0 being the RGB JPEG).
+_MICASENSE_BAND: Final = re.compile(r"^(?P<capture>.+[_-])\d{1,2}$")
+_DJI_BAND: Final = re.compile(r"^(?P<capture>.*\d)\d$")
+
+
+def capture_key(path: Path) -> str | None:
+    """Which capture a band file of a drone folder belongs to, by its name (the folder and the name
+    without its band number, as :func:`band_order` reads it); None for a name that is not a band
+    file's (an orthomosaic, a stacked GeoTIFF, a JPEG)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    match = _MICASENSE_BAND.match(path.stem) or _DJI_BAND.match(path.stem)
+    return None if match is None else f"{path.parent.as_posix()}/{match['capture']}"
+
+
+def group_captures(paths: Sequence[Path]) -> tuple[dict[str, list[Path]], list[Path]]:
+    """A drone folder's files as multi-file captures (key → its band files in name order: TIFFs of
+    one data band whose names differ only in the band number, at least two) and the other files,
+    each an input of its own. Reads TIFF headers only, each once while the file is unchanged (a
+    watched folder is grouped again on every poll)."""
+    candidates: dict[str, list[Path]] = {}
+    others: list[Path] = []
+    for path in sorted(paths):
+        key = capture_key(path)
+        st = path.stat() if key is not None else None
+        if key is not None and st is not None and _one_band(str(path), st.st_size, st.st_mtime_ns):
+            candidates.setdefault(key, []).append(path)
+        else:
+            others.append(path)
+    captures = {k: v for k, v in candidates.items() if len(v) > 1}
+    others += [v[0] for v in candidates.values() if len(v) == 1]
+    return captures, sorted(others)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _one_band(path: str, size: int, mtime_ns: int) -> bool:
+    """Whether the TIFF at ``path`` holds one data band (cached by size and mtime)."""
+    try:
+        with open_raster(path) as ds:
+            return len(data_band_indexes(ds)) == 1
+    except InvalidInput:
+        return False  # unreadable: sent alone, the worker says why
 
 
 def capture_files(folder: Path) -> list[tuple[str, Path]]:

@@ -8,7 +8,7 @@ A pixel where the formula is undefined (zero denominator) is left out like a no-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,23 +31,25 @@ class IndexFormula:
 
 
 def _nd(a: FloatArray, b: FloatArray) -> FloatArray:
+    out = np.subtract(a, b, dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ((a - b) / (a + b)).astype(np.float32)
+        np.divide(out, np.add(a, b, dtype=np.float32), out=out)  # in place: one array less per index
+    return out
 
 
 def _savi(n: FloatArray, r: FloatArray, soil: float = 0.5) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ((1 + soil) * (n - r) / (n + r + soil)).astype(np.float32)
+        return ((1 + soil) * (n - r) / (n + r + soil)).astype(np.float32, copy=False)
 
 
 def _osavi(n: FloatArray, r: FloatArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ((n - r) / (n + r + 0.16)).astype(np.float32)
+        return ((n - r) / (n + r + 0.16)).astype(np.float32, copy=False)
 
 
 def _evi(n: FloatArray, r: FloatArray, b: FloatArray) -> FloatArray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        out: FloatArray = (2.5 * (n - r) / (n + 6 * r - 7.5 * b + 1)).astype(np.float32)
+        out: FloatArray = (2.5 * (n - r) / (n + 6 * r - 7.5 * b + 1)).astype(np.float32, copy=False)
     return out
 
 
@@ -87,9 +89,18 @@ def compute_index(raster: Reflectance, name: str) -> tuple[FloatArray, BoolArray
             f"{key} needs the {', '.join(missing)} band(s); the raster has {', '.join(raster.bands)}",
             fix="pick the camera's band-map preset or name its bands with --band-map",
         )
-    values = formula.compute(*(raster.band(b) for b in formula.bands))
-    ok = raster.valid & np.isfinite(values)
-    return np.where(ok, values, np.float32(np.nan)).astype(np.float32), ok
+    values = formula.compute(*(raster.band(b) for b in formula.bands))  # a new array: set in place
+    ok = np.isfinite(values)
+    ok &= raster.valid
+    values[~ok] = np.float32(np.nan)
+    return values, ok
+
+
+def index_maps(raster: Reflectance, names: Sequence[str]) -> dict[str, tuple[FloatArray, BoolArray]]:
+    """:func:`compute_index` of each of ``names`` the raster's bands allow (others left out), each
+    computed once however often it is named — one pass for the statistics, zones and severity."""
+    wanted = dict.fromkeys(n.strip().lower() for n in names)
+    return {n: compute_index(raster, n) for n in available(raster.bands, tuple(wanted))}
 
 
 def index_stats(values: npt.NDArray[np.float32], valid: BoolArray) -> IndexStatsJson:

@@ -23,7 +23,7 @@ import numpy.typing as npt
 import rasterio
 from affine import Affine
 from rasterio._err import CPLE_BaseError
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 from rasterio.windows import Window
@@ -133,7 +133,11 @@ def read_dataset(
             fix="read it in tiles (keeneye.geo.tile_windows) or send a smaller extent",
         )
     dn = ds.read(indexes, window=window)
-    valid = np.all(ds.read_masks(indexes, window=window) > 0, axis=0)
+    flags = ds.mask_flag_enums
+    if all(flags[i - 1] == [MaskFlags.all_valid] for i in indexes):
+        valid = np.ones(dn.shape[1:], dtype=bool)  # no nodata, mask or alpha: GDAL's masks are all 255
+    else:
+        valid = np.all(ds.read_masks(indexes, window=window) > 0, axis=0)
     # GDAL applies an alpha band as the mask of gray+alpha and RGBA files only; a multispectral
     # stack with an alpha band (B, G, R, NIR, RE, alpha) needs it applied here.
     alphas = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
@@ -142,5 +146,6 @@ def read_dataset(
     if band_map.nodata is not None and all(v is None for v in ds.nodatavals):
         valid &= np.all(dn != band_map.nodata, axis=0)
     data = band_map.scaling_for(dn.dtype).apply(dn)
-    valid &= np.all(np.isfinite(data), axis=0)
+    if np.issubdtype(dn.dtype, np.floating):  # scaled integers are always finite
+        valid &= np.all(np.isfinite(data), axis=0)
     return Reflectance(data, band_map.bands, valid, georef_of(ds, window, gsd_m))

@@ -87,6 +87,9 @@ class _Components:
     labels: npt.NDArray[np.int32]  # 0 = no zone, 1..n = component
     classes: npt.NDArray[np.int64]  # per label (index 0 unused): its class value
     counts: npt.NDArray[np.int64]  # per label: pixels
+    # flat indexes of the labelled pixels when they are few (disease zones): per-label sums visit
+    # only them; None when most pixels are labelled (vigour zones cover the field)
+    inside: npt.NDArray[np.intp] | None = None
 
 
 def _components(classes: npt.NDArray[np.integer], valid: BoolArray, min_area_px: int) -> _Components:
@@ -107,7 +110,8 @@ def _components(classes: npt.NDArray[np.integer], valid: BoolArray, min_area_px:
     if small.any():
         labels[small[labels]] = 0
         counts[small] = 0
-    return _Components(labels, np.asarray(label_class, dtype=np.int64), counts)
+    inside = np.flatnonzero(labels) if int(counts[1:].sum()) * 4 < labels.size else None
+    return _Components(labels, np.asarray(label_class, dtype=np.int64), counts, inside)
 
 
 def _polygons(comps: _Components, georef: Georef) -> dict[int, shapely.Polygon]:
@@ -130,8 +134,11 @@ def _polygons(comps: _Components, georef: Georef) -> dict[int, shapely.Polygon]:
 
 def _label_means(comps: _Components, values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     """Mean of ``values`` per label (NaN where a label has no pixel or values are NaN)."""
-    v = np.where(comps.labels > 0, values, 0).astype(np.float64).ravel()
-    sums = np.bincount(comps.labels.ravel(), weights=v, minlength=comps.counts.size)
+    labels, weights = comps.labels.ravel(), values.ravel()
+    if comps.inside is not None:
+        labels, weights = labels[comps.inside], weights[comps.inside]
+    # Label 0 (no zone) collects the rest, whatever it holds; its sum is never used.
+    sums = np.bincount(labels, weights=weights, minlength=comps.counts.size)
     with np.errstate(divide="ignore", invalid="ignore"):
         return sums / comps.counts
 
@@ -174,7 +181,12 @@ def vigour_classes(values: npt.NDArray[np.floating], valid: BoolArray, n_zones: 
     if picked.size == 0:
         return out
     breaks = np.quantile(picked, np.linspace(0, 1, n_zones + 1)[1:-1])
-    out[valid] = np.digitize(values[valid], breaks) + 1
+    # np.digitize(v, breaks) + 1 (the count of breaks ≤ v, NaN above all) without a binary search
+    # per pixel: one comparison per break over the raster.
+    classes = np.ones(picked.shape, dtype=np.int32)
+    for b in breaks:
+        classes += ~(picked < b)
+    out[valid] = classes
     return out
 
 
@@ -281,8 +293,9 @@ def class_map_of(
             x1, y1, x2, y2 = (round(float(v)) for v in instances.boxes[i])
             where = np.zeros(shape, dtype=bool)
             where[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)] = True
-        class_mask[where] = int(instances.class_ids[i]) + 1
-        probability[where] = float(instances.scores[i])
+        # copyto with where: one pass per instance (boolean indexing gathers the indexes first)
+        np.copyto(class_mask, np.int32(int(instances.class_ids[i]) + 1), where=where)
+        np.copyto(probability, np.float32(instances.scores[i]), where=where)
     return class_mask, probability
 
 

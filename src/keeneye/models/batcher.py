@@ -58,6 +58,7 @@ class _Item:
     tensor: AnyArray
     future: asyncio.Future[list[AnyArray]]
     enqueued: float = field(default_factory=time.perf_counter)
+    whole: bool = False  # a ready batch (submit_batch): runs as it is, never stacked with others
 
 
 def _infer_stacked(run: RunFn, tensors: Sequence[AnyArray]) -> list[list[AnyArray]]:
@@ -73,6 +74,18 @@ def _infer_stacked(run: RunFn, tensors: Sequence[AnyArray]) -> list[list[AnyArra
                 f"model output {i} has shape {out.shape}, expected a leading batch axis of {n}",
             )
     return [[out[j] for out in outputs] for j in range(n)]
+
+
+def _infer_whole(run: RunFn, batch: AnyArray) -> list[AnyArray]:
+    """Run a ready ``(n, …)`` batch once; its outputs keep the batch axis."""
+    outputs = list(run(batch))
+    for i, out in enumerate(outputs):
+        if out.ndim == 0 or out.shape[0] != batch.shape[0]:
+            raise InvalidInput(
+                "bad_model_output",
+                f"model output {i} has shape {out.shape}, expected a leading batch axis of {batch.shape[0]}",
+            )
+    return outputs
 
 
 def _group_by_shape(shapes: Sequence[tuple[tuple[int, ...], np.dtype[Any]]]) -> list[list[int]]:
@@ -174,6 +187,15 @@ class MicroBatcher:
 
     async def submit(self, tensor: AnyArray) -> list[AnyArray]:
         """Queue one input (no batch axis); returns its outputs (no batch axis)."""
+        return await self._enqueue(tensor, whole=False)
+
+    async def submit_batch(self, batch: AnyArray) -> list[AnyArray]:
+        """Queue a ready batch ``(n, …)`` (one request's tiles): it takes its turn in the queue and
+        runs as one model call as it is — no per-item stacking, no copy; returns the outputs with
+        their batch axis. Counts as one item against ``max_queue``."""
+        return await self._enqueue(batch, whole=True)
+
+    async def _enqueue(self, tensor: AnyArray, *, whole: bool) -> list[AnyArray]:
         if self._closing:
             raise BatcherClosed(
                 f"model {self.name!r} is shutting down", fix="retry; another replica will answer"
@@ -188,7 +210,7 @@ class MicroBatcher:
         elif loop is not self._loop:
             raise RuntimeError(f"MicroBatcher {self.name!r} is bound to another event loop")
         assert self._wakeup is not None
-        item = _Item(tensor, loop.create_future())
+        item = _Item(tensor, loop.create_future(), whole=whole)
         self._arrived(item.enqueued)
         self._items.append(item)
         self._wakeup.set()
@@ -246,14 +268,24 @@ class MicroBatcher:
     async def _dispatch(self, items: list[_Item]) -> None:
         live = [i for i in items if not i.future.done()]  # skip callers that gave up (cancelled)
         loop = asyncio.get_running_loop()
-        for group in _group_by_shape([(i.tensor.shape, i.tensor.dtype) for i in live]):
-            batch = [live[i] for i in group]
+        singles = [i for i in live if not i.whole]
+        groups = [
+            [singles[i] for i in g]
+            for g in _group_by_shape([(i.tensor.shape, i.tensor.dtype) for i in singles])
+        ]
+        groups += [[i] for i in live if i.whole]
+        for batch in groups:
             started = time.perf_counter()
             queue_ms = (started - batch[0].enqueued) * 1000.0
             try:
-                results = await loop.run_in_executor(
-                    self._executor, _infer_stacked, self._run, [i.tensor for i in batch]
-                )
+                if batch[0].whole:
+                    results = [
+                        await loop.run_in_executor(self._executor, _infer_whole, self._run, batch[0].tensor)
+                    ]
+                else:
+                    results = await loop.run_in_executor(
+                        self._executor, _infer_stacked, self._run, [i.tensor for i in batch]
+                    )
             except Exception as exc:
                 log.warning(
                     "batch failed", extra={"model": self.name, "size": len(batch), "error": repr(exc)}
@@ -267,7 +299,8 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_result(outs)
             if self.on_batch is not None:
+                size = int(batch[0].tensor.shape[0]) if batch[0].whole else len(batch)
                 try:
-                    self.on_batch(len(batch), queue_ms, infer_ms)
+                    self.on_batch(size, queue_ms, infer_ms)
                 except Exception:
                     log.exception("on_batch hook failed", extra={"model": self.name})

@@ -177,8 +177,22 @@ def nothing_confident(
     if background_class not in ids or len(ids) != arr.shape[0]:
         return False
     bg = ids.index(background_class)
-    margin = float((np.delete(arr, bg, axis=0) - arr[bg]).max())
+    # channel by channel: no copy of the other channels (np.delete) on a full-resolution map
+    margin = max(float((arr[c] - arr[bg]).max()) for c in range(arr.shape[0]) if c != bg)
     return margin < _logit(thresholds.mask)
+
+
+def _channel_argmax(probs: FloatArray) -> tuple[npt.NDArray[np.integer], FloatArray]:
+    """``probs.argmax(axis=0)`` and the winning values, plane by plane: numpy's argmax over the
+    first axis walks a C-long strided row per pixel (seconds on a 2048² map); ties go to the first
+    channel, as with argmax."""
+    best = probs[0].copy()
+    winner = np.zeros(best.shape, dtype=np.uint8 if probs.shape[0] <= 256 else np.int64)
+    for c in range(1, probs.shape[0]):
+        better = probs[c] > best
+        np.copyto(winner, c, where=better)
+        np.copyto(best, probs[c], where=better)
+    return winner, best
 
 
 def seg_logits_to_instances(
@@ -209,12 +223,10 @@ def seg_logits_to_instances(
     height, width = arr.shape[1:]
     if arr.shape[0] == 1:
         best_prob = sigmoid(arr[0])
-        winner = np.full((height, width), 0, dtype=np.int64)
+        winner: npt.NDArray[np.integer] = np.zeros((height, width), dtype=np.uint8)
         ids = list(class_ids) if class_ids is not None else [0]
     else:
-        probs = softmax(arr, axis=0)
-        winner = probs.argmax(axis=0)
-        best_prob = np.take_along_axis(probs, winner[None], axis=0)[0]
+        winner, best_prob = _channel_argmax(softmax(arr, axis=0))
         ids = list(class_ids) if class_ids is not None else list(range(arr.shape[0]))
     confident = best_prob >= thresholds.mask
 

@@ -24,6 +24,9 @@ A pipeline whose spec sets ``input.geo: true`` (the built-in ``crop-health``) re
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -43,26 +46,33 @@ from keeneye.geo import (
     Tile,
     analyse_reflectance,
     class_map_of,
-    compute_index,
     disease_zones,
     open_raster,
     read_dataset,
     resolve_band_map,
     tile_windows,
 )
+from keeneye.geo.analysis import VIGOUR_SOURCES
 from keeneye.geo.capture import stack_zip
+from keeneye.geo.indices import DEFAULT_INDICES, index_maps
 from keeneye.geo.raster import data_band_indexes
 from keeneye.geo.zones import OutputCrs
 from keeneye.imaging import SPECTRAL_INDICES, Image, canonical_band_name, prepare_input
 from keeneye.imaging.archive import is_zip
-from keeneye.models import MicroBatcher, RunFn, run_batch
+from keeneye.models import MicroBatcher, RunFn
 from keeneye.models.manifest import ModelManifest
 from keeneye.models.postprocess import seg_logits_to_instances
 from keeneye.pipelines.spec import PipelineSpec
 
 FloatArray = npt.NDArray[np.float32]
 CRS_CHOICES: Final = ("wgs84", "native")
-# Tiles submitted to the micro-batcher at once: bounded so a big raster never fills its queue alone.
+# glibc mallopt: arrays up to HEAP_ALLOCATION_MAX come from the heap, and up to KEEP_FREED_MAX of
+# freed memory stays with the process (retain_freed_memory).
+M_TRIM_THRESHOLD: Final = -1
+M_MMAP_THRESHOLD: Final = -3
+HEAP_ALLOCATION_MAX: Final = 1 << 30
+KEEP_FREED_MAX: Final = 4 << 30
+# Tiles per model call where no micro-batcher sets it (stream workers, shadow runs, mosaics).
 TILE_WAVE: Final = 16
 
 
@@ -77,19 +87,56 @@ class GeoRequest:
 
 @dataclass(frozen=True, eq=False)
 class GeoInput:
-    """A raster read for the crop-health model: reflectance, the tiles that run, their tensors.
+    """A raster read for the crop-health model: reflectance, the tiles that run, their input.
 
-    ``tensors[i]`` is the model input of ``tiles[i]`` (only tiles with valid pixels run); empty with a
-    ``reason`` when the model cannot run on these bands.
+    The model's input channels are computed **once** for the whole raster (``planes``: bands scaled,
+    indices, ``mean``/``std``, in the model's layout and dtype); a tile's tensor is its read window of
+    ``planes`` with ``fill`` (what an empty pixel becomes) where the window is smaller than the tile —
+    exactly what :func:`~keeneye.imaging.prepare_input` makes of the zero-padded tile, without a
+    per-tile pass. :meth:`batch` builds tiles ``[start, stop)`` as one ``(n, …)`` array, so the model
+    runs once per batch and no per-tile tensor is ever kept. Only tiles with valid pixels run;
+    ``tiles`` is empty, with a ``reason``, when the model cannot run on these bands.
+    ``pixels``: the raster as (H, W, bands) with invalid pixels 0 (the image facts and drift features).
     """
 
     raster: Reflectance
     request: GeoRequest
     tile_size: int
     tiles: tuple[Tile, ...]
-    tensors: tuple[npt.NDArray[np.generic], ...]
+    pixels: npt.NDArray[np.float32]
+    planes: npt.NDArray[np.generic] | None = None
+    fill: npt.NDArray[np.generic] | None = None
+    channels_first: bool = True
     reason: str | None = None
     missing_bands: tuple[str, ...] = ()
+
+    def batch(self, start: int = 0, stop: int | None = None) -> npt.NDArray[np.generic]:
+        """The model input of ``tiles[start:stop]`` as one ``(n, C, S, S)`` (or NHWC) array."""
+        if self.planes is None or self.fill is None:
+            raise ValueError(f"the model does not run on this raster: {self.reason}")
+        tiles = self.tiles[start:stop]
+        size = self.tile_size
+        channels = self.fill.shape[0]
+        shape = (size, size)
+        out = np.empty(
+            (len(tiles), channels, *shape) if self.channels_first else (len(tiles), *shape, channels),
+            dtype=self.planes.dtype,
+        )
+        fill = self.fill[:, None, None] if self.channels_first else self.fill
+        for k, tile in enumerate(tiles):
+            rows, cols = _slices(tile)
+            h, w = rows.stop - rows.start, cols.stop - cols.start
+            if self.channels_first:
+                out[k, :, :h, :w] = self.planes[:, rows, cols]
+                if (h, w) != shape:
+                    out[k, :, h:, :] = fill
+                    out[k, :, :h, w:] = fill
+            else:
+                out[k, :h, :w] = self.planes[rows, cols]
+                if (h, w) != shape:
+                    out[k, h:, :] = fill
+                    out[k, :h, w:] = fill
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,43 +306,69 @@ def missing_channels(bands: Sequence[str], channels: Sequence[str]) -> list[str]
     return missing
 
 
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing every big array back to the kernel.
+
+    A 2048² request allocates and frees tens of full-size arrays (reflectance, indices, logits,
+    masks, labels: 16-100 MB each). By default glibc maps each such array afresh (``mmap``) and
+    unmaps it when freed, so every one pays a page fault per 4 KiB on first touch — on a VM, as much
+    as the arithmetic itself (benchmarks/crop_health.py: post-processing 2.8 s → 1.1 s). With the
+    thresholds raised, big arrays come from the heap and freed ones are reused: the process keeps its
+    peak (a 2048² request's working set) instead of returning it. Called once, by the first raster a
+    process tiles; a no-op without glibc. Returns whether it applied.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX) == 1
+    return bool(ok and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MAX) == 1)
+
+
+def masked_pixels(raster: Reflectance) -> npt.NDArray[np.float32]:
+    """(H, W, bands) reflectance with invalid pixels 0 (a view of ``raster.data`` when all are valid)."""
+    data = raster.data if raster.valid.all() else np.where(raster.valid, raster.data, np.float32(0))
+    pixels: npt.NDArray[np.float32] = np.moveaxis(data, 0, -1)
+    return pixels
+
+
 def tile_input(raster: Reflectance, manifest: ModelManifest, request: GeoRequest) -> GeoInput:
     """The model's tiles of ``raster``: native input size, 1/8 overlap (one tile when the raster fits
-    the model's input), only tiles with valid pixels."""
+    the model's input), only tiles with valid pixels; their input computed once for the raster."""
+    retain_freed_memory()
     spec = manifest.input
     size = min(spec.width, spec.height)
+    pixels = masked_pixels(raster)  # no-data values never reach the model
     missing = missing_channels(raster.bands, spec.channels)
     if missing:
         reason = (
             f"the model needs band{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
             f"the image has {', '.join(raster.bands)} ({request.source})"
         )
-        return GeoInput(raster, request, size, (), (), reason, tuple(missing))
+        return GeoInput(raster, request, size, (), pixels, reason=reason, missing_bands=tuple(missing))
     if manifest.output_format != "seg-logits":
         reason = f"a {manifest.output_format} model cannot be run tile by tile (seg-logits only)"
-        return GeoInput(raster, request, size, (), (), reason)
+        return GeoInput(raster, request, size, (), pixels, reason=reason)
     height, width = raster.shape
-    tiles: list[Tile] = []
-    tensors: list[npt.NDArray[np.generic]] = []
     whole = Window(0, 0, width, height)
     windows = (
         [Tile(read=whole, core=whole)]  # fits one tile: no overlap needed
         if width <= size and height <= size
-        else tile_windows(width, height, size=size, overlap=size // 8)
+        else list(tile_windows(width, height, size=size, overlap=size // 8))
     )
-    for tile in windows:
-        rows, cols = _slices(tile)
-        valid = raster.valid[rows, cols]
-        if not valid.any():
-            continue
-        padded = np.zeros((size, size, len(raster.bands)), dtype=np.float32)
-        h, w = valid.shape
-        padded[:h, :w] = np.moveaxis(raster.data[:, rows, cols], 0, -1)
-        padded[:h, :w][~valid] = 0.0  # no-data values never reach the model
-        tensor, _ = prepare_input(Image(padded, raster.bands, "tiff", ""), spec)
-        tiles.append(tile)
-        tensors.append(tensor)
-    return GeoInput(raster, request, size, tuple(tiles), tuple(tensors))
+    if not raster.valid.all():
+        windows = [t for t in windows if raster.valid[_slices(t)].any()]
+    # prepare_input at the raster's own size is per pixel (no resize, no letterbox): the same
+    # arithmetic as on each zero-padded tile, done once; ``fill`` is what it makes of a 0 pixel.
+    whole_spec = spec.model_copy(update={"width": width, "height": height})
+    planes, _ = prepare_input(Image(pixels, raster.bands, "tiff", ""), whole_spec)
+    zero = Image(np.zeros((1, 1, len(raster.bands)), dtype=np.float32), raster.bands, "tiff", "")
+    one_px, _ = prepare_input(zero, spec.model_copy(update={"width": 1, "height": 1}))
+    channels_first = spec.layout == "NCHW"
+    fill = one_px[:, 0, 0] if channels_first else one_px[0, 0, :]
+    return GeoInput(raster, request, size, tuple(windows), pixels, planes, fill, channels_first)
 
 
 def _slices(tile: Tile) -> tuple[slice, slice]:
@@ -303,25 +376,44 @@ def _slices(tile: Tile) -> tuple[slice, slice]:
     return slice(r, r + int(tile.read.height)), slice(c, c + int(tile.read.width))
 
 
-async def run_tiles(batcher: MicroBatcher, geo: GeoInput) -> list[npt.NDArray[np.generic]]:
-    """Every tile through the micro-batcher, ``TILE_WAVE`` at a time; ``[(N, C, S, S) logits]``
-    (first output of each tile, stacked), ``[]`` when nothing runs."""
-    if not geo.tensors:
+async def run_tiles(batcher: MicroBatcher, geo: GeoInput) -> list[FloatArray]:
+    """Every tile through the model, one model call per batch of ``batcher.max_batch`` tiles: the
+    next batch is built in a worker thread and queued while the previous one runs, so the model
+    never waits for Python. ``[(C, H, W) stitched logits]``, ``[]`` when nothing runs."""
+    if not geo.tiles:
         return []
-    firsts: list[npt.NDArray[np.generic]] = []
-    for start in range(0, len(geo.tensors), TILE_WAVE):
-        wave = geo.tensors[start : start + TILE_WAVE]
-        outs = await asyncio.gather(*(batcher.submit(t) for t in wave))
-        firsts.extend(out[0] for out in outs)
-    return [np.stack(firsts)]
+    stitch = TileStitch(geo)
+    step = max(1, batcher.max_batch)
+    queued: list[tuple[int, asyncio.Future[list[npt.NDArray[np.generic]]]]] = []
+    try:
+        for start in range(0, len(geo.tiles), step):
+            batch = await asyncio.to_thread(geo.batch, start, start + step)
+            queued.append((start, asyncio.ensure_future(batcher.submit_batch(batch))))
+            if len(queued) == 2:
+                first, outputs = queued.pop(0)
+                stitch.add(first, (await outputs)[0])
+        for first, outputs in queued:
+            stitch.add(first, (await outputs)[0])
+        queued.clear()
+    finally:
+        for _, outputs in queued:  # a batch failed: the one queued behind it is not wanted
+            if outputs.done() and not outputs.cancelled():
+                outputs.exception()  # retrieved: no "never retrieved" warning
+            else:
+                outputs.cancel()
+    return [stitch.logits()]
 
 
-def run_tiles_sync(run: RunFn, geo: GeoInput, *, max_batch: int = TILE_WAVE) -> list[npt.NDArray[np.generic]]:
-    """:func:`run_tiles` without an event loop (the stream workers' model thread)."""
-    if not geo.tensors:
+def run_tiles_sync(run: RunFn, geo: GeoInput, *, max_batch: int = TILE_WAVE) -> list[FloatArray]:
+    """:func:`run_tiles` without an event loop (stream workers, shadow runs, mosaics)."""
+    if not geo.tiles:
         return []
-    outs = run_batch(run, geo.tensors, max_batch=max_batch)
-    return [np.stack([out[0] for out in outs])]
+    stitch = TileStitch(geo)
+    for start in range(0, len(geo.tiles), max_batch):
+        batch = geo.batch(start, start + max_batch)
+        outputs = run(batch)
+        stitch.add(start, np.asarray(outputs[0]))
+    return [stitch.logits()]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,29 +421,69 @@ def run_tiles_sync(run: RunFn, geo: GeoInput, *, max_batch: int = TILE_WAVE) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def stitch_logits(geo: GeoInput, tile_logits: npt.NDArray[np.generic]) -> FloatArray:
-    """Per-tile ``(N, C, S, S)`` logits → one ``(C, H, W)`` map (cores only; tiles that did not run
-    stay 0, i.e. no class wins)."""
-    if tile_logits.ndim != 4 or tile_logits.shape[0] != len(geo.tiles):
-        raise InvalidInput(
-            "bad_model_output",
-            f"expected {len(geo.tiles)} tiles of (C, H, W) logits, got shape {tile_logits.shape}",
-            status=500,
-        )
-    height, width = geo.raster.shape
-    full = np.zeros((int(tile_logits.shape[1]), height, width), dtype=np.float32)
-    stitcher = Stitcher(full)
-    for tile, logits in zip(geo.tiles, tile_logits, strict=True):
-        h, w = int(tile.read.height), int(tile.read.width)
-        stitcher.add(tile, np.asarray(logits, dtype=np.float32)[:, :h, :w])
-    return full
+class TileStitch:
+    """Per-tile ``(n, C, S, S)`` logits, batch by batch, → one ``(C, H, W)`` map (cores only; tiles
+    that did not run stay 0, i.e. no class wins)."""
+
+    def __init__(self, geo: GeoInput) -> None:
+        self.geo = geo
+        self._full: FloatArray | None = None
+        self._stitcher: Stitcher | None = None
+        self._done = 0
+
+    def add(self, start: int, tile_logits: npt.NDArray[np.generic]) -> None:
+        """The logits of ``geo.tiles[start : start + n]``."""
+        tiles = self.geo.tiles[start : start + int(tile_logits.shape[0])] if tile_logits.ndim == 4 else ()
+        if tile_logits.ndim != 4 or len(tiles) != tile_logits.shape[0]:
+            raise InvalidInput(
+                "bad_model_output",
+                f"expected {len(self.geo.tiles)} tiles of (C, H, W) logits, got shape {tile_logits.shape} "
+                f"at tile {start}",
+                status=500,
+            )
+        if self._full is None:
+            height, width = self.geo.raster.shape
+            self._full = np.zeros((int(tile_logits.shape[1]), height, width), dtype=np.float32)
+            self._stitcher = Stitcher(self._full)
+        assert self._stitcher is not None
+        for tile, logits in zip(tiles, tile_logits, strict=True):
+            h, w = int(tile.read.height), int(tile.read.width)
+            self._stitcher.add(tile, logits[:, :h, :w])
+        self._done += len(tiles)
+
+    def logits(self) -> FloatArray:
+        if self._full is None or self._done != len(self.geo.tiles):
+            raise InvalidInput(
+                "bad_model_output",
+                f"logits of {self._done} of {len(self.geo.tiles)} tiles were stitched",
+                status=500,
+            )
+        return self._full
+
+
+def logits_to_classes(
+    manifest: ModelManifest, logits: FloatArray
+) -> tuple[Instances, npt.NDArray[np.int32], FloatArray]:
+    """Stitched ``(C, H, W)`` logits → the model's instances (full-resolution pixel coordinates) and
+    the :func:`~keeneye.geo.disease_zones` input (class mask, probability)."""
+    channels = logits.shape[0]
+    foreground = [c.id for c in manifest.classes if c.id != manifest.background_class]
+    instances = seg_logits_to_instances(
+        logits,
+        thresholds=manifest.thresholds,
+        background_class=manifest.background_class,
+        class_ids=list(range(channels)) if channels != 1 else foreground[:1] or [0],
+    )
+    class_mask, probability = class_map_of(instances, logits.shape[1:])
+    return instances, class_mask, probability
 
 
 def geo_answer(
     spec: PipelineSpec, manifest: ModelManifest, geo: GeoInput, outputs: Sequence[npt.NDArray[np.generic]]
 ) -> tuple[Instances, GeoPart]:
     """The model's instances (full-resolution pixel coordinates) and the geo part: index stats,
-    vigour zones, and disease zones when the model ran."""
+    vigour zones, and disease zones when the model ran. ``outputs``: ``[(C, H, W) stitched logits]``
+    (:func:`run_tiles`), ``[]`` when the model did not run. Each index map is computed once."""
     raster = geo.raster
     shape = raster.shape
     model: GeoModelJson = {
@@ -361,23 +493,20 @@ def geo_answer(
         "tiles": len(geo.tiles),
         "tile_size": geo.tile_size,
     }
+    indices = tuple(str(i) for i in spec.input.indices) or DEFAULT_INDICES
+    maps = index_maps(raster, (*indices, *VIGOUR_SOURCES))
     instances = Instances.empty(shape)
     zones = []
     if geo.reason is None and outputs:
-        logits = stitch_logits(geo, outputs[0])
-        channels = logits.shape[0]
-        foreground = [c.id for c in manifest.classes if c.id != manifest.background_class]
-        instances = seg_logits_to_instances(
-            logits,
-            thresholds=manifest.thresholds,
-            background_class=manifest.background_class,
-            class_ids=list(range(channels)) if channels != 1 else foreground[:1] or [0],
-        )
-        class_mask, probability = class_map_of(instances, shape)
-        ndvi = None
-        if {"nir", "red"} <= set(raster.bands):
-            values, ok = compute_index(raster, "ndvi")
-            ndvi = np.where(ok, values, np.nan).astype(np.float32)
+        logits = np.asarray(outputs[0], dtype=np.float32)
+        if logits.shape[1:] != shape:
+            raise InvalidInput(
+                "bad_model_output",
+                f"stitched logits of shape {logits.shape} for a {shape} raster",
+                status=500,
+            )
+        instances, class_mask, probability = logits_to_classes(manifest, logits)
+        ndvi = maps["ndvi"][0] if "ndvi" in maps else None  # NaN where not valid
         zones = disease_zones(
             class_mask,
             probability,
@@ -386,8 +515,7 @@ def geo_answer(
             valid=raster.valid,
             ndvi=ndvi,
         )
-    indices = tuple(str(i) for i in spec.input.indices) or ("ndvi", "ndre", "gndvi")
-    part = analyse_reflectance(raster, indices=indices, crs=geo.request.crs, extra_zones=zones)
+    part = analyse_reflectance(raster, indices=indices, crs=geo.request.crs, extra_zones=zones, maps=maps)
     if geo.reason is not None:
         part.notes.append(f"disease model not run: {geo.reason}")
     part.model = model

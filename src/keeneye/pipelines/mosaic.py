@@ -51,15 +51,14 @@ from keeneye.geo import (
 from keeneye.geo.analysis import VIGOUR_SOURCES
 from keeneye.geo.raster import data_band_indexes, georef_of
 from keeneye.geo.streaming import IndexHistogram, ZoneGrid, zone_factor
-from keeneye.geo.zones import DEFAULT_MIN_AREA_PX, VIGOUR_MIN_AREA_FRACTION, class_map_of
+from keeneye.geo.zones import DEFAULT_MIN_AREA_PX, VIGOUR_MIN_AREA_FRACTION
 from keeneye.models import RunFn
 from keeneye.models.manifest import ModelManifest
-from keeneye.models.postprocess import seg_logits_to_instances
 from keeneye.pipelines.crophealth import (
     GeoRequest,
+    logits_to_classes,
     missing_channels,
     run_tiles_sync,
-    stitch_logits,
     tile_input,
 )
 from keeneye.pipelines.spec import PipelineSpec
@@ -195,17 +194,8 @@ def analyse_mosaic(
                     geo = tile_input(raster, manifest, request)
                     n_tiles += len(geo.tiles)
                     if geo.tiles:
-                        outs = run_tiles_sync(run, geo)
-                        logits = stitch_logits(geo, outs[0])
-                        channels = logits.shape[0]
-                        foreground = [c.id for c in manifest.classes if c.id != manifest.background_class]
-                        instances = seg_logits_to_instances(
-                            logits,
-                            thresholds=manifest.thresholds,
-                            background_class=manifest.background_class,
-                            class_ids=list(range(channels)) if channels != 1 else foreground[:1] or [0],
-                        )
-                        class_mask, probability = class_map_of(instances, raster.shape)
+                        logits = run_tiles_sync(run, geo)[0]
+                        _, class_mask, probability = logits_to_classes(manifest, logits)
                         class_mask = np.where(raster.valid, class_mask, 0)
                         grid.add_classes(row, col, class_mask[inner], probability[inner])
                 if progress is not None:

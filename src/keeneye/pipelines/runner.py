@@ -31,8 +31,9 @@ from keeneye.pipelines.crophealth import GeoInput, geo_answer, geo_request, read
 from keeneye.pipelines.spec import PipelineSpec
 from keeneye.settings import Settings
 
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "tiff": "tif"}
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff"}
+# "zip": a multi-file capture (one TIFF per band) queued by ``keeneye ingest`` for a geo pipeline.
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "tiff": "tif", "zip": "zip"}
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "zip": "application/zip"}
 
 
 def content_type_of(fmt: str | None) -> str:
@@ -121,8 +122,7 @@ def _prepare_geo(
     )
     raster = geo.raster
     _check_size(spec, *raster.shape)
-    pixels = np.moveaxis(np.where(raster.valid, raster.data, np.float32(0)), 0, -1)
-    image = Image(pixels, raster.bands, "tiff", content_hash(data))
+    image = Image(geo.pixels, raster.bands, "tiff", content_hash(data))
     height, width = raster.shape
     empty = np.zeros((0,), dtype=np.float32)
     return Prepared(image, empty, Transform.fit(height, width, manifest.input), geo)

@@ -288,6 +288,7 @@ def run_http(
     api_key: str | None = None,
     on_step: Callable[[int, float], None] | None = None,
     max_requests: int = MAX_TOTAL_REQUESTS,
+    image_size: int = 64,
 ) -> LoadReport:
     """Offer ``plan`` to ``url`` with Locust (a LoadTestShape for the steps, a FastHttpUser posting
     raw JPEG bodies to ``/v1/pipelines/<pipeline>/predict`` or ``…/observations``), in a child
@@ -299,6 +300,7 @@ def run_http(
         "asynchronous": asynchronous,
         "api_key": api_key,
         "max_requests": max_requests,
+        "image_size": image_size,
     }
     child = subprocess.Popen(  # noqa: S603 - our own interpreter running our own module
         [sys.executable, "-c", _CHILD_BOOT],
@@ -360,6 +362,7 @@ def _child_main() -> None:
             api_key=request["api_key"],
             on_step=lambda index, rate: say({"step": index, "rate": rate}),
             max_requests=request["max_requests"],
+            image_size=request.get("image_size", 64),
         )
     except KeeneyeError as exc:
         say({"error": {"message": exc.message, "fix": exc.fix}})
@@ -376,6 +379,7 @@ def _run_http_here(
     api_key: str | None,
     on_step: Callable[[int, float], None],
     max_requests: int,
+    image_size: int = 64,
 ) -> LoadReport:
     """:func:`run_http`'s work, in the gevent-patched child."""
     try:
@@ -392,7 +396,7 @@ def _run_http_here(
     headers = {"content-type": "image/jpeg"}
     if api_key:
         headers["x-api-key"] = api_key
-    images = JpegSource()
+    images = JpegSource(size=image_size)
     samples: list[Sample] = []
     clock = {"t0": time.monotonic()}
     stop_reason: list[str] = []
@@ -498,13 +502,14 @@ def run_bus(
     pipeline: str,
     on_step: Callable[[int, float], None] | None = None,
     max_requests: int = MAX_TOTAL_REQUESTS,
+    image_size: int = 64,
 ) -> LoadReport:
     """Offer ``plan`` by calling ``accept(image_bytes)`` at the step's rate from one producer.
 
     ``keeneye loadtest --target bus`` passes the ingestion path (object store + ``queued`` row +
     publish to ``keeneye.<pipeline>.in``) and the input topic's lag for the workers' group.
     """
-    images = JpegSource()
+    images = JpegSource(size=image_size)
     samples: list[Sample] = []
     lags: list[int | None] = []
     t0 = time.monotonic()

@@ -208,6 +208,7 @@ class Supervisor:
         self._serial: dict[str, int] = dict.fromkeys(self.policies, 0)
         self._desired: dict[str, int] = {p: pol.min_replicas for p, pol in self.policies.items()}
         self._observed: dict[str, tuple[float | None, float | None, int | None, int]] = {}
+        self._busy: dict[int, float] = {}  # worker pid → busy fraction of its latest fresh heartbeat
         self._changes: list[tuple[float, ScalingDecision]] = []  # (wall time, decision), scaling changes
         self._started_wall = time.time()
         self._last_control = -float("inf")
@@ -379,6 +380,11 @@ class Supervisor:
         self._check_worker_health(beats, now_wall)
         self._check_api_health()
         decisions = []
+        self._busy = {
+            pid: b.busy_fraction
+            for pid, b in beats.items()
+            if now_wall - b.updated_at <= self.scaling.heartbeat_timeout_seconds
+        }
         for pipeline in self.policies:
             pool = self.workers[pipeline]
             fresh = [
@@ -496,6 +502,7 @@ class Supervisor:
                 uptime_seconds=round(now - c.started_at, 1) if c.proc is not None else None,
                 last_exit_code=c.last_exit_code,
                 healthy=c.healthy,
+                utilization=self._busy.get(c.pid) if c.spec.role == "worker" and c.pid else None,
                 log=str(self.log_dir / f"{c.spec.name}.log"),
             )
             for c in children

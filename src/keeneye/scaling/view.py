@@ -29,6 +29,9 @@ class ProcessView(BaseModel):
     uptime_seconds: float | None = None
     last_exit_code: int | None = None
     healthy: bool | None = Field(None, description="API: /health answered; worker: heartbeat is fresh")
+    utilization: float | None = Field(
+        None, description="worker: busy fraction over the last 30 s, from its latest fresh heartbeat"
+    )
     log: str = ""
 
 

@@ -21,7 +21,8 @@ neither its image nor its row. They are counted as ``protected``.
 
 Deleting an image removes the object and sets the row's ``object_key`` to NULL (the API then says the
 image is not kept); a content-addressed object that another observation still points at is left in
-place. Each batch of at most ``batch_size`` rows is one transaction: the rows are locked (PostgreSQL
+place. What was derived from a deleted image (a mosaic's index maps, under :data:`DERIVED_PREFIX`)
+goes with it. Each batch of at most ``batch_size`` rows is one transaction: the rows are locked (PostgreSQL
 ``FOR UPDATE``: a label for one of them waits for the batch), their keys cleared with the protection
 checked again (a label committed since the read keeps its image), the objects deleted
 (``ObjectStore.delete_many``), then the transaction commits. A crash after the objects went and before
@@ -55,6 +56,9 @@ from keeneye.store.schema import FeedbackRow, ObservationRow, PredictionRow, Rev
 
 log = logging.getLogger(__name__)
 
+# Objects derived from one observation's image: ``<prefix>/<pipeline>/<observation id>/<name>`` (a
+# crop-health mosaic's index maps, keeneye.pipelines.mosaic_jobs); deleted with the image.
+DERIVED_PREFIX = "index-maps"
 RAW_IMAGES = "raw_images"
 DEFECT_IMAGES = "defect_images"
 OK_SAMPLE_IMAGES = "ok_sample_images"
@@ -390,12 +394,21 @@ class _Run:
         gone = [k for k in keys if k not in still_used]
         if gone and not self.report.dry_run:
             self.objects.delete_many(gone)
+        if cleared_ids and not self.report.dry_run:
+            self._purge_derived(cleared_ids)
         freed = set(gone)
         purged = []
         for c in cleared:
             purged.append((c.kind, c.size if c.key in freed else 0))
             freed.discard(c.key)  # a shared object's bytes are counted once
         return purged
+
+    def _purge_derived(self, ids: set[str]) -> None:
+        """Delete the objects derived from these observations' images (one listing per batch)."""
+        prefix = f"{DERIVED_PREFIX}/{self.pipeline}/"
+        keys = [o.key for o in self.objects.list(prefix) if o.key[len(prefix) :].split("/", 1)[0] in ids]
+        if keys:
+            self.objects.delete_many(keys)
 
     def _count_protected(self, kind: str, conditions: list[ColumnElement[bool]]) -> None:
         stmt = select(func.count()).select_from(ObservationRow).where(*conditions, _protected())

@@ -93,11 +93,11 @@ class ObservationRow(Base):
     __tablename__ = "observations"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    pipeline: Mapped[str] = mapped_column(String(128), index=True)
+    pipeline: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
-    object_key: Mapped[str | None] = mapped_column(String(1024))
+    object_key: Mapped[str | None] = mapped_column(String(1024), index=True)  # retention: still held?
     content_type: Mapped[str] = mapped_column(String(128))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     metadata_: Mapped[JsonObject] = mapped_column("metadata", JSONType)
@@ -108,9 +108,13 @@ class ObservationRow(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    # The reconciler's query: one pipeline, some statuses, oldest updated_at first.
+    # The reconciler's query: one pipeline, some statuses, oldest updated_at first. The observations
+    # list and retention: one pipeline in updated_at order. The line dashboard: a pipeline's edge parts
+    # of a created_at window (0009; benchmarks/observation_indexes.py).
     __table_args__ = (
         Index("ix_observations_pipeline_status_updated_at", "pipeline", "status", "updated_at"),
+        Index("ix_observations_pipeline_updated_at", "pipeline", "updated_at"),
+        Index("ix_observations_pipeline_source_created_at", "pipeline", "source", "created_at"),
     )
 
 

@@ -105,16 +105,14 @@ class SmartcutRepository(Database):
                 )
             return SmartcutRequestRecord.of(row)
 
-    def smartcut_requests(self, user_id: str, limit: int = 100) -> list[SmartcutRequestRecord]:
-        """A user's requests, newest first."""
+    def smartcut_requests(self, user_id: str | None, limit: int = 100) -> list[SmartcutRequestRecord]:
+        """A user's requests (``None``: every user's), newest first."""
+        stmt = select(SmartcutRequestRow)
+        if user_id is not None:
+            stmt = stmt.where(SmartcutRequestRow.user_id == user_id)
+        stmt = stmt.order_by(SmartcutRequestRow.created_at.desc(), SmartcutRequestRow.uid).limit(limit)
         with self.session() as s:
-            rows = s.scalars(
-                select(SmartcutRequestRow)
-                .where(SmartcutRequestRow.user_id == user_id)
-                .order_by(SmartcutRequestRow.created_at.desc())
-                .limit(limit)
-            )
-            return [SmartcutRequestRecord.of(r) for r in rows]
+            return [SmartcutRequestRecord.of(r) for r in s.scalars(stmt)]
 
     def open_smartcut_requests(self) -> list[SmartcutRequestRecord]:
         """Requests still sampling or processing (what the in-flight limits and timeouts look at)."""

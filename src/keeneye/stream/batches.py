@@ -9,8 +9,10 @@ that arrives again from being claimed twice while its batch is at the model.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +39,10 @@ class BatchItem:
     timings: dict[str, float] = field(default_factory=dict)
     model: LoadedModel | None = None  # who answers: None = the batch's champion; else a canary's challenger
     variant: Variant = Variant.champion
+    # A crop-health orthomosaic: the local file the model thread reads block by block (``data`` stays
+    # empty); ``resources`` removes a temporary copy when the item is settled.
+    mosaic: Path | None = None
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 @dataclass(eq=False)

@@ -11,7 +11,12 @@ the reconciler publishes it later — so it is accepted all the same. If step 1 
 refused with :class:`IngestUnavailable` (HTTP 503 + Retry-After) and nothing is left half-written.
 
 Only cheap checks happen at the door (empty, size, unknown pipeline, format by magic bytes); decoding
-and validation happen in the worker, which rejects a corrupt image with a reason.
+and validation happen in the worker, which rejects a corrupt image with a reason. A geo pipeline
+(crop-health) also takes a zip of one TIFF per band (a multi-file capture; the worker checks and
+stacks it) and, given as a local file (:meth:`Ingestor.store_file`), a GeoTIFF orthomosaic over the
+upload limit: hashed and stored from its file in chunks (never held in memory), answered by a worker
+block by block (:mod:`keeneye.pipelines.mosaic_jobs`). Only the object store's own limit
+(``objects.max_object_bytes``) bounds a mosaic.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from keeneye.domain import InvalidInput, JsonObject, KeeneyeError, MessageTooLarge, ObservationStatus
 from keeneye.imaging import content_hash, sniff_format
-from keeneye.pipelines import PipelineCatalog, content_type_of, observation_key
+from keeneye.imaging.archive import is_zip
+from keeneye.pipelines import PipelineCatalog, PipelineSpec, content_type_of, observation_key
+from keeneye.pipelines.mosaic_jobs import file_digest, upload_limit_of
 from keeneye.settings import Settings
 from keeneye.store import (
     RETRY_AFTER_SECONDS,
@@ -111,7 +119,7 @@ class Ingestor:
     def accept(
         self,
         pipeline: str,
-        data: bytes,
+        data: bytes | Path,
         metadata: JsonObject | None = None,
         *,
         source: str = "http",
@@ -119,10 +127,15 @@ class Ingestor:
     ) -> Accepted:
         """Make one input durable and hand it to the workers; see the module docstring.
 
-        Raises :class:`~keeneye.domain.NotFound` (unknown pipeline), :class:`InvalidInput` (400 empty,
-        413 too large, 415 not an accepted format) and :class:`IngestUnavailable` (503).
+        ``data``: the bytes, or a local file (:meth:`store_file`: an orthomosaic over the upload limit
+        is stored from the file, never read into memory). Raises :class:`~keeneye.domain.NotFound`
+        (unknown pipeline), :class:`InvalidInput` (400 empty, 413 too large, 415 not an accepted
+        format) and :class:`IngestUnavailable` (503).
         """
-        msg = self.store(pipeline, data, metadata, source=source, observation_id=observation_id)
+        if isinstance(data, Path):
+            msg = self.store_file(pipeline, data, metadata, source=source, observation_id=observation_id)
+        else:
+            msg = self.store(pipeline, data, metadata, source=source, observation_id=observation_id)
         published = self.publish(msg)
         return Accepted(
             id=msg.observation_id,
@@ -131,6 +144,48 @@ class Ingestor:
             object_key=msg.object_key or "",
             by_reference=not msg.inline,
             published=published,
+        )
+
+    def store_file(
+        self,
+        pipeline: str,
+        path: Path,
+        metadata: JsonObject | None = None,
+        *,
+        source: str = "folder",
+        observation_id: str | None = None,
+    ) -> ObservationMessage:
+        """:meth:`store` for a local file: a geo pipeline's GeoTIFF over the upload limit (a mosaic) is
+        hashed and stored from the file in chunks; any other file is read and stored as bytes, with
+        the same checks and refusals."""
+        spec = self.catalog.get(pipeline)
+        size = path.stat().st_size
+        limit = upload_limit_of(spec, self.settings)
+        if size <= limit or not spec.input.geo:
+            data = path.read_bytes()
+            return self.store(pipeline, data, metadata, source=source, observation_id=observation_id)
+        with path.open("rb") as f:
+            fmt = self._format(spec, f.read(8))
+        if fmt != "tiff":
+            raise InvalidInput(
+                "too_large",
+                f"{fmt.upper()} of {size} bytes is over the limit of {limit} bytes",
+                status=413,
+                fix="only a GeoTIFF orthomosaic may be larger than one upload; send fewer or smaller "
+                "files, or raise the pipeline's input.max_upload_bytes",
+            )
+        stored_limit = self.settings.objects.max_object_bytes
+        if size > stored_limit:
+            raise InvalidInput(
+                "too_large",
+                f"the mosaic of {size} bytes is over the object store's limit of {stored_limit} bytes",
+                status=413,
+                fix="raise KEENEYE_OBJECTS__MAX_OBJECT_BYTES (a mosaic is stored whole before a worker "
+                "reads it block by block)",
+            )
+        digest = file_digest(path)
+        return self._store(
+            pipeline, digest, fmt, size, path, metadata, source=source, observation_id=observation_id
         )
 
     def store(
@@ -148,6 +203,23 @@ class Ingestor:
         """
         fmt = self.check(pipeline, data)
         digest = content_hash(data)
+        return self._store(
+            pipeline, digest, fmt, len(data), data, metadata, source=source, observation_id=observation_id
+        )
+
+    def _store(
+        self,
+        pipeline: str,
+        digest: str,
+        fmt: str,
+        size: int,
+        body: bytes | Path,
+        metadata: JsonObject | None,
+        *,
+        source: str,
+        observation_id: str | None,
+    ) -> ObservationMessage:
+        """Object (``body``: the bytes, or a file streamed into the store) + ``queued`` row."""
         key = observation_key(pipeline, digest, fmt)
         ctype = content_type_of(fmt)
         obs_id = observation_id or uuid.uuid4().hex
@@ -155,7 +227,11 @@ class Ingestor:
         created_object = False
         try:
             if not self.objects.exists(key):
-                self.objects.put(key, data, content_type=ctype)
+                if isinstance(body, Path):
+                    with body.open("rb") as f:
+                        self.objects.put(key, f, content_type=ctype)
+                else:
+                    self.objects.put(key, body, content_type=ctype)
                 created_object = True
         except (InvalidInput, MessageTooLarge):
             raise
@@ -170,7 +246,7 @@ class Ingestor:
                 content_hash=digest,
                 object_key=key,
                 content_type=ctype,
-                size_bytes=len(data),
+                size_bytes=size,
                 metadata=metadata,
                 source=source,
                 status=ObservationStatus.queued,
@@ -195,22 +271,13 @@ class Ingestor:
             content_hash=digest,
             content_type=ctype,
             metadata=metadata,
-            data=data,
+            data=body if isinstance(body, bytes) else None,
             object_key=key,
             source=source,
         )
-        if fits_inline(msg, self.settings.bus.max_message_bytes):
-            return msg
-        return ObservationMessage(
-            observation_id=obs_id,
-            pipeline=pipeline,
-            content_hash=digest,
-            content_type=ctype,
-            metadata=metadata,
-            data=None,
-            object_key=key,
-            source=source,
-        )
+        if msg.data is not None and not fits_inline(msg, self.settings.bus.max_message_bytes):
+            msg = replace(msg, data=None)  # by reference: the worker reads the object
+        return msg
 
     def publish(self, msg: ObservationMessage) -> bool:
         """Step 3: publish and flush; ``False`` (logged) when the bus cannot take it now."""
@@ -247,14 +314,22 @@ class Ingestor:
                 status=413,
                 fix="send a smaller image, or raise KEENEYE_SERVING__MAX_UPLOAD_BYTES",
             )
+        return self._format(spec, data)
+
+    @staticmethod
+    def _format(spec: PipelineSpec, head: bytes) -> str:
+        """The format by magic bytes (``head``: at least the first 8 bytes), or 415. A geo pipeline
+        that reads TIFFs also takes a zip (a multi-file capture, one TIFF per band)."""
+        if spec.input.geo and "tiff" in spec.input.formats and is_zip(head):
+            return "zip"
         try:
-            fmt = sniff_format(data)
+            fmt = sniff_format(head)
         except InvalidInput as exc:
             raise InvalidInput(exc.reason, exc.message, status=415, fix=exc.fix) from exc
         if fmt not in spec.input.formats:
             raise InvalidInput(
                 "unsupported_format",
-                f"{fmt.upper()} is not accepted by pipeline {pipeline!r}",
+                f"{fmt.upper()} is not accepted by pipeline {spec.name!r}",
                 status=415,
                 fix=f"send one of: {', '.join(spec.input.formats)}",
             )

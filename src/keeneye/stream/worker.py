@@ -15,6 +15,13 @@ published again and the observation re-queued, with exponential backoff; after
 ``settings.stream.max_attempts`` (the observation's ``attempts`` column, since Kafka cannot count
 deliveries) it goes to the DLQ and the observation to ``failed``.
 
+A crop-health orthomosaic (a GeoTIFF over the pipeline's upload or pixel limit, queued by ``keeneye
+ingest``) is never loaded whole: the worker reads the stored object as a local file (in place for a
+``file://`` store, streamed to a temporary file from S3) and its model thread answers it block by
+block (:mod:`keeneye.pipelines.mosaic_jobs`), storing the index maps as COGs for the index routes
+before the answer is stored like any other (prediction, ``done``, field history). A mosaic holds
+its batch's results until it is answered (minutes for 20,000² px).
+
 The model runs on threads of its own (ONNX Runtime releases the GIL), ``model_runs`` batches at a time
 (2 by default, each on an equal share of the cores): while it works, the worker's thread takes in the
 next batch (poll, claim, decode) and settles the oldest (post-process, store, publish, ack). Two
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +64,14 @@ from keeneye.pipelines import (
     prepare_for,
     quarantine_key,
     run_tiles_sync,
+)
+from keeneye.pipelines.mosaic_jobs import (
+    answer_mosaic,
+    check_mosaic,
+    is_mosaic_object,
+    local_object,
+    store_index_maps,
+    upload_limit_of,
 )
 from keeneye.registry import ModelRegistry
 from keeneye.settings import Settings
@@ -316,7 +332,11 @@ class PipelineWorker(WorkerBase):
         for item in batch.items:
             if item.record is not None and not item.ack and item.error is None:
                 self._load(item, loaded.bundle.manifest)
-        decoded = [i for i in batch.items if i.prepared is not None and i.error is None]
+        decoded = [
+            i
+            for i in batch.items
+            if (i.prepared is not None or (i.mosaic is not None and not i.ack)) and i.error is None
+        ]
         self._route(decoded, loaded)
         batch.todo = self._from_cache(decoded, loaded)
         return batch
@@ -325,6 +345,10 @@ class PipelineWorker(WorkerBase):
         """Post-process, store, announce and ack a batch the model has; False when something must be
         retried (then the loop backs off)."""
         self._wait_for_model(batch)
+        for item in batch.todo:
+            if item.mosaic is not None and isinstance(item.error, InvalidInput):
+                exc, item.error = item.error, None  # read block by block, the mosaic was refused
+                item.ack = self._reject(item, exc)
         self._post_process(batch.todo, batch.loaded)
         ready = [i for i in batch.items if i.answer is not None and i.error is None]
         self._complete(ready, batch.loaded)
@@ -350,6 +374,8 @@ class PipelineWorker(WorkerBase):
         self.runtime.shadow_batch(
             self.spec, [(i.record.id, i.prepared) for i in ready if i.ack and i.record and i.prepared]
         )
+        for item in batch.items:
+            item.resources.close()  # a mosaic's temporary copy
         return ok
 
     def _parse(self, message: Message) -> ObservationMessage:
@@ -433,13 +459,18 @@ class PipelineWorker(WorkerBase):
                 reason = f"gave up after {record.attempts - 1} attempts (worker crashes?)"
                 item.ack = self._fail(item, "crash_loop", reason)
                 return
+            key = obs.object_key or record.object_key
             if obs.data is not None:
                 item.data = obs.data
+            elif key is None:
+                raise NotFound(f"observation {obs.observation_id} has no object key")
+            elif self.spec.input.geo and record.size_bytes > upload_limit_of(self.spec, self.settings):
+                item.mosaic = item.resources.enter_context(local_object(self.objects, key))
             else:
-                key = obs.object_key or record.object_key
-                if key is None:
-                    raise NotFound(f"observation {obs.observation_id} has no object key")
                 item.data = self.objects.get(key)
+            over_limit = item.mosaic is None and is_mosaic_object(item.data, self.spec, self.settings)
+            if over_limit and key is not None:  # a header over max_pixels: the mosaic path too
+                item.mosaic = item.resources.enter_context(local_object(self.objects, key))
         except NotFound as exc:  # the bytes are gone for good: retrying cannot help
             item.ack = self._fail(item, "missing_object", f"missing_object: {exc.message}")
             return
@@ -448,7 +479,10 @@ class PipelineWorker(WorkerBase):
             return
         t0 = time.perf_counter()
         try:
-            item.prepared = prepare(self.spec, manifest, item.data, self.settings, obs.metadata)
+            if item.mosaic is not None:
+                check_mosaic(item.mosaic, self.spec, obs.metadata)  # the header; blocks on the model thread
+            else:
+                item.prepared = prepare(self.spec, manifest, item.data, self.settings, obs.metadata)
         except InvalidInput as exc:
             item.ack = self._reject(item, exc)
         except Exception as exc:
@@ -500,6 +534,9 @@ class PipelineWorker(WorkerBase):
         todo: list[BatchItem] = []
         for item in items:
             assert item.record is not None
+            if item.mosaic is not None:  # answered afresh: its index maps are stored for this observation
+                todo.append(item)
+                continue
             cached = self.answering.cached(
                 self.pipeline, (item.model or loaded).ref, item.record.content_hash
             )
@@ -534,6 +571,9 @@ class PipelineWorker(WorkerBase):
         # One group per model (champion, or the challenger for the canary share) and input shape.
         groups: dict[tuple[int, tuple[int, ...], str], list[BatchItem]] = {}
         for item in items:
+            if item.mosaic is not None:
+                seconds += self._run_mosaic(item, item.model or loaded)
+                continue
             assert item.prepared is not None
             if item.prepared.geo is not None:  # crop-health: its own tiles, at the model's input size
                 seconds += self._run_tiles(item, item.model or loaded)
@@ -572,6 +612,33 @@ class PipelineWorker(WorkerBase):
             log.warning("model run failed", extra={"pipeline": self.pipeline, "error": repr(exc)})
             item.error = exc
             return 0.0
+        run_seconds = time.perf_counter() - t0
+        item.timings["infer"] = run_seconds * 1000
+        return run_seconds
+
+    def _run_mosaic(self, item: BatchItem, model: LoadedModel) -> float:
+        """A mosaic answered block by block and its index maps stored (``keeneye.pipelines.mosaic_jobs``);
+        an InvalidInput is left in ``item.error`` for :meth:`_settle` to reject."""
+        assert item.mosaic is not None and item.record is not None
+        obs_id = item.record.id
+        t0 = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:  # a log line per tenth of the blocks
+            if done == total or done * 10 // total != (done - 1) * 10 // total:
+                log.info("mosaic %s: %d/%d blocks", obs_id, done, total, extra={"observation_id": obs_id})
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="keeneye-index-maps-") as maps:
+                result = answer_mosaic(
+                    self.spec, model, item.mosaic, item.obs.metadata, index_dir=Path(maps), progress=progress
+                )
+                store_index_maps(self.objects, self.pipeline, obs_id, result.mosaic.index_maps, result.answer)
+        except Exception as exc:  # InvalidInput: rejected; anything else: retried
+            if not isinstance(exc, InvalidInput):
+                log.warning("mosaic failed", extra={"pipeline": self.pipeline, "error": repr(exc)})
+            item.error = exc
+            return 0.0
+        item.answer = result.answer
         run_seconds = time.perf_counter() - t0
         item.timings["infer"] = run_seconds * 1000
         return run_seconds
@@ -650,11 +717,16 @@ class PipelineWorker(WorkerBase):
             )
         self.counts["done"] += len(done)
         self.metrics.observations.labels(self.pipeline, "done").inc(len(done))
-        # Uncertain answers → the review queue (never raises), per-variant counts.
-        self.answering.stored(
-            self.spec,
-            [StoredAnswer(i.record.id, i.answer, i.variant) for i in done if i.record and i.answer],
-        )
+        # Uncertain answers → the review queue (never raises), per-variant counts. Mosaics are not
+        # queued: a reviewer's page cannot show 20,000² px (their zones are on the fields page).
+        for mosaics in (False, True):
+            answers = [
+                StoredAnswer(i.record.id, i.answer, i.variant)
+                for i in done
+                if i.record and i.answer and (i.mosaic is not None) == mosaics
+            ]
+            if answers:
+                self.answering.stored(self.spec, answers, review=not mosaics)
         if not done:
             return
         out = []
@@ -682,7 +754,8 @@ class PipelineWorker(WorkerBase):
         assert item.record is not None
         reason = f"{exc.reason}: {exc.message}"
         try:
-            self.objects.put(quarantine_key(self.pipeline, item.record.content_hash), item.data)
+            if item.mosaic is None:  # a mosaic stays at its observation key: no copy of gigabytes
+                self.objects.put(quarantine_key(self.pipeline, item.record.content_hash), item.data)
             self.db.set_status(
                 item.record.id, ObservationStatus.rejected, reason, expect=[ObservationStatus.processing]
             )

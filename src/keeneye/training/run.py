@@ -246,6 +246,7 @@ def recipe(
         augment_strength=0.5 if t.augment else 0.0,
         seed=t.seed,
         spectral_jitter=bool(spec.input.indices) or bool(spec.input.band_map),
+        image_decision=task is Task.segment and spec.decision.kind == "ok-defect",
     )
     allowed = {f for f in TrainConfig.__dataclass_fields__ if f not in {"task", "num_classes", "in_channels"}}
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -2,8 +2,8 @@
 registered model with defective frames in every split (it was "0 test" with `--n 60`, and an export
 refused for rounding noise with `--n 200 --epochs 1`), its OK/DEFECT threshold calibrated on the
 validation split and written into the bundle; the gates pass first try on these frames (the docs'
-promise; not yet on every seed), so the model gets the alias ``challenger`` with metrics above the
-floors."""
+promise for seed 0, the default; docs/training.md lists the other seeds), so the model gets the alias
+``challenger`` with metrics above the floors."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from keeneye.training import load_coco
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(1500),  # eight epochs of a U-Net on 210 frames: ~3 minutes on 2 idle cores
+    pytest.mark.timeout(1500),  # 30 epochs of the lite16 U-Net on 210 frames: ~3 minutes on 2 cores
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),
 ]
 

@@ -259,3 +259,20 @@ def test_smoothing_ignores_invalid_pixels() -> None:
     valid[20:30, 20:30] = False
     smoothed = smooth_valid(values, valid, sigma=3.0)
     assert np.allclose(smoothed[valid], 0.5, atol=1e-5)
+
+
+def test_vigour_classes_are_quantile_bins_ties_going_up() -> None:
+    """Class = 1 + the number of quantile breaks ≤ the value (np.digitize), ties at a break included."""
+    from keeneye.geo.zones import vigour_classes
+
+    rng = np.random.default_rng(4)
+    values = rng.normal(0.5, 0.2, (120, 90)).astype(np.float32)
+    values[rng.random(values.shape) < 0.4] = 0.5  # 40 % exactly at the median: ties on a break
+    valid = rng.random(values.shape) > 0.1
+    for n in (2, 3, 5):
+        classes = vigour_classes(values, valid, n)
+        breaks = np.quantile(values[valid], np.linspace(0, 1, n + 1)[1:-1])
+        expected = np.zeros(values.shape, dtype=np.int32)
+        expected[valid] = np.digitize(values[valid], breaks) + 1
+        assert np.array_equal(classes, expected), n
+        assert set(np.unique(classes[~valid])) == {0}

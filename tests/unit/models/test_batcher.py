@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keeneye.domain import InvalidInput
 from keeneye.models import BatcherClosed, MicroBatcher, OnnxModel, QueueFull, run_batch
 from keeneye.models.testing import tiny_classifier_reference
 from keeneye.settings import InferenceSettings
@@ -254,3 +255,46 @@ def test_run_batch_groups_by_shape_and_chunks_in_order() -> None:
     assert all(shape[0] <= 4 for shape in calls)
     assert sorted(c[0] for c in calls) == [3, 4, 4]  # 7 items of (2,) → 4 + 3; 4 items of (5,) → 4
     assert run_batch(model, []) == []
+
+
+def test_a_ready_batch_runs_as_it_is_never_stacked_with_others() -> None:
+    """submit_batch (a crop-health request's tiles): the array reaches the model as it is (no copy),
+    alone, while single items beside it are still stacked together; its outputs keep the batch axis."""
+    hook = Recorder()
+    seen: list[np.ndarray] = []
+
+    def model(batch: np.ndarray) -> list[np.ndarray]:
+        seen.append(batch)
+        return _sum_model(batch)
+
+    ready = [np.full((4, 2, 2), k, np.float32) for k in (1, 2)]
+
+    async def main() -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+        batcher = MicroBatcher(model, max_batch=8, max_wait_ms=30, on_batch=hook)
+        whole = [asyncio.ensure_future(batcher.submit_batch(b)) for b in ready]
+        singles = await asyncio.gather(*(batcher.submit(np.ones((2, 2), np.float32)) for _ in range(3)))
+        out = [await w for w in whole]
+        await batcher.close()
+        return out, singles
+
+    whole, singles = asyncio.run(main())
+    assert [r[0].tolist() for r in whole] == [[4.0] * 4, [8.0] * 4]  # per tile sums, batch axis kept
+    assert [r[1].tolist() for r in whole] == [[4] * 4, [4] * 4]  # each ran as its own 4-item batch
+    assert any(s is ready[0] for s in seen) and any(s is ready[1] for s in seen)  # not copied
+    assert [int(r[1]) for r in singles] == [3, 3, 3]  # the singles still share one call
+    assert sorted(hook.sizes) == [3, 4, 4]  # a ready batch reports its own size
+
+
+def test_a_ready_batch_with_a_wrong_output_axis_fails_its_caller() -> None:
+    def model(batch: np.ndarray) -> list[np.ndarray]:
+        return [batch.reshape(-1)]  # the batch axis is lost
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch=8, max_wait_ms=1)
+        try:
+            await batcher.submit_batch(np.ones((3, 2), np.float32))
+        finally:
+            await batcher.close()
+
+    with pytest.raises(InvalidInput, match="leading batch axis of 3"):
+        asyncio.run(main())

@@ -486,3 +486,20 @@ def test_postprocess_yolo_segment_accepts_protos_first() -> None:
     assert first.masks is not None and swapped.masks is not None
     np.testing.assert_array_equal(first.masks, swapped.masks)
     np.testing.assert_array_equal(first.boxes, swapped.boxes)
+
+
+def test_seg_logits_ties_go_to_the_first_class_as_argmax() -> None:
+    """The winning class per pixel is numpy's argmax over the class axis, first class on a tie."""
+    logits = np.zeros((3, 6, 6), dtype=np.float32)
+    logits[1, :, :3] = 4.0  # class 1 wins the west
+    logits[2, :, :3] = 4.0  # … tied with class 2: the first, class 1, takes it
+    logits[2, :, 3:] = 5.0  # class 2 alone in the east
+    out = seg_logits_to_instances(
+        logits, thresholds=Thresholds(score=0.1, mask=0.4, min_area=1), background_class=0
+    )
+    assert sorted(out.class_ids.tolist()) == [1, 2]
+    masks = {int(c): m for c, m in zip(out.class_ids, out.masks, strict=True)}  # type: ignore[arg-type]
+    assert masks[1][:, :3].all() and not masks[1][:, 3:].any()
+    assert masks[2][:, 3:].all() and not masks[2][:, :3].any()
+    # a tied pixel's probability: e^4 / (1 + 2 e^4) (the two winners share the mass)
+    assert out.scores[out.class_ids == 1][0] == pytest.approx(np.exp(4) / (1 + 2 * np.exp(4)), rel=1e-6)

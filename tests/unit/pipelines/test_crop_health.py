@@ -259,9 +259,9 @@ def test_stream_and_shadow_paths_retile_for_another_model_and_run_without_an_eve
     big = crop_bundle(tmp_path / "big", size=SIZE)
     data = geotiff_bytes(micasense_field(200, 300, blight=(20, 30, 40, 50)))
     prepared = prepare(spec, small.manifest, data, settings, MICA)
-    assert prepared.geo is not None and {t.shape for t in prepared.geo.tensors} == {(2, 64, 64)}
+    assert prepared.geo is not None and prepared.geo.batch().shape[1:] == (2, 64, 64)
     again = prepare_for(big.manifest, prepared)  # a challenger with another input size
-    assert again.geo is not None and {t.shape for t in again.geo.tensors} == {(2, SIZE, SIZE)}
+    assert again.geo is not None and again.geo.batch().shape[1:] == (2, SIZE, SIZE)
     assert again.image is prepared.image  # no second decode
     for bundle, p in ((small, prepared), (big, again)):
         assert p.geo is not None

@@ -434,10 +434,11 @@ def test_the_studio_serves_a_video_only_from_an_allowed_folder(world: World) -> 
     }
     for path, status in cases.items():
         uid = str(uuid.uuid4())
-        world.db.create_smartcut_request(uid, user_id="ana", plugin="motion", video_name="v", sensitivity=1.0)
+        user = "viewer-key"  # the key's name: a key reads its own user's requests
+        world.db.create_smartcut_request(uid, user_id=user, plugin="motion", video_name="v", sensitivity=1.0)
         save_record(world.settings.smartcut.root, uid, StudioRecord("server", path))
         answer = world.client.get(
-            f"/v1/smartcut/requests/{uid}/video", params={"user_id": "ana"}, headers=viewer
+            f"/v1/smartcut/requests/{uid}/video", params={"user_id": user}, headers=viewer
         )
         assert answer.status_code == status, (path, answer.text)
         if status == 200:

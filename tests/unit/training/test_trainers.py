@@ -12,10 +12,14 @@ from keeneye.training.trainers import (  # noqa: E402
     ProgressEvent,
     TrainConfig,
     build_model,
+    decision_metric,
     fit,
     foreground_miou,
+    image_auroc,
     macro_f1_from_labels,
     search,
+    segmentation_loss,
+    validation_metric,
 )
 
 
@@ -66,10 +70,11 @@ def test_early_stopping_stops_after_patience() -> None:
     config = TrainConfig(
         Task.classify, 2, 3, backbone="resnet10t", epochs=6, batch_size=8, patience=1, learning_rate=1e-9
     )
-    # With a learning rate of ~0 the validation metric cannot improve after epoch 1.
+    # With a learning rate of ~0 the validation metric cannot improve after epoch 1; patience counts
+    # from epoch 4, where OneCycle's decay has halved the rate (ceil(6 × 0.6)): the run ends after 5.
     result = fit(config, x[:16], y[:16], x[16:], y[16:])
     assert result.stopped_early
-    assert len(result.history) == 2
+    assert len(result.history) == 5 and result.best_epoch == 1
 
 
 @pytest.mark.parametrize(
@@ -89,6 +94,81 @@ def test_foreground_miou() -> None:
     pred = torch.tensor([[1, 1, 0, 2]])
     # class 1: inter 1, union 3; class 2: 1/1
     assert foreground_miou(pred, target, 3) == pytest.approx((1 / 3 + 1) / 2)
+
+
+@pytest.mark.parametrize(
+    ("truth", "score", "expected"),
+    [
+        ([True, True, False, False], [0.9, 0.8, 0.2, 0.1], 1.0),
+        ([True, True, False, False], [0.1, 0.2, 0.8, 0.9], 0.0),
+        ([True, False, False], [0.5, 0.5, 0.1], 0.75),  # a tie counts half
+        ([True, True, False, False], [0.9, 0.3, 0.5, 0.1], 0.75),  # one of four pairs inverted
+        ([True, True], [0.9, 0.1], None),  # no OK image: undefined
+    ],
+)
+def test_image_auroc(truth: list[bool], score: list[float], expected: float | None) -> None:
+    got = image_auroc(torch.tensor(truth), torch.tensor(score))
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+class _LogitsAreInput(torch.nn.Module):
+    """A 'segmenter' whose logits are its input: the test writes the predictions directly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _decision_case(swap: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 4×4 frames, 3 classes: frame 0 defective (pixels (1,1) class 1 and (2,2) class 2), frame 1
+    OK. Background logit 2 everywhere; one pixel of class 1 at logit 5 on frame 0 (or, ``swap``, on
+    the OK frame 1)."""
+    x = torch.zeros(2, 3, 4, 4)
+    x[:, 0] = 2.0
+    x[1 if swap else 0, 1, 1, 1] = 5.0
+    y = torch.zeros(2, 4, 4, dtype=torch.int64)
+    y[0, 1, 1], y[0, 2, 2] = 1, 2
+    return x, y
+
+
+@pytest.mark.parametrize(("swap", "expected"), [(False, 1.0 + 1 / 2), (True, 0.0 + 0 / 3)])
+def test_decision_metric_is_image_auroc_plus_foreground_iou(swap: bool, expected: float) -> None:
+    x, y = _decision_case(swap)
+    cpu = torch.device("cpu")
+    # found (1,1) of the two defect pixels: IoU 1/2; swapped: the OK frame's pixel is a false one, 0/3
+    assert decision_metric(_LogitsAreInput(), x, y, batch_size=1, device=cpu) == pytest.approx(expected)
+    # the class does not matter to the foreground IoU: pixel (1,1) called class 2 still counts
+    x2 = x.clone()
+    x2[:, [1, 2]] = x2[:, [2, 1]]
+    assert decision_metric(_LogitsAreInput(), x2, y, batch_size=2, device=cpu) == pytest.approx(expected)
+
+
+def test_the_image_term_charges_a_stray_blob_on_an_ok_frame() -> None:
+    """``image_decision`` adds BCE(the frame's most foreground pixel, "frame has a defect")."""
+    logits = torch.zeros(2, 3, 8, 8)
+    logits[:, 0] = 4.0  # background everywhere …
+    logits[1, 1, 5, 5] = 9.0  # … but one confident defect pixel on the OK frame 1
+    target = torch.zeros(2, 8, 8, dtype=torch.int64)
+    target[0, 2:4, 2:4] = 1  # frame 0 is defective, frame 1 OK
+    weights = torch.ones(3)
+    plain = segmentation_loss(logits, target, weights)
+    with_image = segmentation_loss(logits, target, weights, image_decision=True)
+    # frame 0's most foreground pixel: logsumexp(0, 0) − 4; frame 1's: logsumexp(9, 0) − 4
+    top = torch.tensor(
+        [torch.log(torch.tensor(2.0)) - 4.0, torch.logsumexp(torch.tensor([9.0, 0.0]), 0) - 4.0]
+    )
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(top, torch.tensor([1.0, 0.0]))
+    assert float(with_image - plain) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) > 2.0  # the stray pixel alone costs the OK frame ≈ 5 nats
+
+
+def test_validation_metric_scores_ok_defect_segmenters_on_the_decision() -> None:
+    x, y = _decision_case(swap=False)
+    cpu = torch.device("cpu")
+    pixel = TrainConfig(Task.segment, 3, 3, backbone="lite4")
+    decision = TrainConfig(Task.segment, 3, 3, backbone="lite4", image_decision=True)
+    # per-class mIoU: class 1 found (1/1), class 2 missed (0) → 0.5; the decision metric: 1 + 1/2
+    assert validation_metric(_LogitsAreInput(), x, y, pixel, cpu) == pytest.approx(0.5)
+    assert validation_metric(_LogitsAreInput(), x, y, decision, cpu) == pytest.approx(1.5)
 
 
 def test_augmentation_keeps_image_and_mask_aligned() -> None:

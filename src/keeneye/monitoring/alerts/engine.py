@@ -9,7 +9,8 @@ One tick:
    extrapolated ``rate``/``increase`` with counter resets, ``histogram_quantile`` with linear
    interpolation inside the bucket, ``sum by``, one-to-one ``on (by)`` matching — with the per-pipeline
    SLO thresholds and the pipeline specs' overrides (``alerts:``) applied to that pipeline's series;
-3. moves alerts ``pending`` → ``firing`` (once the condition held for ``for``) → ``resolved``; an alert
+3. moves alerts ``pending`` → ``firing`` (once the condition held for ``for``: the pipeline spec's, else
+   ``alerting.for_overrides``', else the rule's) → ``resolved``; an alert
    is identified by its fingerprint (rule + sorted labels), so a condition that stays true is one row,
    however many ticks see it. State lives in the ``alerts`` table: a restarted engine continues;
 4. notifies: level 0 of ``alerting.route`` on firing; a *critical* alert not acknowledged after
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from keeneye.domain import JsonObject, parse_duration
+from keeneye.domain import ConfigError, JsonObject, parse_duration
 from keeneye.metrics import Metrics
 from keeneye.monitoring.alerts.channels import (
     Channel,
@@ -319,6 +320,15 @@ class RulesEngine:
         source: MetricSource,
     ) -> None:
         self.rules = list(rules)
+        unknown = sorted(set(alerting.for_overrides) - {r.name for r in self.rules})
+        if unknown:
+            raise ConfigError(
+                "alerting.for_overrides",
+                f"no alert rule named {', '.join(unknown)}",
+                fix=f"use the names of the rules: {', '.join(sorted(r.name for r in self.rules))}",
+            )
+        # `for` of the configuration (a drill, a test) instead of the rule's; the rule stays as it is.
+        self._for_overrides = {name: parse_duration(v) for name, v in alerting.for_overrides.items()}
         self.catalog = catalog
         self.store = AlertStore(db)
         self.channels = dict(channels)
@@ -590,7 +600,7 @@ class RulesEngine:
                 override = spec.alerts.get(rule.name) if spec is not None else None
             if override is not None and not override.enabled:
                 continue
-            for_seconds = rule.for_seconds
+            for_seconds = self._for_overrides.get(rule.name, rule.for_seconds)
             if override is not None and override.for_ is not None:
                 for_seconds = parse_duration(override.for_)
             if rule.kind == "compare":

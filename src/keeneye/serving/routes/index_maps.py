@@ -9,7 +9,9 @@
 
 The stored bytes are read again with the band map the observation was answered with (its
 ``metadata.band_map`` / ``metadata.camera``, else the pipeline's), so the map is the one its
-statistics came from. Viewer role.
+statistics came from. An orthomosaic is never read again: its maps were stored as COGs when it was
+answered (:func:`keeneye.pipelines.mosaic_jobs.index_map_key`); the ``.tif`` streams that COG, the
+``.png`` reads it at the size asked for (its overviews) before warping. Viewer role.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject, transform_bounds
@@ -35,11 +37,20 @@ from keeneye.imaging import encode_png
 from keeneye.imaging.archive import is_zip
 from keeneye.imaging.render import ndvi_colours
 from keeneye.pipelines.crophealth import geo_request
+from keeneye.pipelines.mosaic_jobs import (
+    COG_CONTENT_TYPE,
+    PREVIEW_MAX_SIDE,
+    index_map_key,
+    local_object,
+    read_index_map,
+    upload_limit_of,
+)
 from keeneye.serving.routes.deps import VIEWER, StateDep
 from keeneye.serving.routes.images import IMMUTABLE, image_gone, stored_observation
 from keeneye.serving.routes.params import ObservationId
 from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 from keeneye.serving.state import AppState
+from keeneye.store import ObservationRecord
 
 router = APIRouter(tags=["observations"], dependencies=[VIEWER], responses=API_ERRORS)
 
@@ -47,15 +58,12 @@ WEB_MERCATOR = CRS.from_epsg(3857)
 IndexName = Annotated[str, PathParam(description="an index name: " + ", ".join(INDICES))]
 
 
-def index_map(
-    state: AppState, observation_id: str, name: str
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], Georef]:
-    """The index map of a stored crop-health observation: values, where valid, its georeference."""
+def geo_observation(state: AppState, observation_id: str, name: str) -> tuple[ObservationRecord, str]:
+    """The crop-health observation whose map ``name`` is asked for, and the index's canonical name."""
     key = name.strip().lower()
     if key not in INDICES:
         raise NotFound(f"no index named {name[:32]!r}", fix=f"use one of {', '.join(INDICES)}")
     obs = stored_observation(state, observation_id)
-    assert obs.object_key is not None  # stored_observation refuses an observation without one
     if obs.pipeline not in state.catalog.names() or not state.catalog.get(obs.pipeline).input.geo:
         raise InvalidInput(
             "not_a_geo_observation",
@@ -63,6 +71,42 @@ def index_map(
             status=400,
             fix="index maps exist for crop-health (input.geo) pipelines only",
         )
+    return obs, key
+
+
+def stored_map_key(
+    state: AppState, obs: ObservationRecord, name: str, *, preview: bool = False
+) -> str | None:
+    """Where the COG of a mosaic's map ``name`` is stored (``preview``: its ≤ 2048 px copy first, for
+    a view that small); None for an image small enough to read again. A mosaic without that map (bands
+    missing, or over the store's limit) is a 404."""
+    keys = [index_map_key(obs.pipeline, obs.id, name)]
+    if preview:
+        keys.insert(0, index_map_key(obs.pipeline, obs.id, name, preview=True))
+    for key in keys:
+        if state.objects.exists(key):
+            return key
+    if obs.size_bytes > upload_limit_of(state.catalog.get(obs.pipeline), state.settings):
+        raise NotFound(
+            f"observation {obs.id} is a mosaic without a stored {name} map",
+            fix="its answer's geo.notes say why (bands missing, or the map was over "
+            "KEENEYE_OBJECTS__MAX_OBJECT_BYTES); ask for another index",
+        )
+    return None
+
+
+def index_map(
+    state: AppState, observation_id: str, name: str, *, max_side: int | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], Georef]:
+    """The index map of a stored crop-health observation: values, where valid, its georeference.
+
+    A mosaic's stored map is read at most ``max_side`` px a side (None: whole)."""
+    obs, key = geo_observation(state, observation_id, name)
+    assert obs.object_key is not None  # stored_observation refuses an observation without one
+    stored = stored_map_key(state, obs, key, preview=max_side is not None and max_side <= PREVIEW_MAX_SIDE)
+    if stored is not None:
+        with local_object(state.objects, stored) as path:
+            return read_index_map(path, max_side)
     spec = state.catalog.get(obs.pipeline)
     try:
         data = state.objects.get(obs.object_key)
@@ -94,7 +138,7 @@ def index_png(
     state: AppState, observation_id: str, name: str, max_side: int
 ) -> tuple[bytes, tuple[float, float, float, float]]:
     """False-colour PNG of the index warped to Web Mercator, and its (south, west, north, east)."""
-    values, valid, georef = index_map(state, observation_id, name)
+    values, valid, georef = index_map(state, observation_id, name, max_side=max_side)
     if georef.crs is None:
         raise InvalidInput(
             "not_georeferenced",
@@ -144,15 +188,21 @@ def index_png(
     summary="An index map (NDVI, NDRE, …) of a crop-health observation as a Cloud-Optimized GeoTIFF",
 )
 async def observation_index_cog(observation_id: ObservationId, name: IndexName, state: StateDep) -> Response:
+    headers = {
+        "Cache-Control": IMMUTABLE,
+        "Content-Disposition": f'attachment; filename="{observation_id}-{name}.tif"',
+    }
+    obs, key = await asyncio.to_thread(geo_observation, state, observation_id, name)
+    stored = await asyncio.to_thread(stored_map_key, state, obs, key)
+    if stored is not None:  # a mosaic's map: streamed as stored, never held whole
+        info = await asyncio.to_thread(state.objects.info, stored)
+        return StreamingResponse(
+            state.objects.stream(stored),
+            media_type=COG_CONTENT_TYPE,
+            headers={**headers, "Content-Length": str(info.size)},
+        )
     data = await asyncio.to_thread(index_cog, state, observation_id, name)
-    return Response(
-        data,
-        media_type="image/tiff; application=geotiff; profile=cloud-optimized",
-        headers={
-            "Cache-Control": IMMUTABLE,
-            "Content-Disposition": f'attachment; filename="{observation_id}-{name}.tif"',
-        },
-    )
+    return Response(data, media_type=COG_CONTENT_TYPE, headers=headers)
 
 
 @router.get(

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from keeneye.domain import InvalidInput
-from keeneye.serving.routes.deps import OPERATOR, VIEWER, DbDep, StateDep
+from keeneye.serving.routes.deps import VIEWER, DbDep, OperatorDep, StateDep, ViewerDep
 from keeneye.serving.routes.params import RequestUid
 from keeneye.serving.routes.smartcut_studio import (
     end_chunks,
@@ -28,6 +28,7 @@ from keeneye.serving.routes.smartcut_studio import (
     remember_source,
     score_chunk,
 )
+from keeneye.serving.routes.smartcut_users import acting_user, listed_user, visible_request
 from keeneye.serving.schemas import API_ERRORS, ErrorResponse, error_responses
 from keeneye.serving.security import confine
 from keeneye.serving.state import AppState
@@ -61,14 +62,17 @@ _TEXT = {"type": "string", "maxLength": 1024}
 _REQUEST_FORM = _form(
     {
         "plugin": {**_TEXT, "description": "a running plugin (GET /v1/smartcut/plugins)"},
-        "user_id": {**_TEXT, "description": "whose request"},
+        "user_id": {
+            **_TEXT,
+            "description": "whose request; with an API key: the key's name unless the key is an admin's",
+        },
         "sensitivity": {"type": "number", "exclusiveMinimum": 0, "description": "seconds between frames"},
         "video": {"type": "string", "format": "binary", "description": "the video, or:"},
         "path": {**_TEXT, "description": "a file under an allowed root, or s3://bucket/key, or:"},
         "video_name": {**_TEXT, "description": "the client samples and sends chunks itself"},
         "classes": {**_TEXT, "description": "comma-separated, for plugins that announce classes"},
     },
-    ["plugin", "user_id"],
+    ["plugin"],
 )
 _CHUNK_FORM = _form(
     {"chunk": {"type": "string", "format": "binary", "description": "a zip of ≤ 50 numbered JPEGs"}},
@@ -187,10 +191,12 @@ def _allowed_path(raw: str, roots: list[Path]) -> Path:
     "/v1/smartcut/requests",
     summary="Start a smartcut request",
     status_code=202,
-    dependencies=[OPERATOR],
     responses={
         201: {"description": "`video_name` given: the request waits for the chunks the client sends"},
-        403: {"model": ErrorResponse, "description": "a `path` outside the allowed roots"},
+        403: {
+            "model": ErrorResponse,
+            "description": "a `path` outside the allowed roots, or a `user_id` other than the key's",
+        },
         404: {"model": ErrorResponse, "description": "unknown plugin (the detail names the running ones)"},
         413: {"model": ErrorResponse, "description": "video over the size limit"},
         429: {
@@ -200,10 +206,12 @@ def _allowed_path(raw: str, roots: list[Path]) -> Path:
     },
     openapi_extra=_REQUEST_FORM,
 )
-async def post_request(request: Request, state: StateDep) -> Any:
+async def post_request(request: Request, state: StateDep, actor: OperatorDep) -> Any:
     """Multipart form: ``video`` (a file) or ``path`` (a file under an allowed root, or an
     ``s3://bucket/key`` URL under ``KEENEYE_SMARTCUT__ALLOWED_S3``), ``plugin``,
     ``sensitivity`` (seconds between sampled frames) and ``user_id`` → ``{"request_uid"}`` (202).
+    With an API key the user is the key's name (``user_id`` may be left out; another one is 403
+    ``other_user`` unless the key is an admin's).
     ``classes`` (comma-separated, optional): what a plugin that announces classes (``objects``)
     looks for; 422 ``unknown_class`` names the ones it offers.
     Poll ``GET /v1/smartcut/requests/{request_uid}`` for progress and the segments."""
@@ -216,7 +224,8 @@ async def post_request(request: Request, state: StateDep) -> Any:
     backend = await asyncio.to_thread(smartcut_backend, request, state)
     async with request.form(max_files=1, max_fields=40) as form:  # `classes` may repeat
         plugin = _text(form, "plugin")
-        user_id = _text(form, "user_id")
+        raw_user = form.get("user_id")
+        user_id = acting_user(actor, raw_user if isinstance(raw_user, str) else None)
         try:
             sensitivity = float(_text(form, "sensitivity", str(s.default_sensitivity)))
         except ValueError:
@@ -305,17 +314,19 @@ async def post_request(request: Request, state: StateDep) -> Any:
 @router.post(
     "/v1/smartcut/requests/{uid}/chunks",
     summary="Send one chunk of a client-sampled request",
-    dependencies=[OPERATOR],
     responses={
         409: {"model": ErrorResponse, "description": "the request is not taking chunks"},
         422: {"model": ErrorResponse, "description": "bad chunk"},
     },
     openapi_extra=_CHUNK_FORM,
 )
-async def post_chunk(uid: RequestUid, request: Request, state: StateDep) -> dict[str, Any]:
+async def post_chunk(
+    uid: RequestUid, request: Request, state: StateDep, actor: OperatorDep
+) -> dict[str, Any]:
     """Multipart field ``chunk``: a zip of ≤ 50 JPEGs named ``{index:07d}_{milliseconds:011d}.jpg``
     (docs/smartcut.md → Chunks), in time order across chunks. Checked before it is filed; every chunk
     but the last is announced to the plugin as soon as the next one arrives."""
+    await asyncio.to_thread(visible_request, state.db, uid, actor)  # another user's: 404
     backend = await asyncio.to_thread(smartcut_backend, request, state)
     assert state.settings.smartcut.root is not None
     uploads = state.settings.smartcut.root / ".uploads"
@@ -340,11 +351,13 @@ async def post_chunk(uid: RequestUid, request: Request, state: StateDep) -> dict
 @router.post(
     "/v1/smartcut/requests/{uid}/complete",
     summary="End a client-sampled request's upload",
-    dependencies=[OPERATOR],
     status_code=202,
 )
-async def post_complete(uid: RequestUid, request: Request, state: StateDep) -> dict[str, Any]:
+async def post_complete(
+    uid: RequestUid, request: Request, state: StateDep, actor: OperatorDep
+) -> dict[str, Any]:
     """The last chunk was sent: the plugin is told (``uploaded``) and the request is ``processing``."""
+    await asyncio.to_thread(visible_request, state.db, uid, actor)  # another user's: 404
     backend = await asyncio.to_thread(smartcut_backend, request, state)
     await asyncio.to_thread(backend.complete_upload, uid)
     await asyncio.to_thread(end_chunks, request, state, uid)
@@ -354,22 +367,32 @@ async def post_complete(uid: RequestUid, request: Request, state: StateDep) -> d
 @router.get(
     "/v1/smartcut/requests/{uid}",
     summary="One smartcut request",
-    dependencies=[VIEWER],
     responses=error_responses(404),
 )
-async def get_request(uid: RequestUid, db: DbDep) -> dict[str, Any]:
+async def get_request(uid: RequestUid, db: DbDep, actor: ViewerDep) -> dict[str, Any]:
     """``status`` (sampling, processing, done, failed), ``reason`` when failed, ``progress`` (frames
-    sampled, chunks sent, chunks processed) and, when done, ``timestamps`` [{start, stop}] in seconds."""
-    return request_json(await asyncio.to_thread(db.smartcut_request, uid))
+    sampled, chunks sent, chunks processed) and, when done, ``timestamps`` [{start, stop}] in seconds.
+    A key that is not an admin's sees only its own user's requests (another's: 404)."""
+    return request_json(await asyncio.to_thread(visible_request, db, uid, actor))
 
 
-@router.get("/v1/smartcut/requests", summary="A user's smartcut requests", dependencies=[VIEWER])
+@router.get("/v1/smartcut/requests", summary="A user's smartcut requests")
 async def list_requests(
-    db: DbDep, user_id: str = Query(..., min_length=1, max_length=128, description="whose requests")
+    db: DbDep,
+    actor: ViewerDep,
+    user_id: str | None = Query(
+        None,
+        min_length=1,
+        max_length=128,
+        description="whose requests (with a key that is not an admin's: the key's name, the default)",
+    ),
 ) -> dict[str, Any]:
-    """The user's requests, newest first (at most 100)."""
-    records = await asyncio.to_thread(db.smartcut_requests, user_id)
-    return {"user_id": user_id, "requests": [request_json(r) for r in records]}
+    """The user's requests, newest first (at most 100). With an API key the user is the key's name
+    (another ``user_id``: 403 ``other_user``); an admin key, or no key on a server without required
+    keys, lists every user's requests when ``user_id`` is left out (``user_id`` is then null)."""
+    user = listed_user(actor, user_id)
+    records = await asyncio.to_thread(db.smartcut_requests, user)
+    return {"user_id": user, "requests": [request_json(r) for r in records]}
 
 
 __all__ = ["close_smartcut", "router", "smartcut_backend"]

@@ -3,9 +3,10 @@ the engine's routes — a request's studio view (keyframes, activity curve), the
 (GET/PUT), exports (JSON/CSV/EDL), the lossless cut as a zip, and the server-held video for the player.
 
 Every route here takes the ``user_id`` the request was made with: another user's request answers 404
-exactly like an unknown one, so users see only their own requests and edits. Edits live in the results
-DB (``smartcut_requests.edits``); the studio record (source, keyframes, curve) on the smartcut volume
-(:mod:`keeneye.video.studio`).
+exactly like an unknown one, so users see only their own requests and edits. With an API key the user
+is the key's name and ``user_id`` may be left out (:mod:`keeneye.serving.routes.smartcut_users`).
+Edits live in the results DB (``smartcut_requests.edits``); the studio record (source, keyframes,
+curve) on the smartcut volume (:mod:`keeneye.video.studio`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from keeneye.domain import JsonObject, NotFound
-from keeneye.serving.routes.deps import OPERATOR, VIEWER, DbDep, StateDep, ViewerDep
+from keeneye.serving.routes.deps import DbDep, OperatorDep, StateDep, ViewerDep
 from keeneye.serving.routes.params import RequestUid
 from keeneye.serving.routes.shell import templates
+from keeneye.serving.routes.smartcut_users import bound_user, visible_request
 from keeneye.serving.schemas import API_ERRORS, ErrorResponse
 from keeneye.serving.security import confine
 from keeneye.serving.state import AppState
-from keeneye.store import ResultsDB
 from keeneye.store.engine import utcnow
 from keeneye.store.smartcut import SmartcutRequestRecord
 from keeneye.video.chunks import ChunkFrame, read_chunk
@@ -50,17 +51,23 @@ from keeneye.video.studio import (
 
 router = APIRouter(tags=["smartcut"], responses=API_ERRORS)
 _LOCK = threading.Lock()
-UserQuery = Query(..., min_length=1, max_length=128, description="the user the request belongs to")
+UserQuery = Query(
+    None,
+    min_length=1,
+    max_length=128,
+    description="the user the request belongs to (with an API key: the key's name, the default)",
+)
+_USER = "the user the request belongs to (with an API key: the key's name, the default)"
 MEDIA = {"json": "application/json", "csv": "text/csv", "edl": "text/plain"}
 
 
 class EditsBody(BaseModel):
-    user_id: str = Field(min_length=1, max_length=128, description="the user the request belongs to")
+    user_id: str | None = Field(None, min_length=1, max_length=128, description=_USER)
     timestamps: list[Any] = Field(description='[{"start": s, "stop": s}, …] in seconds')
 
 
 class CutBody(BaseModel):
-    user_id: str = Field(min_length=1, max_length=128, description="the user the request belongs to")
+    user_id: str | None = Field(None, min_length=1, max_length=128, description=_USER)
     as_dataset: bool = Field(False, description="frames as a COCO folder for labelling instead of clips")
     frames_per_segment: int = Field(
         10,
@@ -110,16 +117,6 @@ def remember_source(state: AppState, uid: str, path: Path, plugin: str, sensitiv
     remember_server_video(_root(state), uid, path, plugin, sensitivity, _limits(state))
 
 
-def _owned(db: ResultsDB, uid: str, user_id: str) -> SmartcutRequestRecord:
-    record = db.smartcut_request(uid)  # NotFound → 404
-    if record.user_id != user_id:
-        raise NotFound(
-            f"no smartcut request {uid!r} for user {user_id!r}",
-            fix="list your requests: GET /v1/smartcut/requests?user_id=…",
-        )
-    return record
-
-
 def _segments(record: SmartcutRequestRecord) -> tuple[list[Any], bool]:
     """The user's edits when saved, else the plugin's segments; and whether they are edits."""
     for held, edited in ((record.edits, True), (record.segments, False)):
@@ -141,6 +138,7 @@ def smartcut_page(request: Request, state: StateDep, actor: ViewerDep) -> HTMLRe
         "smartcut.html",
         {
             "default_user": actor.name,
+            "user_bound": bound_user(actor) is not None,  # the key's name: the page locks the field
             "default_sensitivity": s.default_sensitivity,
             "server_paths": bool(s.allowed_roots),
             "max_inflight": s.max_inflight_per_user,
@@ -149,20 +147,19 @@ def smartcut_page(request: Request, state: StateDep, actor: ViewerDep) -> HTMLRe
     )
 
 
-@router.get(
-    "/v1/smartcut/requests/{uid}/studio", summary="A request as the studio shows it", dependencies=[VIEWER]
-)
+@router.get("/v1/smartcut/requests/{uid}/studio", summary="A request as the studio shows it")
 async def get_studio(
     uid: RequestUid,
     db: DbDep,
     state: StateDep,
-    user_id: str = UserQuery,
+    actor: ViewerDep,
+    user_id: str | None = UserQuery,
     brief: bool = Query(False, description="leave out keyframes and the curve (a progress poll)"),
 ) -> dict[str, Any]:
     """Status and progress, the plugin's ``timestamps``, the user's ``edits`` (null until saved),
     ``source`` (``server``: the server can cut and play it; ``browser``), ``duration``, ``keyframes``
     (seconds, for snapping; server-held only) and the ``activity`` curve (``times``, ``scores``)."""
-    record = await asyncio.to_thread(_owned, db, uid, user_id)
+    record = await asyncio.to_thread(visible_request, db, uid, actor, user_id)
     studio = await asyncio.to_thread(_studio, state, record)
     return {
         "request_uid": record.uid,
@@ -184,19 +181,20 @@ async def get_studio(
     }
 
 
-@router.get("/v1/smartcut/requests/{uid}/edits", summary="The user's edited segments", dependencies=[VIEWER])
-async def get_edits(uid: RequestUid, db: DbDep, user_id: str = UserQuery) -> dict[str, Any]:
+@router.get("/v1/smartcut/requests/{uid}/edits", summary="The user's edited segments")
+async def get_edits(
+    uid: RequestUid, db: DbDep, actor: ViewerDep, user_id: str | None = UserQuery
+) -> dict[str, Any]:
     """``timestamps`` [{start, stop}]: the saved edits, or the plugin's segments while none are saved
     (``edited`` says which)."""
-    record = await asyncio.to_thread(_owned, db, uid, user_id)
+    record = await asyncio.to_thread(visible_request, db, uid, actor, user_id)
     timestamps, edited = _segments(record)
-    return {"request_uid": uid, "user_id": user_id, "edited": edited, "timestamps": timestamps}
+    return {"request_uid": uid, "user_id": record.user_id, "edited": edited, "timestamps": timestamps}
 
 
 @router.put(
     "/v1/smartcut/requests/{uid}/edits",
     summary="Save the user's edited segments",
-    dependencies=[OPERATOR],
     responses={
         404: {"model": ErrorResponse, "description": "no such request for this user"},
         422: {"model": ErrorResponse, "description": "bad segments"},
@@ -206,12 +204,13 @@ async def put_edits(
     uid: RequestUid,
     db: DbDep,
     state: StateDep,
+    actor: OperatorDep,
     body: EditsBody,
 ) -> dict[str, Any]:
     """Replace the user's edits with ``timestamps`` (sorted, each inside the video; kept beside the
     plugin's own segments, which never change)."""
-    user_id = body.user_id
-    record = await asyncio.to_thread(_owned, db, uid, user_id)
+    record = await asyncio.to_thread(visible_request, db, uid, actor, body.user_id)
+    user_id = record.user_id
     studio = await asyncio.to_thread(_studio, state, record)
     segments = check_edits(body.timestamps, studio.duration)
     saved_at = utcnow().isoformat()
@@ -223,18 +222,18 @@ async def put_edits(
 @router.get(
     "/v1/smartcut/requests/{uid}/export",
     summary="Export the segments (JSON, CSV, EDL)",
-    dependencies=[VIEWER],
 )
 async def get_export(
     uid: RequestUid,
     db: DbDep,
     state: StateDep,
-    user_id: str = UserQuery,
+    actor: ViewerDep,
+    user_id: str | None = UserQuery,
     format: Literal["json", "csv", "edl"] = Query("json", description="json (for `smartcut cut`), csv, edl"),
 ) -> Response:
     """The edits (or the plugin's segments) as a download: ``json`` is the processed-files message that
     ``keeneye smartcut cut VIDEO FILE --out DIR`` reads; ``csv`` n,start,stop,duration; ``edl`` CMX 3600."""
-    record = await asyncio.to_thread(_owned, db, uid, user_id)
+    record = await asyncio.to_thread(visible_request, db, uid, actor, user_id)
     studio = await asyncio.to_thread(_studio, state, record)
     timestamps, _ = _segments(record)
     segments = check_edits(timestamps, None)
@@ -251,7 +250,6 @@ async def get_export(
 @router.post(
     "/v1/smartcut/requests/{uid}/cut",
     summary="Cut a server-held video into clips, or frames for labelling (zip)",
-    dependencies=[OPERATOR],
     response_class=FileResponse,
     responses={
         409: {
@@ -260,12 +258,14 @@ async def get_export(
         }
     },
 )
-async def post_cut(uid: RequestUid, db: DbDep, state: StateDep, body: CutBody) -> FileResponse:
+async def post_cut(
+    uid: RequestUid, db: DbDep, state: StateDep, actor: OperatorDep, body: CutBody
+) -> FileResponse:
     """Lossless cut (keyframe-aligned stream copy) of the saved edits, or of the plugin's segments
     when none are saved, → a zip of the clips with ``clips.json`` (asked and real start/stop).
     ``as_dataset``: instead, ``frames_per_segment`` frames from each segment as a zipped COCO folder
     without annotations (``annotations.json`` + ``images/``), for labelling."""
-    record = await asyncio.to_thread(_owned, db, uid, body.user_id)
+    record = await asyncio.to_thread(visible_request, db, uid, actor, body.user_id)
     studio = await asyncio.to_thread(_studio, state, record)
     if studio.source == "server" and studio.path is not None:  # the record sits in the shared root
         confine(studio.path, state.settings.smartcut.allowed_roots, setting="KEENEYE_SMARTCUT__ALLOWED_ROOTS")
@@ -298,10 +298,12 @@ async def post_cut(uid: RequestUid, db: DbDep, state: StateDep, body: CutBody) -
     )
 
 
-@router.get("/v1/smartcut/requests/{uid}/video", summary="The server-held video", dependencies=[VIEWER])
-async def get_video(uid: RequestUid, db: DbDep, state: StateDep, user_id: str = UserQuery) -> FileResponse:
+@router.get("/v1/smartcut/requests/{uid}/video", summary="The server-held video")
+async def get_video(
+    uid: RequestUid, db: DbDep, state: StateDep, actor: ViewerDep, user_id: str | None = UserQuery
+) -> FileResponse:
     """The video of a ``path`` request, for the studio's player (byte ranges supported)."""
-    record = await asyncio.to_thread(_owned, db, uid, user_id)
+    record = await asyncio.to_thread(visible_request, db, uid, actor, user_id)
     studio = await asyncio.to_thread(_studio, state, record)
     if studio.source != "server" or studio.path is None or not Path(studio.path).is_file():
         raise NotFound(f"the server holds no video for request {uid!r}", fix="play the local file instead")

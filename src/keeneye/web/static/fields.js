@@ -39,7 +39,17 @@
   let ndviLayer = null;
   let zonesLayer = null;
   let ndviUrl = null;
-  const control = L.control.layers(null, null, { collapsed: false }).addTo(map);
+  // The layers control lists only overlays that exist and hold something, and is on the map only while
+  // it lists one: an empty control is a white box (a field without flights, a page still loading).
+  let control = null;
+  function refreshControl() {
+    if (control) { control.remove(); control = null; }
+    const overlays = {};
+    if (zonesLayer && zonesLayer.vigour.getLayers().length) overlays["Vigour zones"] = zonesLayer.vigour;
+    if (zonesLayer && zonesLayer.disease.getLayers().length) overlays["Disease zones"] = zonesLayer.disease;
+    if (ndviLayer) overlays["NDVI"] = ndviLayer;
+    if (Object.keys(overlays).length) control = L.control.layers(null, overlays, { collapsed: false }).addTo(map);
+  }
 
   function popupOf(props) {
     const box = el("div", { class: "zone-popup" });
@@ -55,7 +65,7 @@
   }
 
   function drawZones(flight) {
-    if (zonesLayer) { control.removeLayer(zonesLayer.vigour); control.removeLayer(zonesLayer.disease); map.removeLayer(zonesLayer.vigour); map.removeLayer(zonesLayer.disease); }
+    if (zonesLayer) { map.removeLayer(zonesLayer.vigour); map.removeLayer(zonesLayer.disease); }
     const make = (kind) => L.geoJSON(flight.zones, {
       filter: (f) => (f.properties.kind === "disease") === (kind === "disease"),
       style: (f) => {
@@ -72,8 +82,7 @@
     });
     zonesLayer = { vigour: make("vigour").addTo(map), disease: make("disease").addTo(map) };
     zonesLayer.disease.bringToFront();
-    control.addOverlay(zonesLayer.vigour, "Vigour zones");
-    control.addOverlay(zonesLayer.disease, "Disease zones");
+    refreshControl();
     const legend = document.getElementById("legend");
     legend.replaceChildren();
     const seen = new Set();
@@ -90,7 +99,7 @@
   }
 
   async function drawNdvi(flight) {
-    if (ndviLayer) { control.removeLayer(ndviLayer); map.removeLayer(ndviLayer); ndviLayer = null; }
+    if (ndviLayer) { map.removeLayer(ndviLayer); ndviLayer = null; refreshControl(); }
     if (ndviUrl) { URL.revokeObjectURL(ndviUrl); ndviUrl = null; }
     if (!flight.observation_id) return "no stored image";
     const r = await keeneyeFetch(`/v1/observations/${enc(flight.observation_id)}/index/ndvi.png?size=1024`);
@@ -100,7 +109,7 @@
     ndviUrl = URL.createObjectURL(await r.blob());
     ndviLayer = L.imageOverlay(ndviUrl, [[b[0], b[1]], [b[2], b[3]]], { opacity: 0.85, className: "ndvi-overlay" }).addTo(map);
     ndviLayer.bringToBack();
-    control.addOverlay(ndviLayer, "NDVI");
+    refreshControl();
     return null;
   }
 

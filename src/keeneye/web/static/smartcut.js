@@ -40,7 +40,9 @@
 
   // ---------------------------------------------------------------- start form
   const params = new URLSearchParams(location.search);
-  $("user").value = params.get("user") || localStorage.getItem("keeneye.smartcut.user") || root.dataset.defaultUser || "local";
+  // Signed in with a key that is not an admin's: the key's name is the user (the server refuses others).
+  $("user").value = root.dataset.userBound ? root.dataset.defaultUser
+    : params.get("user") || localStorage.getItem("keeneye.smartcut.user") || root.dataset.defaultUser || "local";
   $("user").addEventListener("change", () => {
     localStorage.setItem("keeneye.smartcut.user", user());
     closeEditor();
