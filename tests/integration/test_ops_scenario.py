@@ -56,10 +56,11 @@ ESCALATE_AFTER_S = 10.0
 LAG_PER_REPLICA_TARGET = 100  # the autoscaler's default target
 LOAD = "WorkerLoadHigh[stream]"
 # The ramp: 10 → 70 requests/s in 15 s steps (105 s, about 4,200 requests). The model is a MobileNet-
-# like stand-in at 320 px (about 1 GFLOP an input): a worker's cost per input is the model's, while
-# accepting an input only stores it, so the workers fall behind, the queue grows and every worker
-# stays busy until it drains.
-MODEL_SIZE = 320
+# like stand-in at 768 px (about 6 GFLOP, ≈40 ms an input on one core: two cores serve at most ≈45/s
+# whatever the replicas): a worker's cost per input is the model's, while accepting an input only
+# stores it, so the workers fall behind, the queue grows and every worker stays busy until it drains.
+# At 320 px (≈7 ms) two workers on an idle machine kept up with 70/s and the replicas never rose.
+MODEL_SIZE = 768
 RAMP = ["--start", "10", "--step", "10", "--step-seconds", "15", "--max", "70"]
 COOLDOWN_S = 240
 

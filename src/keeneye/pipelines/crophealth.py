@@ -67,11 +67,12 @@ from keeneye.pipelines.spec import PipelineSpec
 FloatArray = npt.NDArray[np.float32]
 CRS_CHOICES: Final = ("wgs84", "native")
 # glibc mallopt: arrays up to HEAP_ALLOCATION_MAX come from the heap, and up to KEEP_FREED_MAX of
-# freed memory stays with the process (retain_freed_memory).
+# freed memory stays with the process (retain_freed_memory). Both are C ints: at most 2**31 - 1 (ctypes
+# masks a larger Python int silently; 4 GiB became 0, "trim everything").
 M_TRIM_THRESHOLD: Final = -1
 M_MMAP_THRESHOLD: Final = -3
 HEAP_ALLOCATION_MAX: Final = 1 << 30
-KEEP_FREED_MAX: Final = 4 << 30
+KEEP_FREED_MAX: Final = 1 << 30
 # Tiles per model call where no micro-batcher sets it (stream workers, shadow runs, mosaics).
 TILE_WAVE: Final = 16
 
@@ -231,13 +232,7 @@ def read_geo_input(
             return read_geo_input(
                 spec, manifest, _stack_pages(ds, max_pixels), request, max_pixels=max_pixels
             )
-        if ds.driver != "GTiff":
-            raise InvalidInput(
-                "unsupported_format",
-                f"{ds.driver} is not accepted by pipeline {spec.name!r}",
-                status=415,
-                fix="send a GeoTIFF (or a plain multi-band TIFF)",
-            )
+        require_geotiff(ds.driver, spec, fix="send a GeoTIFF (or a plain multi-band TIFF)")
         if ds.width * ds.height > max_pixels:
             raise InvalidInput(
                 "image_too_large",
@@ -249,6 +244,14 @@ def read_geo_input(
         _check_count(len(data_band_indexes(ds)), request, "data band")
         raster = read_dataset(ds, request.band_map)
     return tile_input(raster, manifest, request)
+
+
+def require_geotiff(driver: str, spec: PipelineSpec, *, fix: str) -> None:
+    """Refuse (415) a raster GDAL read with another driver than GeoTIFF's."""
+    if driver != "GTiff":
+        raise InvalidInput(
+            "unsupported_format", f"{driver} is not accepted by pipeline {spec.name!r}", status=415, fix=fix
+        )
 
 
 def _check_count(count: int, request: GeoRequest, what: str) -> None:
@@ -314,15 +317,17 @@ def retain_freed_memory() -> bool:
     masks, labels: 16-100 MB each). By default glibc maps each such array afresh (``mmap``) and
     unmaps it when freed, so every one pays a page fault per 4 KiB on first touch — on a VM, as much
     as the arithmetic itself (benchmarks/crop_health.py: post-processing 2.8 s → 1.1 s). With the
-    thresholds raised, big arrays come from the heap and freed ones are reused: the process keeps its
-    peak (a 2048² request's working set) instead of returning it. Called once, by the first raster a
-    process tiles; a no-op without glibc. Returns whether it applied.
+    thresholds raised, big arrays come from the heap and freed ones are reused: the process keeps up
+    to ``KEEP_FREED_MAX`` (1 GiB, about a 2048² request's working set) instead of returning it.
+    Called once, by the first raster a process tiles; a no-op without glibc. Returns whether it
+    applied.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = mallopt(M_MMAP_THRESHOLD, HEAP_ALLOCATION_MAX) == 1
     return bool(ok and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MAX) == 1)
 

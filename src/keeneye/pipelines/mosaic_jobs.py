@@ -54,7 +54,7 @@ from keeneye.domain import (
 )
 from keeneye.geo import Georef, open_raster, write_index_cog
 from keeneye.imaging import sniff_format
-from keeneye.pipelines.crophealth import geo_request
+from keeneye.pipelines.crophealth import geo_request, require_geotiff
 from keeneye.pipelines.loaded import LoadedModel
 from keeneye.pipelines.mosaic import GDAL_CACHE_MB, MosaicAnswer, Progress, analyse_mosaic, is_mosaic
 from keeneye.pipelines.runner import answer_of
@@ -138,13 +138,9 @@ def check_mosaic(path: Path, spec: PipelineSpec, metadata: JsonObject | None) ->
     """What can be refused before a block is read (module docstring); raises InvalidInput."""
     geo_request(spec, metadata)  # the band map and CRS asked for exist
     with open_raster(path) as ds:
-        if ds.driver != "GTiff":
-            raise InvalidInput(
-                "unsupported_format",
-                f"{ds.driver} is not accepted by pipeline {spec.name!r}",
-                status=415,
-                fix="send the mosaic as a GeoTIFF (WebODM, Pix4D and Metashape export one)",
-            )
+        require_geotiff(
+            ds.driver, spec, fix="send the mosaic as a GeoTIFF (WebODM, Pix4D and Metashape export one)"
+        )
         if ds.width * ds.height > MAX_MOSAIC_PIXELS:
             raise InvalidInput(
                 "mosaic_too_large",
