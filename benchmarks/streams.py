@@ -133,11 +133,12 @@ def line_manifest(size: int, input_name: str, embedding: str | None) -> ModelMan
     )
 
 
-def segmenter_workload(root: Path, size: int, photo: str = "model") -> Workload:
-    """The line-inspection recipe's U-Net (resnet18, ``size`` px), or ``tiny_segmenter`` without torch."""
+def segmenter_workload(root: Path, size: int, photo: str = "model", backbone: str | None = None) -> Workload:
+    """The line-inspection recipe's U-Net (its spec's encoder unless ``backbone`` names another,
+    ``size`` px), or ``tiny_segmenter`` without torch."""
     images = inputs(photo, size)
     try:
-        onnx_bytes = _unet_onnx(size, images)
+        onnx_bytes, backbone = _unet_onnx(size, images, backbone)
     except ImportError as exc:
         print(f"(no torch / segmentation_models_pytorch: {exc}; using tiny_segmenter, far cheaper)")
         manifest = line_manifest(size, "images", None)
@@ -150,37 +151,43 @@ def segmenter_workload(root: Path, size: int, photo: str = "model") -> Workload:
         "line-inspection",
         bundle,
         images,
-        f"U-Net resnet18 {size} px (smp, light decoder; {instances:.1f} defect instances per frame)",
+        f"U-Net {backbone} {size} px ({instances:.1f} defect instances per frame)",
     )
 
 
-def _unet_onnx(size: int, images: list[bytes]) -> bytes:
+def _unet_onnx(size: int, images: list[bytes], backbone: str | None) -> tuple[bytes, str]:
     import torch
 
     from keeneye.domain import Task
     from keeneye.training.export import export_onnx
     from keeneye.training.trainers import TrainConfig, build_model
 
+    settings = Settings(home=Path(tempfile.mkdtemp(prefix="keeneye-bench-prep-")))
+    spec = PipelineCatalog(settings).get("line-inspection")
+    backbone = backbone or spec.training.backbone
     torch.manual_seed(0)
     config = TrainConfig(
-        task=Task.segment, num_classes=len(LINE_DEFECTS) + 1, in_channels=3, backbone="resnet18"
+        task=Task.segment,
+        num_classes=len(LINE_DEFECTS) + 1,
+        in_channels=3,
+        backbone=backbone,
+        architecture=spec.training.architecture or "unet",
     )
     model = build_model(config).eval()
     # Random weights give flat logits (std ≈ 0.3): sharpen the head as training would (× HEAD_GAIN),
     # then bias the background logit so ≈DEFECT_PIXEL_SHARE of the pixels of the benchmark frames are
     # defects (the margin by which the best defect class beats background, at that quantile).
-    settings = Settings(home=Path(tempfile.mkdtemp(prefix="keeneye-bench-prep-")))
-    spec = PipelineCatalog(settings).get("line-inspection")
     manifest = line_manifest(size, "input", None)
     x = np.stack([prepare(spec, manifest, data, settings).tensor for data in images[:16]])
     with torch.no_grad():
         head: Any = model.segmentation_head
-        head[0].weight *= HEAD_GAIN
-        head[0].bias *= HEAD_GAIN
+        conv = head.conv if hasattr(head, "conv") else head[0]  # keeneye's lite head or smp's
+        conv.weight *= HEAD_GAIN
+        conv.bias *= HEAD_GAIN
         logits = model(torch.from_numpy(x)).numpy()
         margin = logits[:, 1:].max(axis=1) - logits[:, 0]
-        head[0].bias[0] += float(np.quantile(margin, 1 - DEFECT_PIXEL_SHARE))
-    return export_onnx(model, Task.segment, torch.from_numpy(x[:1]))
+        conv.bias[0] += float(np.quantile(margin, 1 - DEFECT_PIXEL_SHARE))
+    return export_onnx(model, Task.segment, torch.from_numpy(x[:1])), backbone
 
 
 def _instances_per_image(bundle: ModelBundle, images: list[bytes]) -> float:
@@ -409,6 +416,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="classifier input size")
     parser.add_argument("--segmenter-size", type=int, default=128, help="segmenter input size (the spec's)")
     parser.add_argument(
+        "--segmenter-backbone",
+        default=None,
+        help="the U-Net's encoder: the line-inspection spec's (lite16) unless named, e.g. resnet18, lite8",
+    )
+    parser.add_argument(
         "--photo",
         default="640x480",
         help="input JPEGs: camera photos WxH (default 640x480; line cameras send 1024x768), "
@@ -440,7 +452,7 @@ def main() -> None:
             work = (
                 classifier_workload(root, args.size, args.photo)
                 if name == "classifier"
-                else segmenter_workload(root, args.segmenter_size, args.photo)
+                else segmenter_workload(root, args.segmenter_size, args.photo, args.segmenter_backbone)
             )
             run_model(root, work, buses, kafka_url, args)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from keeneye.settings import Settings, get_settings
+from keeneye.store.db import close_results_dbs, opened_results_dbs
 from tests import services
 
 # Keep a developer's environment and keeneye.yaml out of the tests.
@@ -21,6 +22,9 @@ os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 # would be 80 or whatever COLUMNS the first invoking test passed. One wide width: tables never truncate.
 os.environ["COLUMNS"] = "200"  # per-test registries, never a developer's shared dir
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow keeps one engine per registry URI for the process, each with its pooled SQLite connections:
+# every test's own registry would hold its file open to the end (see _close_the_databases_a_test_opened).
+os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +32,16 @@ def _fresh_settings_cache() -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _close_the_databases_a_test_opened() -> Iterator[None]:
+    """Each test's results database closed after it: open_results_db keeps one handle per URL for
+    the process, and an xdist worker running ~1,300 tests, each on its own SQLite file, ran out of
+    descriptor numbers that select() can watch (pymodbus' client and the flood test then failed)."""
+    before = opened_results_dbs()
+    yield
+    close_results_dbs(opened_results_dbs() - before)
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ plugin process on the embedded bus, on a generated 2-minute H.264 video with mov
    server-held copy: drag an end, delete one, add one, save, cut, download the zip — each clip lasts
    its edited segment to within one keyframe interval;
 2. two users at once each see only their own requests and edits, and a third is told why (429) and
-   when to retry.
+   when to retry;
+3. logged in with a non-admin key, the user is the key's name (the field read-only) and the API
+   refuses a request in another user's name (403 ``other_user``).
 
 Screenshots of every step go to /tmp/shots/h7/.
 """
@@ -21,7 +23,9 @@ from typing import Any
 
 import pytest
 
+from keeneye.domain import Role
 from keeneye.settings import Settings
+from keeneye.store import open_results_db
 from keeneye.stream.bus import open_bus
 from keeneye.video import GroundTruth, SynthSpec, generate_video
 from keeneye.video.probe import probe
@@ -325,5 +329,48 @@ def test_two_users_each_see_their_own_and_a_third_is_told_to_wait(
             told = dave.text_content("#start-status")
             assert "too_many_users" in told and "Try again in 30 s" in told, told
             _shot(dave, "12_limit")
+        finally:
+            browser.close()
+
+
+def test_a_non_admin_key_is_its_own_user_and_cannot_act_for_another(
+    settings: Settings, clip_video: tuple[Path, GroundTruth]
+) -> None:
+    """Logged in with an operator's key named ``carol``: the page's user is ``carol`` whatever the URL
+    says, the field is read-only, and the API refuses her a request in another user's name (403)."""
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        unavailable("Debian chromium is not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"require_api_key": True})}
+    )
+    settings.smartcut.allowed_roots = [clip_video[0].parent]
+    db = open_results_db(settings)
+    db.ensure_schema()
+    key = db.create_api_key("carol", Role.operator)[1]
+    with live_server(settings, poll_aliases=False) as server, sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{server.url}/login?next=%2Fsmartcut")
+            page.fill("#key", key)
+            page.click("#login button[type=submit]")
+            page.wait_for_url("**/smartcut")
+            page.goto(f"{server.url}/smartcut?user=mallory")  # a user named in the URL is ignored
+            assert page.input_value("#user") == "carol"
+            assert page.get_attribute("#user", "readonly") is not None
+            assert "API key" in (page.get_attribute("#user", "title") or "")
+            own, other = page.evaluate(
+                """async () => [
+                    (await keeneyeFetch('/v1/smartcut/requests?user_id=carol')).status,
+                    await (await keeneyeFetch('/v1/smartcut/requests?user_id=mallory')).json(),
+                ]"""
+            )
+            assert own == 200
+            assert other["reason"] == "other_user", other
+            wait_until(page, "() => !document.querySelector('#plugin').textContent.includes('loading')")
+            assert "none running" in page.text_content("#plugin")  # no recommender was started here
+            _shot(page, "12_bound_user")
         finally:
             browser.close()

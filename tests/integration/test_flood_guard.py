@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import selectors
 import signal
 import statistics
 import subprocess
@@ -136,11 +136,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
 def _wait_for_line(proc: subprocess.Popen[str], want: str, timeout: float) -> None:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready and proc.stdout.readline().strip() == want:
-            return
-        assert proc.poll() is None, "the flooder exited"
+    # epoll, not select(): select() refuses a descriptor numbered 1024 or more
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            ready = selector.select(0.5)
+            if ready and proc.stdout.readline().strip() == want:
+                return
+            assert proc.poll() is None, "the flooder exited"
     raise AssertionError(f"the flooder did not say {want!r} within {timeout:.0f} s")
 
 

@@ -13,6 +13,7 @@ so callers cannot hold a transaction open by accident; nothing outside ``keeneye
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from keeneye.settings import Settings
 from keeneye.store.alerts import AlertRepository
@@ -78,4 +79,25 @@ def open_results_db(settings: Settings, *, migrate: bool = True) -> ResultsDB:
     return db
 
 
-__all__ = ["ResultsDB", "open_results_db"]
+def opened_results_dbs() -> set[str]:
+    """The URLs of the shared results databases this process holds open (:func:`open_results_db`)."""
+    with _OPEN_LOCK:
+        return set(_OPEN)
+
+
+def close_results_dbs(urls: Iterable[str]) -> None:
+    """Close the pooled connections of the shared results databases at ``urls`` and forget them: the
+    next :func:`open_results_db` of such a URL opens it afresh (a handle still held elsewhere stays
+    usable: it reconnects on its next use).
+
+    For a process that opens many databases one after another — a test session, where a SQLite
+    handle left open holds three file descriptors (database, WAL, shared memory) until the process
+    ends, and a few thousand of them push descriptor numbers past the 1,024 that ``select()`` (used
+    by pymodbus' client) can watch."""
+    with _OPEN_LOCK:
+        closing = [db for url in urls if (db := _OPEN.pop(url, None)) is not None]
+    for db in closing:
+        db.close()
+
+
+__all__ = ["ResultsDB", "close_results_dbs", "open_results_db", "opened_results_dbs"]
