@@ -7,6 +7,8 @@ passes ``rich_help_panel=`` one of these names when it registers its commands.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,8 +19,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from keeneye.settings import Settings, get_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich lays out for 80 columns when it cannot measure a terminal; a log or a pipe is read later, whole,
+# so a wide table (loadtest's timeline) is laid out for 200 there (COLUMNS, when set, still wins).
+PIPED_WIDTH = 200
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 PANEL_SERVE = "Serve"
 PANEL_DATA = "Data"
