@@ -28,6 +28,7 @@ from keeneye.store import (
     insert_ignoring_conflicts,
     open_results_db,
 )
+from keeneye.store.db import close_results_dbs, opened_results_dbs
 from keeneye.store.schema import Base, ObservationRow, ReviewItemRow
 
 TABLES = {
@@ -765,3 +766,28 @@ def test_insert_ignoring_conflicts_skips_duplicates_and_counts_what_went_in(db: 
     with db.session() as s:
         rows = s.scalars(sa.select(ReviewItemRow.reason).order_by(ReviewItemRow.reason)).all()
     assert rows == ["audit", "drift"]
+
+
+def _open_descriptors_on(path: Path) -> int:
+    """This process's descriptors open on ``path`` or its -wal / -shm files."""
+    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if fd.is_symlink() and str(fd.readlink()) in names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through /proc")
+def test_closing_a_shared_database_releases_its_files_and_the_next_open_is_fresh(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    db = open_results_db(settings)
+    assert open_results_db(settings) is db  # one shared handle per URL
+    path = Path(settings.database_url.removeprefix("sqlite:///"))
+    assert _open_descriptors_on(path) >= 1  # the pooled connection holds the file open
+    assert settings.database_url in opened_results_dbs()
+
+    close_results_dbs([settings.database_url])
+    assert settings.database_url not in opened_results_dbs()
+    assert _open_descriptors_on(path) == 0
+    fresh = open_results_db(settings)
+    assert fresh is not db
+    assert db.get_observation("no-such-id") is None  # the old handle still works: it reconnects
+    close_results_dbs([settings.database_url, "sqlite:////never/opened.db"])  # unknown URLs: ignored
