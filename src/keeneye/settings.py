@@ -59,6 +59,12 @@ class BusSettings(_Section):
         30.0, gt=0, description="SQLite bus: an unacked message is redelivered after this long"
     )
     session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer-group session timeout")
+    max_poll_interval_ms: int = Field(
+        300_000,
+        ge=1000,
+        description="Kafka: a member that neither polls nor keeps its messages alive this long leaves "
+        "the group and its messages go to another (at least the session timeout)",
+    )
 
 
 class ObjectStoreSettings(_Section):

@@ -149,6 +149,23 @@ class ObservationRepository(Database):
         with self.session() as s:
             return rowcount(s.execute(stmt)) == 1
 
+    def keep_claimed(self, observation_ids: Collection[str]) -> int:
+        """Touch ``updated_at`` of those still ``processing`` (one statement): a worker busy with them
+        for longer than the reconciler's ``stale_after_seconds`` says so, and they are not
+        re-published under it. Returns how many were touched."""
+        if not observation_ids:
+            return 0
+        stmt = (
+            update(ObservationRow)
+            .where(
+                ObservationRow.id.in_(list(observation_ids)),
+                ObservationRow.status == ObservationStatus.processing.value,
+            )
+            .values(updated_at=utcnow())
+        )
+        with self.session() as s:
+            return rowcount(s.execute(stmt))
+
     def find_observations(
         self, where: ObservationFilter, *, limit: int = 50, after: tuple[datetime, str] | None = None
     ) -> ObservationPage:

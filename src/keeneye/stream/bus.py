@@ -9,6 +9,9 @@ Semantics every backend honours (tests/unit/stream/test_bus.py proves them on ea
 * Delivery is at-least-once: a message polled but never acked is delivered again to the group after
   its consumer dies (SQLite: lease expiry; Kafka: group rebalance from the last committed offset).
 * ``ack`` is explicit and idempotent. Ack in the order messages were polled per key/partition.
+* ``keep_alive`` says a consumer still works on messages it holds: a message that takes longer than
+  the lease (SQLite) or ``max.poll.interval.ms`` (Kafka) — an orthomosaic answered for minutes — is
+  not handed to another member while its consumer is alive and says so, and is after it dies.
 * ``lag(topic, group)`` counts messages the group has not acked yet.
 """
 
@@ -20,7 +23,7 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from keeneye.domain import BackendHealth, MessageTooLarge
-from keeneye.settings import Settings, split_url
+from keeneye.settings import BusSettings, Settings, split_url
 
 HeaderValue = str | bytes
 
@@ -66,6 +69,12 @@ class Consumer(Protocol):
 
     def ack_many(self, messages: Sequence[Message]) -> None:
         """:meth:`ack` for a polled batch (in poll order) at the cost of one commit, not one each."""
+        ...
+
+    def keep_alive(self, messages: Sequence[Message]) -> None:
+        """Still working on these polled, unacked messages: keep them this member's (SQLite: the lease
+        starts again; Kafka: the poll interval). Call it every :func:`keep_alive_seconds` while one
+        piece of work outlasts them."""
         ...
 
     def close(self) -> None: ...
@@ -121,6 +130,12 @@ class Bus(Protocol):
 BUS_SETTING = "KEENEYE_BUS_URL"
 SIZE_SETTING = "KEENEYE_BUS__MAX_MESSAGE_BYTES"
 BUS_SCHEMES = {"sqlite": "embedded durable queue", "kafka": "Kafka or a Kafka-protocol broker"}
+
+
+def keep_alive_seconds(settings: BusSettings) -> float:
+    """How often a consumer busy with the same messages calls ``keep_alive``: a third of the shorter
+    of the SQLite lease and Kafka's poll interval, so two missed calls still leave it in time."""
+    return min(settings.lease_seconds, settings.max_poll_interval_ms / 1000) / 3
 
 
 def encode_key(key: str | bytes | None) -> bytes | None:

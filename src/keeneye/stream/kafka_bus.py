@@ -97,12 +97,14 @@ class KafkaConsumer:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": session_ms,
+                "max.poll.interval.ms": max(session_ms, bus.settings.max_poll_interval_ms),
                 "heartbeat.interval.ms": max(100, session_ms // 3),
                 "fetch.wait.max.ms": 100,
             }
         )
         # Per assigned partition: offsets handed out by poll, in order, → acked yet?
         self._inflight: dict[tuple[str, int], dict[int, bool]] = {}
+        self._stash: list[Any] = []  # records a keep-alive poll returned: the next poll hands them out
         self._lock = threading.Lock()
         self._closed = False
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
@@ -112,21 +114,23 @@ class KafkaConsumer:
 
     def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         # Whatever was polled but not committed goes to the partition's next owner.
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
         with self._lock:
-            for tp in partitions:
-                self._inflight.pop((tp.topic, tp.partition), None)
+            for tp in revoked:
+                self._inflight.pop(tp, None)
+            self._stash = [r for r in self._stash if (r.topic(), r.partition()) not in revoked]
         log.info("partitions revoked", extra={"group": self.group, "partitions": _names(partitions)})
 
     def poll(self, max_messages: int = 1, timeout: float = 1.0) -> list[Message]:
         if self._closed:
             raise RuntimeError("poll on a closed consumer")
-        raw: list[Any] = []
-        first = self._consumer.poll(max(timeout, 0.0))
+        raw, self._stash = self._stash[:max_messages], self._stash[max_messages:]
+        first = self._consumer.poll(0 if raw else max(timeout, 0.0)) if len(raw) < max_messages else None
         if first is not None:
             raw.append(first)
-            if max_messages > 1:
+            if len(raw) < max_messages:
                 # Drain what is already fetched without waiting for a full batch.
-                raw.extend(self._consumer.consume(num_messages=max_messages - 1, timeout=0))
+                raw.extend(self._consumer.consume(num_messages=max_messages - len(raw), timeout=0))
         out: list[Message] = []
         with self._lock:
             for m in raw:
@@ -214,6 +218,24 @@ class KafkaConsumer:
                 "kafka commit failed; messages may be delivered again",
                 extra={"group": self.group, "error": str(exc)},
             )
+
+    def keep_alive(self, messages: Sequence[Message]) -> None:
+        """Poll with every partition paused: librdkafka's poll-interval clock starts again and nothing
+        new is fetched (the pattern KIP-62 gives for long processing); the group heartbeat runs on
+        librdkafka's own thread anyway. ``messages`` is not needed: Kafka keeps a member's whole
+        assignment, not single messages."""
+        del messages
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return
+        self._consumer.pause(assigned)
+        try:
+            record = self._consumer.poll(0)
+            if record is not None:  # fetched before the pause: handed out by the next poll
+                self._stash.append(record)
+        finally:
+            still = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            self._consumer.resume([tp for tp in assigned if (tp.topic, tp.partition) in still])
 
     def close(self) -> None:
         if self._closed:

@@ -286,6 +286,18 @@ class SqliteConsumer:
             self._acks_since_compact = 0
             self._bus.compact(sorted({m.topic for m in messages}))
 
+    def keep_alive(self, messages: Sequence[Message]) -> None:
+        """The lease of each message this member still holds starts again (one transaction); one
+        whose lease ran out and that another member claimed meanwhile stays that member's."""
+        if not messages:
+            return
+        with self._db.write() as conn:
+            conn.executemany(
+                """UPDATE deliveries SET lease_expires_at = ?
+                   WHERE grp = ? AND message_id = ? AND claimed_by = ? AND acked = 0""",
+                [(time.time() + self._lease, self.group, m.offset, self.member_id) for m in messages],
+            )
+
     def close(self) -> None:
         if self._closed:
             return

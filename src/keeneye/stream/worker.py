@@ -20,7 +20,10 @@ ingest``) is never loaded whole: the worker reads the stored object as a local f
 ``file://`` store, streamed to a temporary file from S3) and its model thread answers it block by
 block (:mod:`keeneye.pipelines.mosaic_jobs`), storing the index maps as COGs for the index routes
 before the answer is stored like any other (prediction, ``done``, field history). A mosaic holds
-its batch's results until it is answered (minutes for 20,000² px).
+its batch's results until it is answered (minutes for 20,000² px); meanwhile the worker keeps what it
+holds claimed (:meth:`PipelineWorker._keep_alive`, every third of the shortest of the SQLite lease,
+Kafka's poll interval and the reconciler's ``stale_after_seconds``), so no other worker answers the
+same mosaic again while this one is alive — and one does once it dies.
 
 The model runs on threads of its own (ONNX Runtime releases the GIL), ``model_runs`` batches at a time
 (2 by default, each on an equal share of the cores): while it works, the worker's thread takes in the
@@ -42,6 +45,7 @@ import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +90,7 @@ from keeneye.store import (
     open_results_db,
 )
 from keeneye.stream.batches import Batch, BatchItem
-from keeneye.stream.bus import Bus, Consumer, Message, Outgoing, open_bus
+from keeneye.stream.bus import Bus, Consumer, Message, Outgoing, keep_alive_seconds, open_bus
 from keeneye.stream.messages import (
     MalformedMessage,
     ObservationMessage,
@@ -166,6 +170,11 @@ class PipelineWorker(WorkerBase):
         self._next_reconcile = 0.0
         self._next_drift_tick = 0.0
         self._warned_not_ready = False
+        # While the model holds a batch this long, its messages and observations are kept claimed.
+        self._keep_alive_every = min(
+            keep_alive_seconds(settings.bus), settings.stream.stale_after_seconds / 3
+        )
+        self.kept_alive = 0  # keep-alive calls made (tests and the status file)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -555,7 +564,12 @@ class PipelineWorker(WorkerBase):
             return
         t0 = time.perf_counter()
         try:
-            self.stage_seconds["infer"] += batch.model_run.result()
+            while True:
+                try:
+                    self.stage_seconds["infer"] += batch.model_run.result(timeout=self._keep_alive_every)
+                    break
+                except FutureTimeout:  # a long run (a mosaic): the batches in hand stay this worker's
+                    self._keep_alive([batch, *self._in_flight])
         except Exception as exc:  # _run_model settles model errors itself; this is a bug: retry
             log.exception("model thread failed", extra={"pipeline": self.pipeline})
             for item in batch.todo:
@@ -601,6 +615,25 @@ class PipelineWorker(WorkerBase):
                 item.outputs = [out[j] for out in outputs]
                 item.timings["infer"] = run_seconds * 1000
         return seconds
+
+    def _keep_alive(self, batches: list[Batch]) -> None:
+        """Tell the bus and the database that this worker still works on ``batches``: their messages
+        are not redelivered to another member and their observations not re-published as stale."""
+        messages = [m for b in batches for m in b.messages]
+        claimed = {i for b in batches for i in b.claimed_ids()}
+        try:
+            self.consumer.keep_alive(messages)
+            self.db.keep_claimed(claimed)
+        except Exception as exc:  # the next call tries again; a lost claim is redelivered and skipped
+            log.warning("cannot keep the batches in hand claimed", extra={"error": repr(exc)})
+            return
+        self.kept_alive += 1
+        log.info(
+            "still working on %d messages (%d observations)",
+            len(messages),
+            len(claimed),
+            extra={"pipeline": self.pipeline},
+        )
 
     def _run_tiles(self, item: BatchItem, model: LoadedModel) -> float:
         """One geo item's tiles through the model (``keeneye.pipelines.crophealth``)."""

@@ -399,3 +399,41 @@ def test_publish_many_delivers_in_order_and_checks_every_size_first(make_bus: Ma
     assert [m.value for m in got] == [b"a", b"b", b"c"]
     assert got[0].key == b"k" and got[0].header("h") == "1"
     assert bus.lag(topic, "g") == 0
+
+
+def test_keep_alive_holds_messages_past_the_lease_and_the_poll_interval(
+    backend: str, make_bus: MakeBus
+) -> None:
+    """A member busy with one message longer than the SQLite lease (1 s) or Kafka's poll interval
+    (3 s) keeps it while it says so; its commit then counts and nothing behind it is lost. Stopping
+    the keep-alive hands the next message it holds to another member (SQLite) / fails its commit
+    (Kafka: the member left the group)."""
+    bus = make_bus(max_poll_interval_ms=3000)
+    topic = topic_name()
+    for i in range(3):
+        bus.publish(topic, f"m{i}".encode(), key="one-partition")
+    bus.flush()
+    with bus.subscribe([topic], "g") as busy:
+        (first,) = drain(busy, 1)
+        assert first.value == b"m0"
+        other = bus.subscribe([topic], "g") if backend == "sqlite" else None
+        deadline = time.monotonic() + 4.5
+        while time.monotonic() < deadline:
+            busy.keep_alive([first])
+            if other is not None:  # past its lease, m0 would come to the other member now
+                assert [m.value for m in other.poll(max_messages=5, timeout=0)] in ([], [b"m1", b"m2"])
+            time.sleep(0.3)
+        if other is not None:
+            other.close()  # hands m1, m2 back if it took them
+        busy.ack_many([first])
+        assert bus.lag(topic, "g") == 2
+        rest = drain(busy, 2)
+        assert [m.value for m in rest] == [b"m1", b"m2"]
+        # Without a keep-alive the same wait loses the claim.
+        time.sleep(4.5)
+        if backend == "sqlite":
+            with bus.subscribe([topic], "g") as late:
+                assert [m.value for m in drain(late, 2)] == [b"m1", b"m2"]
+        else:
+            busy.ack_many(rest)
+            assert bus.lag(topic, "g") == 2

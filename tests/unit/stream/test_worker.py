@@ -389,3 +389,59 @@ def test_utilization_window_measures_busy_fraction() -> None:
     time.sleep(0.2)
     assert 0.35 < window.fraction() < 0.65
     assert window.fraction(now=time.monotonic() + 20) == 0.0
+
+
+def test_a_model_run_longer_than_the_lease_keeps_its_batch_claimed(tmp_path: Path, bus_url: str) -> None:
+    """A run that outlasts the SQLite lease (1 s), Kafka's poll interval (6 s) and the reconciler's
+    stale age (1.5 s) — what an orthomosaic does for minutes — is answered once: meanwhile no other
+    member gets its message and the reconciler finds nothing stale; the commit at the end counts."""
+    from keeneye.settings import BusSettings
+    from keeneye.stream.reconciler import STALE_STATUSES
+
+    kafka = bus_url.startswith("kafka")
+    settings, name = stream_settings(tmp_path, bus_url, stale_after_seconds=1.5)
+    settings = settings.model_copy(
+        update={"bus": BusSettings(lease_seconds=1.0, session_timeout_ms=6000, max_poll_interval_ms=6000)}
+    )
+    register_species_model(settings, tmp_path)
+    obs_id = Ingestor(settings).accept(name, jpeg(seed=3)).id
+    slow = 9.0 if kafka else 3.5
+    worker = started_worker(settings, name)
+    real_run = worker._run_model
+
+    at_model = threading.Event()
+
+    def slow_run(items: list, loaded: object) -> float:  # type: ignore[type-arg]
+        at_model.set()
+        time.sleep(slow)
+        return real_run(items, loaded)  # type: ignore[arg-type]
+
+    worker._run_model = slow_run  # type: ignore[method-assign]
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # another member of the group and a reconciler, while the model works
+        at_model.wait(30)
+        bus, db = open_bus(settings), open_results_db(settings)
+        rival = None if kafka else bus.subscribe([input_topic(name)], "keeneye-workers")
+        while not stop.wait(0.25):
+            if rival is not None:
+                seen.extend(f"redelivered {m.offset}" for m in rival.poll(timeout=0))
+            seen.extend(f"stale {i}" for i in db.claim_stale(name, 1.5, STALE_STATUSES))
+        if rival is not None:
+            rival.close()
+        bus.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run_until(worker, lambda: worker.counts["done"] == 1, timeout=60)
+    finally:
+        stop.set()
+        watcher.join()
+        worker.teardown()
+    assert seen == []
+    assert worker.kept_alive >= int(slow / worker._keep_alive_every) - 1
+    assert statuses(settings, [obs_id]) == ["done"]
+    assert open_results_db(settings).count_predictions(name) == 1
+    assert open_bus(settings).lag(input_topic(name), "keeneye-workers") == 0  # the commit counted
