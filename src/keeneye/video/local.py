@@ -13,12 +13,16 @@ them with the same :func:`~keeneye.video.chunks.read_chunk` and scores them with
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Full, Queue
+from typing import TypeVar, cast
 
 from keeneye.video.chunks import ChunkFrame, read_chunk, video_folder, write_chunks
 from keeneye.video.errors import VideoLimits
@@ -27,6 +31,54 @@ from keeneye.video.probe import VideoInfo, probe
 from keeneye.video.recommender import Recommendation, Recommender, make_recommender
 from keeneye.video.sampling import check_sensitivity, sample_frames, uses_keyframes
 from keeneye.video.segments import SegmentPolicy
+
+CHUNKS_AHEAD = 2  # chunks written before the recommender reads them: ≤ 100 small JPEGs waiting
+T = TypeVar("T")
+_END = object()
+
+
+def ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+    """``items``, produced by a thread of their own up to ``depth`` ahead of the consumer. An
+    exception of the producer is raised here, at its place in the sequence; a consumer that stops
+    early (or fails) stops the producer at its next item."""
+    queue: Queue[object] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_END)
+        except BaseException as exc:  # handed to the consumer, raised where the item would be
+            queue.put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if callable(close):
+                close()  # a generator's finally runs in this thread
+
+    thread = threading.Thread(target=produce, name="smartcut-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = queue.get()
+            if got is _END:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            yield cast(T, got)
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.05)
+        thread.join()
 
 
 @dataclass(frozen=True)
@@ -80,16 +132,20 @@ def run_local(
     def frames_from_chunks() -> Iterator[ChunkFrame]:
         nonlocal n_chunks
         sampled = sample_frames(info, step, recommender.img_size)
-        for relative in write_chunks(sampled, root, folder):
+        # As the backend and a plugin process do, but in two threads: the next chunks are decoded
+        # and written while this one is scored (decoding, scaling and JPEG coding release the GIL).
+        for relative in ahead(write_chunks(sampled, root, folder), CHUNKS_AHEAD):
             n_chunks += 1
             chunk = read_chunk(root / relative)
             yield from chunk
             if progress is not None and chunk:
                 progress(min(1.0, chunk[-1].timestamp / info.duration))
 
+    frames = frames_from_chunks()
     try:
-        recommendation = recommender.recommend(frames_from_chunks(), info.duration, step, request.options)
+        recommendation = recommender.recommend(frames, info.duration, step, request.options)
     finally:
+        frames.close()  # stops the thread writing chunks before they are deleted
         if not keep_chunks:
             shutil.rmtree(root / folder.parts[0], ignore_errors=True)
     message = processed_files(

@@ -141,6 +141,8 @@ def sample_frames(info: VideoInfo, sensitivity: float, img_size: int) -> Iterato
         raise VideoRejected(CORRUPT_VIDEO, f"{info.path.name}: cannot be reopened ({exc})") from exc
     with container:
         stream = container.streams.video[0]
+        # Frame threads: several keyframes (or frames) decode at once on the cores, without the GIL.
+        stream.thread_type = "AUTO"
         decoder = _Decoder(info, container, stream)
         selected = _keyframe_walk(decoder, step) if keyframes_only else _seek_walk(decoder, step)
         sampled = 0

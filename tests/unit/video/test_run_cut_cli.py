@@ -161,3 +161,68 @@ def test_evaluate_refuses_a_missing_or_malformed_ground_truth(
     assert isinstance(result.exception, VideoRejected)
     assert result.exception.reason == "bad_ground_truth"
     assert str(truth) in result.exception.message
+
+
+def test_ahead_keeps_the_order_raises_in_place_and_stops_with_the_consumer() -> None:
+    from collections.abc import Iterator
+
+    from keeneye.video.local import ahead
+
+    assert list(ahead(iter(range(100)), 2)) == list(range(100))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("damaged after 2")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="damaged after 2"):
+        for item in ahead(failing(), 2):
+            got.append(item)
+    assert got == [1, 2]  # the error comes where the third item would have
+
+    produced: list[int] = []
+    closed: list[bool] = []
+
+    def endless() -> Iterator[int]:
+        try:
+            n = 0
+            while True:
+                produced.append(n)
+                yield n
+                n += 1
+        finally:
+            closed.append(True)
+
+    consumer = ahead(endless(), 2)
+    assert [next(consumer) for _ in range(3)] == [0, 1, 2]
+    consumer.close()  # the producer stops at its next item, and its generator is closed
+    assert closed == [True]
+    assert len(produced) <= 3 + 2 + 1
+
+
+def test_a_recommender_failing_mid_video_leaves_no_chunk_behind(
+    short_video: tuple[Path, GroundTruth], tmp_path: Path
+) -> None:
+    from keeneye.video import make_recommender
+
+    recommender = make_recommender("motion")
+    real = recommender.recommend
+    calls = {"frames": 0}
+
+    def recommend(frames, *args):  # type: ignore[no-untyped-def]
+        def counted():  # type: ignore[no-untyped-def]
+            for frame in frames:
+                calls["frames"] += 1
+                if calls["frames"] == 60:  # in the second chunk, while the next ones are written
+                    raise RuntimeError("scorer crashed")
+                yield frame
+
+        return real(counted(), *args)
+
+    recommender.recommend = recommend  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="scorer crashed"):
+        run_local(
+            SmartcutRequest(short_video[0], "motion", 1.0, request_uid=UID), tmp_path, recommender=recommender
+        )
+    assert list(tmp_path.iterdir()) == []
