@@ -129,6 +129,9 @@ def test_the_fields_pages_show_map_zones_trend_and_downloads(tmp_path: Path) -> 
             assert page.locator("#map path").count() == 1  # its boundary
             page.screenshot(path=str(shots / "field-no-flight.png"), full_page=True)
             assert page.locator("#map .leaflet-control-layers").count() == 0
+            # … its panels say so instead of an empty table and a blank chart area
+            assert page.locator("#flight-table td.empty").inner_text() == "no flight yet"
+            assert page.locator("#trend").is_hidden() and page.locator("#trend-empty").is_visible()
 
             # an unknown field: the shell's 404 page
             missing = page.goto(server.url + "/fields/nope")

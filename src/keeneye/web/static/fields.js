@@ -141,7 +141,7 @@
   // --- the trend ----------------------------------------------------------------------------------
   function drawTrend(flights) {
     const node = document.getElementById("trend");
-    if (!flights.length) { document.getElementById("trend-empty").hidden = false; return; }
+    if (!flights.length) { node.hidden = true; document.getElementById("trend-empty").hidden = false; return; }
     const x = flights.map((_, i) => i);
     const ndvi = flights.map((f) => (f.indices.ndvi ? f.indices.ndvi.mean : null));
     const ha = flights.map((f) => Object.values(f.disease_ha).reduce((a, b) => a + b, 0));
@@ -188,6 +188,9 @@
     picker.replaceChildren(...flights.map((f) => el("option", { value: f.flight }, f.flight === f.observed_at.slice(0, 10) ? f.flight : `${f.flight} (${f.observed_at.slice(0, 10)})`)));
     if (!flights.length) {
       picker.append(el("option", {}, "no flight yet"));
+      const none = el("tr");
+      none.append(el("td", { class: "empty" }, "no flight yet"));
+      document.querySelector("#flight-table tbody").replaceChildren(none);
       for (const id of ["dl-geojson", "dl-shapefile", "dl-cog"]) setLink(id, null);
       statusNode.textContent = "No flight yet: send a crop-health image of this field (metadata.field or an overlapping GeoTIFF).";
       root.dataset.loaded = "true";
