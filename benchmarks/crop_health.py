@@ -2,7 +2,7 @@
 orthomosaic streamed from disk, in one run.
 
     .venv/bin/python benchmarks/crop_health.py [--images 8] [--backbone resnet18] [--mosaic-side 20000]
-                                                [--no-mosaic] [--json out.json]
+                                                [--no-mosaic] [--mosaic-workers 2] [--json out.json]
 
 1. **End to end, 2048² × 5 bands uint16** (MicaSense RedEdge-MX stacks, DN = reflectance × 32768, each
    image distinct: its own blight patches and noise, so no cache answers): keeneye's prediction
@@ -19,6 +19,13 @@ orthomosaic streamed from disk, in one run.
    under ``~/.cache/keeneye-bench/crop-health``) through :func:`keeneye.pipelines.mosaic.analyse_mosaic`
    with the same model, in a child process whose peak RSS (``VmHWM``) is reported with the throughput
    in megapixels per second.
+
+4. **Mosaic through the workers** (``--mosaic-workers N``): the same mosaic queued as a user does
+   (``keeneye ingest`` into a fresh home whose champion is the benchmark model) and answered by N
+   ``keeneye worker`` processes of one consumer group with the default lease, poll interval and
+   reconciler: wall time from ingest to ``done``, each worker's peak RSS, which worker answered it,
+   its keep-alives, and the stored result (one prediction, one attempt: nobody answered it twice).
+   ``--no-end-to-end --no-mosaic`` runs only this.
 
 The model is the built-in crop-health architecture (``--backbone``: smp U-Net with a resnet18 encoder,
 as ``training.backbone`` in the pipeline; ``lite16``, the demo's small U-Net) with random weights,
@@ -312,6 +319,114 @@ def mosaic_child(path: Path, bundle_dir: Path) -> None:
     )
 
 
+def _hwm_of(pid: int) -> int:
+    """Peak RSS (``VmHWM``) of a running process, 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def mosaic_through_workers(path: Path, bundle_dir: Path, workers: int) -> dict[str, Any]:
+    """The mosaic as a user queues it: ``keeneye ingest`` into a fresh home whose champion is the
+    benchmark model, then ``workers`` × ``keeneye worker`` (one consumer group, default lease,
+    poll interval and reconciler) until it is ``done``. Reports the wall time from ingest to done,
+    each worker's peak RSS, which workers answered it, the keep-alives logged, and the stored result
+    (one prediction, one attempt: no second worker answered it while the first was busy)."""
+    import signal
+
+    from keeneye.models.bundle import ModelBundle
+    from keeneye.registry import ModelRegistry
+    from keeneye.settings import Settings
+    from keeneye.store import open_results_db
+
+    home = Path(tempfile.mkdtemp(prefix="keeneye-bench-mosaic-workers-"))
+    env = {
+        **os.environ,
+        "KEENEYE_HOME": str(home),
+        "KEENEYE_OBJECTS__MAX_OBJECT_BYTES": str(path.stat().st_size * 2),
+        "KEENEYE_LOG_LEVEL": "INFO",
+    }
+    settings = Settings(home=home)
+    db = open_results_db(settings)
+    db.ensure_schema()
+    bundle = ModelBundle.load(bundle_dir)
+    ModelRegistry(settings, events=db).register("crop-health", bundle, alias="champion", gates_passed=True)
+    keeneye = str(Path(sys.executable).with_name("keeneye"))
+    logs = [home / f"worker-{i}.log" for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [keeneye, "worker", "--pipeline", "crop-health"],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for log in logs
+    ]
+    peaks = [0] * workers
+    try:
+        started = time.perf_counter()
+        subprocess.run(
+            [keeneye, "ingest", str(path), "--pipeline", "crop-health", "--metadata", json.dumps(BAND_MAP)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        ingested = time.perf_counter() - started
+        print(f"  ingested in {ingested:.0f} s; {workers} workers answering …", file=sys.stderr, flush=True)
+        obs_id = None
+        while True:
+            time.sleep(2)
+            peaks = [max(p, _hwm_of(proc.pid)) for p, proc in zip(peaks, procs, strict=True)]
+            if any(proc.poll() is not None for proc in procs):
+                raise SystemExit(f"a worker exited; see {home}")
+            page = db.find_observations(_filter("crop-health"), limit=5)
+            rows = list(page.observations)
+            if rows:
+                obs_id = rows[0].id
+                if str(rows[0].status) in ("done", "rejected", "failed"):
+                    break
+        seconds = time.perf_counter() - started
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=60)
+    record = db.get_observation(obs_id)
+    assert record is not None
+    texts = [log.read_text() for log in logs]
+    return {
+        "side": _side(path),
+        "workers": workers,
+        "status": str(record.status),
+        "reason": record.reason,
+        "attempts": record.attempts,
+        "predictions": len(db.predictions_for(record.id)),
+        "seconds_ingest": round(ingested, 1),
+        "seconds_to_done": round(seconds, 1),
+        "peak_rss_mb": [round(p / 1e6) for p in peaks],
+        "answered_by": [i for i, t in enumerate(texts) if "blocks" in t],
+        "keep_alives": [t.count("still working on") for t in texts],
+        "home": str(home),
+    }
+
+
+def _filter(pipeline: str) -> Any:
+    from keeneye.store import ObservationFilter
+
+    return ObservationFilter(pipeline=pipeline)
+
+
+def _side(path: Path) -> int:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return int(ds.width)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -320,6 +435,13 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18", help="resnet18 (the pipeline's) or lite16 …")
     parser.add_argument("--mosaic-side", type=int, default=20_000)
     parser.add_argument("--no-mosaic", action="store_true")
+    parser.add_argument("--no-end-to-end", action="store_true", help="only the mosaic")
+    parser.add_argument(
+        "--mosaic-workers",
+        type=int,
+        default=0,
+        help="also queue the mosaic with `keeneye ingest` and answer it with this many `keeneye worker`s",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--mosaic-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
@@ -333,7 +455,25 @@ def main() -> None:
         f"crop-health benchmark · model {args.backbone} U-Net, 128 px tiles · {os.cpu_count()} CPUs · "
         f"load average {_load()}"
     )
-    e2e = end_to_end(bundle_dir, args.images)
+    if not args.no_end_to_end:
+        _end_to_end(figures, bundle_dir, args.images)
+    if not args.no_mosaic:
+        _mosaic(figures, bundle_dir, args.mosaic_side)
+    if args.mosaic_workers:
+        w = mosaic_through_workers(mosaic(args.mosaic_side), bundle_dir, args.mosaic_workers)
+        figures["mosaic_workers"] = w
+        print(
+            f"mosaic {w['side']}² through `keeneye ingest` + {w['workers']} workers: {w['status']} in "
+            f"{w['seconds_to_done']} s (ingest {w['seconds_ingest']} s), answered by worker(s) "
+            f"{w['answered_by']}, {w['predictions']} prediction(s), {w['attempts']} attempt(s), keep-alives "
+            f"{w['keep_alives']}, peak RSS per worker {w['peak_rss_mb']} MB · load {_load()}"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def _end_to_end(figures: dict[str, Any], bundle_dir: Path, images: int) -> None:
+    e2e = end_to_end(bundle_dir, images)
     e2e["load_after"] = _load()
     figures["end_to_end"] = e2e
     print(
@@ -345,22 +485,22 @@ def main() -> None:
         f"(keeneye adds {e2e['keeneye_p50_ms']} ms at p50)\n"
         f"stages (mean ms): {e2e['stages_mean_ms']} · load average after {e2e['load_after']}"
     )
-    if not args.no_mosaic:
-        path = mosaic(args.mosaic_side)
-        cmd = [sys.executable, __file__, "--mosaic-child", str(path), "--bundle", str(bundle_dir)]
-        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        sys.stderr.write(run.stderr)
-        if run.returncode != 0:
-            raise SystemExit(f"mosaic run failed ({run.returncode})")
-        m = json.loads(run.stdout.strip().splitlines()[-1])
-        figures["mosaic"] = m
-        print(
-            f"mosaic {m['side']}² × 5 bands: {m['seconds']} s, {m['mpx_per_s']} Mpx/s, {m['tiles']} tiles, "
-            f"peak RSS {m['peak_rss_mb']} MB (process before: {m['rss_before_mb']} MB), zones on a "
-            f"{m['zone_factor']}×{m['zone_factor']} px grid"
-        )
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def _mosaic(figures: dict[str, Any], bundle_dir: Path, side: int) -> None:
+    path = mosaic(side)
+    cmd = [sys.executable, __file__, "--mosaic-child", str(path), "--bundle", str(bundle_dir)]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    sys.stderr.write(run.stderr)
+    if run.returncode != 0:
+        raise SystemExit(f"mosaic run failed ({run.returncode})")
+    m = json.loads(run.stdout.strip().splitlines()[-1])
+    figures["mosaic"] = m
+    print(
+        f"mosaic {m['side']}² × 5 bands: {m['seconds']} s, {m['mpx_per_s']} Mpx/s, {m['tiles']} tiles, "
+        f"peak RSS {m['peak_rss_mb']} MB (process before: {m['rss_before_mb']} MB), zones on a "
+        f"{m['zone_factor']}×{m['zone_factor']} px grid"
+    )
 
 
 if __name__ == "__main__":
