@@ -281,6 +281,19 @@ def test_claim_stale_returns_only_old_rows_once(db: ResultsDB) -> None:
     assert rec is not None and rec.status is P
 
 
+def test_keep_claimed_touches_only_processing_rows_so_they_are_not_stale(db: ResultsDB) -> None:
+    busy, waiting, done = new_observation(db), new_observation(db), new_observation(db)
+    db.set_status(busy, P)
+    db.set_status(done, ObservationStatus.done)
+    for obs_id in (busy, waiting, done):
+        age(db, obs_id, 600)
+    assert db.keep_claimed([busy, waiting, done, "no-such-id"]) == 1
+    assert db.keep_claimed([]) == 0
+    assert db.claim_stale("species-id", 300, {Q, P}) == [waiting]  # the busy one was kept
+    rec = db.get_observation(busy)
+    assert rec is not None and rec.status is P and rec.attempts == 1  # keeping is not a new attempt
+
+
 def test_delete_observation_takes_its_predictions_and_feedback(db: ResultsDB) -> None:
     obs_id = new_observation(db)
     db.save_prediction(obs_id, **prediction())
