@@ -174,7 +174,7 @@ class PipelineWorker(WorkerBase):
         self._keep_alive_every = min(
             keep_alive_seconds(settings.bus), settings.stream.stale_after_seconds / 3
         )
-        self.kept_alive = 0  # keep-alive calls made (tests and the status file)
+        self.kept_alive = 0  # keep-alive calls made (for tests and benchmarks)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
