@@ -16,7 +16,7 @@ One run measures, on the same video and ground truth:
 The video is made once with keeneye's synthesiser (``keeneye synth smartcut``: sensor noise, slow
 lighting drift, camera shake, objects walking in) at 1280×720, ``--fps`` frames a second (2 by default:
 the seed fixes no frame rate, and a 1 s sensitivity needs one frame a second; a low rate keeps making
-a day of video to hours here, not days), a keyframe every ``--gop`` seconds (1 by default, a common
+a day of video to half an hour on 2 cores), a keyframe every ``--gop`` seconds (1 by default, a common
 recorder setting), libx264 CRF ``--crf`` (35: about 1 Mbit/s, 11 GB a day — what a 720p camera
 records; the synthesiser's default 23 keeps the sensor noise and would make 57 GB), and cached
 under ``~/.cache/keeneye-bench/smartcut/``. ``--hours`` makes a shorter video on a busy machine; the
