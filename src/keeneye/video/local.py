@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -129,7 +129,7 @@ def run_local(
     folder = video_folder(request.request_uid, info.basename)
     n_chunks = 0
 
-    def frames_from_chunks() -> Iterator[ChunkFrame]:
+    def frames_from_chunks() -> Generator[ChunkFrame, None, None]:
         nonlocal n_chunks
         sampled = sample_frames(info, step, recommender.img_size)
         # As the backend and a plugin process do, but in two threads: the next chunks are decoded
