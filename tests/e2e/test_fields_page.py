@@ -75,6 +75,7 @@ def test_the_fields_pages_show_map_zones_trend_and_downloads(tmp_path: Path) -> 
             assert page.locator("#map path").count() >= 3  # boundary + vigour + disease
             overlay = page.locator("img.ndvi-overlay")
             overlay.wait_for(timeout=10_000)
+            overlay.evaluate("img => img.decode()")  # loaded (slowly on a busy machine) and decoded
             assert page.evaluate("document.querySelector('img.ndvi-overlay').naturalWidth") > 0
             assert page.locator("#trend canvas").count() >= 1
             assert page.locator("#trend").get_attribute("data-points") == "2"

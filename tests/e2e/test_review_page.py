@@ -127,7 +127,10 @@ def test_one_click_answers_leave_the_queue(
             assert items.nth(0).get_attribute("data-observation") == first.observation_id
             assert page.locator("#count").inner_text() == "2 item(s) to review"
             row = page.locator(f'li[data-observation="{first.observation_id}"]')
-            assert row.locator("img").evaluate("img => img.complete && img.naturalWidth") == 48
+            # the thumbnail loads after the list is drawn (slowly on a busy machine): wait for it
+            thumb = row.locator("img").element_handle()
+            wait_until(page, "img => img.complete && img.naturalWidth > 0", arg=thumb)
+            assert row.locator("img").evaluate("img => img.naturalWidth") == 48
             choices = row.locator("button.choice")
             assert [choices.nth(i).get_attribute("data-class") for i in range(3)] == [
                 t["class"] for t in first.result["top_3_predictions"]
