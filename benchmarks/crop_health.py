@@ -378,8 +378,11 @@ def mosaic_through_workers(path: Path, bundle_dir: Path, workers: int) -> dict[s
         ingested = time.perf_counter() - started
         print(f"  ingested in {ingested:.0f} s; {workers} workers answering …", file=sys.stderr, flush=True)
         obs_id = None
+        deadline = time.monotonic() + 3 * 3600  # a 20,000² mosaic takes minutes; a hang is not a figure
         while True:
             time.sleep(2)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the mosaic was not answered in 3 h; see {home}")
             peaks = [max(p, _hwm_of(proc.pid)) for p, proc in zip(peaks, procs, strict=True)]
             if any(proc.poll() is not None for proc in procs):
                 raise SystemExit(f"a worker exited; see {home}")
